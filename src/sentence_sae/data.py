@@ -1,0 +1,166 @@
+"""Text sources: Hugging Face datasets streamed from the hub or local files, and built-in corpora.
+
+Everything is opened with ``datasets.load_dataset(..., streaming=True)`` (the built-in corpus is a
+``datasets.IterableDataset`` too), so the rest of the pipeline sees one kind of stream and nothing
+is downloaded or held in memory as a whole.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .errors import DataError
+
+# File suffix -> datasets builder. Compressed files (.gz, .bz2, .xz, .zst) use their inner suffix.
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Built-in corpora
+
+
+def _clean_paragraph(paragraph: str) -> str:
+    text = " ".join(paragraph.split())
+    # Section titles in pydoc_data are underlined with runs of '*', '=' or '-'.
+    return re.sub(r"\s*([*=\-~^])\1{3,}\s*$", "", text).strip()
+
+
+@lru_cache(maxsize=1)
+def python_docs_paragraphs() -> tuple[str, ...]:
+    """The paragraphs of the Python language reference in ``pydoc_data.topics``, in a fixed order."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for topic in sorted(topics):
+        for paragraph in re.split(r"\n\s*\n", topics[topic]):
+            text = _clean_paragraph(paragraph)
+            if text:
+                paragraphs.append(text)
+    return tuple(paragraphs)
+
+
+def _python_docs_records() -> Iterator[dict[str, str]]:
+    for text in python_docs_paragraphs():
+        yield {"text": text}
+
+
+BUILTIN_CORPORA: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
+    "python-docs": _python_docs_records,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Opening a dataset
+
+
+def _builder_for(path: Path) -> str | None:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
+        suffixes = suffixes[:-1]
+    return LOCAL_BUILDERS.get(suffixes[-1]) if suffixes else None
+
+
+def _local_data_files(path: Path) -> tuple[str, list[str]]:
+    """(builder, files) for a local file or a folder of files of one format."""
+    if path.is_file():
+        builder = _builder_for(path)
+        if builder is None:
+            raise DataError(
+                f"cannot read {path}: unknown file type; use one of "
+                f"{', '.join(sorted(LOCAL_BUILDERS))} (optionally compressed with .gz)"
+            )
+        return builder, [str(path)]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _builder_for(p) and not p.name.startswith("."))
+    builders = {_builder_for(p) for p in files}
+    if not files:
+        raise DataError(
+            f"folder {path} holds no data files; put {', '.join(sorted(LOCAL_BUILDERS))} files in it"
+        )
+    if len(builders) > 1:
+        raise DataError(
+            f"folder {path} mixes file types ({', '.join(sorted(p.suffix for p in files))}); "
+            "keep one format per folder"
+        )
+    return builders.pop(), [str(p) for p in files]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def open_dataset(dataset_path: str, dataset_name: str | None = None, split: str = "train") -> Any:
+    """A streaming ``datasets.IterableDataset`` for a built-in corpus, local path or hub id."""
+    import datasets
+
+    if dataset_path in BUILTIN_CORPORA:
+        return datasets.IterableDataset.from_generator(BUILTIN_CORPORA[dataset_path])
+    path = Path(dataset_path).expanduser()
+    if path.exists():
+        builder, files = _local_data_files(path)
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        except Exception as exc:  # datasets raises many types for unreadable files
+            raise DataError(f"cannot read {path} as {builder}: {_first_line(exc)}") from None
+    if dataset_path.startswith((".", "/", "~")) or Path(dataset_path).suffix.lower() in LOCAL_BUILDERS:
+        raise DataError(f"dataset file {dataset_path} does not exist; check the path")
+    try:
+        return datasets.load_dataset(dataset_path, dataset_name, split=split, streaming=True)
+    except Exception as exc:
+        raise DataError(
+            f"could not open dataset '{dataset_path}' from the Hugging Face hub ({_first_line(exc)}); "
+            f"check the id, name and split, your network, or give a local file or one of the built-in "
+            f"corpora: {', '.join(BUILTIN_CORPORA)}"
+        ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Iterating texts
+
+
+@dataclass
+class TextCounter:
+    """What a stream has produced and passed over, for messages at the end of training."""
+
+    texts: int = 0
+    skipped_empty: int = 0
+    epochs_completed: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def iter_dataset_texts(
+    dataset: Any, text_column: str, source: str, counter: TextCounter, batch_size: int = 1000
+) -> Iterator[str]:
+    """The non-empty texts of one pass over ``dataset``; empty or missing texts are counted."""
+    iterator = iter(dataset.iter(batch_size=batch_size))
+    checked_column = False
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except DataError:
+            raise
+        except Exception as exc:  # corrupt rows surface here, from deep inside the reader
+            raise DataError(
+                f"error while reading {source} after {counter.texts + counter.skipped_empty} rows: "
+                f"{_first_line(exc)}; check that the file is valid"
+            ) from None
+        if not checked_column:
+            if text_column not in batch:
+                raise DataError(
+                    f"column '{text_column}' not found in {source}; columns present: "
+                    f"{', '.join(batch) or '(none)'}; set text_column to one of them"
+                )
+            checked_column = True
+        for text in batch[text_column]:
+            if not isinstance(text, str) or not text.strip():
+                counter.skipped_empty += 1
+                continue
+            counter.texts += 1
+            yield text

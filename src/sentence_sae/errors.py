@@ -1,0 +1,27 @@
+"""Errors the user can act on.
+
+Every exception raised for bad input derives from :class:`SentenceSAEError`. Its message names the
+problem and the fix in one line, so the command line prints it as is instead of a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SentenceSAEError(Exception):
+    """A problem with the user's input or files; the message says what to change."""
+
+
+class ConfigError(SentenceSAEError, ValueError):
+    """An unknown key, a value of the wrong type, or values that do not fit together."""
+
+
+class DataError(SentenceSAEError):
+    """A dataset that cannot be read, lacks the text column, or holds no texts."""
+
+
+class ModelError(SentenceSAEError):
+    """A Sentence-BERT model that cannot be loaded, or that does not fit the SAE."""
+
+
+class CheckpointError(SentenceSAEError):
+    """A run folder or checkpoint that is missing, incomplete or corrupt."""

@@ -1,0 +1,25 @@
+"""SAE architectures, one module each, registered by name for ``sae_type``.
+
+A new architecture subclasses :class:`BaseSAE`, sets ``architecture`` and decorates itself with
+:func:`register_sae`; every command can then train, save and load it.
+"""
+
+from __future__ import annotations
+
+from .base import BaseSAE
+from .registry import SAE_REGISTRY, create_sae, register_sae
+from .vanilla import VanillaSAE
+from .topk import TopKSAE
+from .batchtopk import BatchTopKSAE
+from .jumprelu import JumpReLUSAE
+
+__all__ = [
+    "BaseSAE",
+    "SAE_REGISTRY",
+    "create_sae",
+    "register_sae",
+    "VanillaSAE",
+    "TopKSAE",
+    "BatchTopKSAE",
+    "JumpReLUSAE",
+]

@@ -1,0 +1,238 @@
+"""What every SAE variant shares: parameters, input normalization, the decoder constraint,
+dead-feature bookkeeping, the AuxK loss and the loss assembly of ``forward``.
+
+A variant only says how pre-activations become feature activations (``activate``), which
+sparsity penalty it pays (``sparsity_loss``) and whether it uses AuxK.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import SAEConfig
+
+InputStats = tuple[torch.Tensor, torch.Tensor] | None
+
+
+class BaseSAE(nn.Module):
+    """A sparse autoencoder over ``act_size``-dimensional embeddings with ``dict_size`` features.
+
+    ``encode(x)`` gives feature activations, ``decode(f)`` the reconstruction in the SAE's input
+    space (the standardized embedding when ``input_unit_norm`` is on), ``reconstruct(x)`` the
+    reconstruction in the embedding's own space, and ``forward(x)`` the losses for training.
+    In training mode (``sae.train()``) forward passes update the dead-feature counters; in eval
+    mode (``sae.eval()``) nothing about the SAE changes.
+    """
+
+    architecture: ClassVar[str]
+    """Registry name, the value of ``sae_type``."""
+    saelens_architecture: ClassVar[str] = "standard"
+    """How SAELens calls the inference-time form of this SAE."""
+    uses_auxk: ClassVar[bool] = False
+    """Whether the AuxK loss on dead features is part of the training loss."""
+    has_threshold: ClassVar[bool] = False
+    """Whether a per-feature ``threshold`` tensor is part of the saved weights."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.act_size is None:
+            raise ValueError("cfg.act_size is unset; finalize the config with post_init_cfg(cfg) first")
+        self.cfg = cfg
+        d_in, d_sae = cfg.act_size, cfg.dict_size
+        dtype = getattr(torch, cfg.dtype)
+        generator = torch.Generator().manual_seed(cfg.seed)
+        directions = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float64)
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(directions.to(dtype))
+        self.W_enc = nn.Parameter(directions.t().contiguous().to(dtype))
+        self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
+        self.register_buffer("examples_since_fired", torch.zeros(d_sae, dtype=torch.long))
+        if cfg.device:
+            self.to(cfg.device)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def d_in(self) -> int:
+        return self.W_dec.shape[1]
+
+    @property
+    def d_sae(self) -> int:
+        return self.W_dec.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    # ------------------------------------------------------------------ input normalization
+    def preprocess_input(self, x: torch.Tensor) -> tuple[torch.Tensor, InputStats]:
+        """The SAE's input space: with ``input_unit_norm``, each embedding standardized over its
+        dimensions (the layer_norm of SAELens), and the statistics to undo it."""
+        x = x.to(self.dtype)
+        if not self.cfg.input_unit_norm:
+            return x, None
+        mean = x.mean(dim=-1, keepdim=True)
+        centered = x - mean
+        std = centered.std(dim=-1, keepdim=True)
+        return centered / (std + 1e-5), (mean, std)
+
+    @staticmethod
+    def postprocess_output(x_hat: torch.Tensor, stats: InputStats) -> torch.Tensor:
+        if stats is None:
+            return x_hat
+        mean, std = stats
+        return x_hat * (std + 1e-5) + mean
+
+    # ------------------------------------------------------------------ encoder and decoder
+    def pre_activations(self, x_in: torch.Tensor) -> torch.Tensor:
+        return (x_in - self.b_dec) @ self.W_enc + self.b_enc
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        """Feature activations from pre-activations (variant-specific)."""
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations of embeddings ``x`` (batch, d_in) -> (batch, d_sae)."""
+        x_in, _ = self.preprocess_input(x)
+        return self.activate(self.pre_activations(x_in))
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        """Reconstruction in the SAE's input space from feature activations."""
+        return feature_acts.to(self.dtype) @ self.W_dec + self.b_dec
+
+    def encode_and_reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature activations of ``x`` and its reconstruction in the embeddings' own space."""
+        x_in, stats = self.preprocess_input(x)
+        feature_acts = self.activate(self.pre_activations(x_in))
+        return feature_acts, self.postprocess_output(self.decode(feature_acts), stats)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)) mapped back to the embeddings' own space."""
+        return self.encode_and_reconstruct(x)[1]
+
+    # ------------------------------------------------------------------ losses
+    def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
+        """The sparsity penalty, already multiplied by ``coeff``; none by default."""
+        return feature_acts.new_zeros(())
+
+    def auxiliary_loss(self, x_in: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top ``top_k_aux`` dead features reconstruct the residual error, which gives
+        dead features a gradient (Gao et al. 2024), weighted down while few features are dead."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if not (self.uses_auxk and self.training and n_dead > 0 and self.cfg.aux_penalty > 0):
+            return x_in.new_zeros(())
+        k_aux = min(self.cfg.top_k_aux, n_dead)
+        dead_pre = F.relu(pre[:, dead])
+        top = dead_pre.topk(k_aux, dim=-1)
+        aux_acts = torch.zeros_like(dead_pre).scatter(-1, top.indices, top.values)
+        residual = (x_in - x_hat).detach()
+        aux_error = aux_acts @ self.W_dec[dead] - residual
+        scale = min(n_dead / self.cfg.top_k_aux, 1.0)
+        return self.cfg.aux_penalty * scale * aux_error.pow(2).sum(-1).mean()
+
+    def forward(self, x: torch.Tensor, sparsity_coeff: float | None = None) -> dict[str, Any]:
+        """Losses and outputs of one batch. ``sparsity_coeff`` overrides ``cfg.l1_coeff`` (warm-up)."""
+        coeff = self.cfg.l1_coeff if sparsity_coeff is None else sparsity_coeff
+        x_in, stats = self.preprocess_input(x)
+        pre = self.pre_activations(x_in)
+        feature_acts = self.activate(pre)
+        x_hat = self.decode(feature_acts)
+        l2_loss = (x_hat - x_in).float().pow(2).sum(-1).mean()
+        sparsity = self.sparsity_loss(pre, feature_acts, coeff).float()
+        aux = self.auxiliary_loss(x_in, x_hat, pre).float()
+        if self.training:
+            self.record_firing(feature_acts)
+            self.update_running_stats(pre, feature_acts)
+        return {
+            "loss": l2_loss + sparsity + aux,
+            "l2_loss": l2_loss,
+            "sparsity_loss": sparsity,
+            "aux_loss": aux,
+            "sae_out": self.postprocess_output(x_hat, stats),
+            "feature_acts": feature_acts,
+            "l0_norm": (feature_acts > 0).float().sum(-1).mean(),
+            "l1_norm": feature_acts.float().abs().sum(-1).mean(),
+            "num_dead_features": self.num_dead_features(),
+        }
+
+    # ------------------------------------------------------------------ dead features
+    @torch.no_grad()
+    def record_firing(self, feature_acts: torch.Tensor) -> None:
+        fired = (feature_acts > 0).any(dim=0)
+        fired = self.synchronize_fired(fired)
+        self.examples_since_fired += feature_acts.shape[0]
+        self.examples_since_fired[fired] = 0
+
+    def update_running_stats(self, pre: torch.Tensor, feature_acts: torch.Tensor) -> None:
+        """Hook for statistics a variant tracks during training (BatchTopK's threshold)."""
+
+    def synchronize_fired(self, fired: torch.Tensor) -> torch.Tensor:
+        """Hook for data-parallel training: combine the fired masks of all processes."""
+        return fired
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.examples_since_fired >= self.cfg.dead_feature_window
+
+    def num_dead_features(self) -> int:
+        return int(self.dead_mask().sum())
+
+    # ------------------------------------------------------------------ decoder constraint and init
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the part of each decoder row's gradient that would change its norm."""
+        if self.W_dec.grad is None:
+            return
+        unit = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        self.W_dec.grad -= (self.W_dec.grad * unit).sum(-1, keepdim=True) * unit
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    @torch.no_grad()
+    def initialize_b_dec(self, sample: torch.Tensor, method: str | None = None) -> None:
+        """Set the decoder bias from training embeddings: their mean or geometric median."""
+        method = method or self.cfg.b_dec_init
+        x_in, _ = self.preprocess_input(sample.to(self.device))
+        if method == "mean":
+            self.b_dec.copy_(x_in.mean(0))
+        elif method == "geometric_median":
+            self.b_dec.copy_(geometric_median(x_in))
+        elif method == "zeros":
+            self.b_dec.zero_()
+        else:
+            raise ValueError(f"unknown b_dec_init '{method}'")
+
+    # ------------------------------------------------------------------ saving
+    def weights_for_saving(self) -> dict[str, torch.Tensor]:
+        """Tensors in the SAELens layout (W_enc, W_dec, b_enc, b_dec, and threshold if any)."""
+        return {name: getattr(self, name).detach() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
+
+    @torch.no_grad()
+    def load_saved_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
+            getattr(self, name).copy_(tensors[name])
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iterations: int = 100, tol: float = 1e-7) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimizing the sum of Euclidean distances to ``points``."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(iterations):
+        weights = 1 / (points - median).norm(dim=-1).clamp_min(1e-12)
+        updated = (weights[:, None] * points).sum(0) / weights.sum()
+        if (updated - median).norm() <= tol * median.norm().clamp_min(1e-12):
+            median = updated
+            break
+        median = updated
+    return median

@@ -1,0 +1,64 @@
+"""BatchTopK SAE (Bussmann et al. 2024): a batch keeps its k x batch largest activations in all.
+
+Training codes depend on the rest of the batch; inference must not. During training the SAE keeps
+a running estimate of the smallest activation the batch top-k selects, and in eval mode it keeps
+every activation above that threshold, so each example is encoded on its own (a JumpReLU with one
+threshold shared by all features, which is how SAELens stores it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..config import SAEConfig
+from .base import BaseSAE
+from .registry import register_sae
+
+THRESHOLD_EMA_RATE = 0.01
+"""Weight of each new batch in the threshold estimate, once more than 1/rate batches were seen."""
+
+
+@register_sae
+class BatchTopKSAE(BaseSAE):
+    architecture = "batchtopk"
+    saelens_architecture = "jumprelu"
+    uses_auxk = True
+    has_threshold = True
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(self.d_sae, dtype=self.dtype, device=self.device))
+        self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long, device=self.device))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        acts = F.relu(pre)
+        if not self.training:
+            return acts * (pre > self.threshold)
+        flat = acts.flatten()
+        top = flat.topk(min(self.cfg.top_k * acts.shape[0], flat.numel()), sorted=False)
+        return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(acts)
+
+    @torch.no_grad()
+    def update_running_stats(self, pre: torch.Tensor, feature_acts: torch.Tensor) -> None:
+        selected = feature_acts[feature_acts > 0]
+        if selected.numel() == 0:
+            return
+        batch_threshold = self.synchronize_threshold(selected.min().to(self.dtype))
+        # A running mean over the first 1/rate batches, an EMA after: no bias towards the zero start.
+        rate = max(THRESHOLD_EMA_RATE, 1.0 / float(self.threshold_updates + 1))
+        self.threshold += rate * (batch_threshold - self.threshold)
+        self.threshold_updates += 1
+
+    def synchronize_threshold(self, batch_threshold: torch.Tensor) -> torch.Tensor:
+        """Hook for data-parallel training: average the batch thresholds of all processes."""
+        return batch_threshold
+
+    def weights_for_saving(self) -> dict[str, torch.Tensor]:
+        return {**super().weights_for_saving(), "threshold": self.threshold.detach()}
+
+    @torch.no_grad()
+    def load_saved_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_saved_weights(tensors)
+        self.threshold.copy_(tensors["threshold"])
+        self.threshold_updates.fill_(1)

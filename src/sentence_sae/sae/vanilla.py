@@ -1,0 +1,22 @@
+"""ReLU SAE with an L1 penalty on decoder-norm-weighted activations."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import BaseSAE
+from .registry import register_sae
+
+
+@register_sae
+class VanillaSAE(BaseSAE):
+    architecture = "vanilla"
+    saelens_architecture = "standard"
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return F.relu(pre)
+
+    def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
+        # Weighting by decoder norms keeps the penalty honest even if the rows drift from unit norm.
+        return coeff * (feature_acts * self.W_dec.norm(dim=-1)).float().sum(-1).mean()

@@ -1,0 +1,80 @@
+"""Where training metrics go: ``metrics.jsonl`` in the run folder, and Weights & Biases.
+
+wandb runs offline when there is no login (the run lands in ``<run_dir>/wandb/offline-run-*`` and
+can be uploaded later with ``wandb sync``), online when logged in, or not at all when disabled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .config import SAEConfig
+
+
+class RunLogger:
+    """Appends one JSON line per logged step and mirrors it to wandb."""
+
+    def __init__(self, cfg: SAEConfig, run_dir: Path, enabled: bool = True):
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self._metrics_file = open(self.metrics_path, "a") if enabled else None
+        self.wandb_run: Any = None
+        if enabled and cfg.wandb_mode != "disabled":
+            self.wandb_run = _start_wandb(cfg, run_dir)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, **metrics}
+        assert self._metrics_file is not None
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(metrics, step=step)
+
+    def log_checkpoint(self, folder: Path, name: str, step: int) -> None:
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name=_artifact_name(name), type="model", metadata={"step": step})
+        artifact.add_dir(str(folder))
+        self.wandb_run.log_artifact(artifact)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        if self._metrics_file is not None:
+            self._metrics_file.close()
+            self._metrics_file = None
+        if self.wandb_run is not None:
+            for key, value in summary.items():
+                self.wandb_run.summary[key] = value
+            self.wandb_run.finish()
+            self.wandb_run = None
+
+
+def _artifact_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
+def _start_wandb(cfg: SAEConfig, run_dir: Path) -> Any:
+    import wandb
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    try:
+        return wandb.init(
+            project=cfg.wandb_project,
+            name=cfg.name,
+            config=cfg.to_dict(),
+            mode=cfg.wandb_mode,
+            dir=str(run_dir),
+            reinit="finish_previous",
+        )
+    except Exception as exc:  # a failed login or network must not cost the user the training run
+        print(f"warning: wandb could not start ({str(exc).splitlines()[0]}); logging to "
+              f"{run_dir / 'metrics.jsonl'} only", file=sys.stderr)
+        return None

@@ -1,0 +1,244 @@
+"""Training: the optimizer, schedules, the training step and the loop around it.
+
+``train_sae(sae, activation_store, model, cfg)`` keeps the earlier script's signature. ``train(cfg)``
+does everything from a config: finalize it, load the model, build the store and the SAE, train.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .activation_store import ActivationsStoreSBERT, EndOfData
+from .checkpoint import save_checkpoint_folder, save_sae
+from .config import SAEConfig, post_init_cfg
+from .embeddings import load_sentence_model
+from .evaluation import reconstruction_metrics
+from .sae import BaseSAE, create_sae
+from .tracking import RunLogger
+
+KEEP_CHECKPOINTS = 2
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules
+
+
+def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:
+    """Linear warm-up from 0 over ``warmup_steps``, constant, then linear decay to 0 over the last
+    ``decay_frac`` of ``total_steps`` (no decay when the length of training is unknown)."""
+    factor = 1.0
+    if warmup_steps > 0:
+        factor = min(factor, (step + 1) / warmup_steps)
+    if total_steps is not None and decay_frac > 0:
+        decay_steps = max(1, round(total_steps * decay_frac))
+        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+    return factor
+
+
+def sparsity_multiplier(step: int, total_steps: int | None, warmup_frac: float) -> float:
+    """Linear warm-up of the sparsity coefficient over the first ``warmup_frac`` of training."""
+    if total_steps is None or warmup_frac <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / max(1.0, total_steps * warmup_frac))
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced: its folder and its held-out metrics."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    examples: int
+    steps: int
+    seconds: float
+    end_reason: str
+    skipped_texts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON line the command line prints last."""
+        return {
+            "run_dir": str(self.run_dir),
+            "fvu": self.metrics.get("fvu"),
+            "l0": self.metrics.get("l0"),
+            "dead_frac": self.metrics.get("dead_frac"),
+            "cos": self.metrics.get("cos"),
+            "examples": self.examples,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def new_run_dir(cfg: SAEConfig) -> Path:
+    """A fresh folder under ``output_dir``; an existing run is never reused or overwritten."""
+    base = Path(cfg.output_dir) / f"{cfg.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir, suffix = base, 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = base.with_name(f"{base.name}-{suffix}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """One training run of one SAE. Small methods, so that variants of the loop can reuse them."""
+
+    def __init__(self, sae: BaseSAE, store: ActivationsStoreSBERT, cfg: SAEConfig, run_dir: Path | None = None):
+        self.sae = sae
+        self.store = store
+        self.cfg = cfg
+        self.run_dir = run_dir or new_run_dir(cfg)
+        self.step = 0
+        self.total_steps: int | None = None
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
+        )
+        self.logger = RunLogger(cfg, self.run_dir)
+
+    # -------------------------------------------------------------- one step
+    def sparsity_coeff(self) -> float:
+        return self.cfg.l1_coeff * sparsity_multiplier(self.step, self.total_steps, self.cfg.l1_warmup_frac)
+
+    def training_step(self, batch: torch.Tensor) -> dict[str, float]:
+        sae = self.sae
+        sae.train()
+        coeff = self.sparsity_coeff()
+        output = sae(batch, sparsity_coeff=coeff)
+        output["loss"].backward()
+        sae.remove_parallel_decoder_grad()
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm).item()
+            if self.cfg.max_grad_norm is not None
+            else float("nan")
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        with torch.no_grad():
+            x = batch.to(output["sae_out"].dtype)
+            variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+            fvu = ((output["sae_out"] - x).pow(2).sum() / variance).item()
+        return {
+            "train/loss": output["loss"].item(),
+            "train/l2_loss": output["l2_loss"].item(),
+            "train/sparsity_loss": output["sparsity_loss"].item(),
+            "train/aux_loss": output["aux_loss"].item(),
+            "train/l0": output["l0_norm"].item(),
+            "train/fvu": fvu,
+            "train/dead_frac": output["num_dead_features"] / sae.d_sae,
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/sparsity_coeff": coeff,
+            "train/examples": float(self.store.examples_served),
+        }
+
+    # -------------------------------------------------------------- evaluation and checkpoints
+    def evaluate(self) -> dict[str, float]:
+        held_out = self.store.held_out_embeddings()
+        if len(held_out) == 0:
+            return {}
+        return {f"eval/{key}": value for key, value in reconstruction_metrics(self.sae, held_out).items()}
+
+    def save_checkpoint(self) -> Path:
+        folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        save_checkpoint_folder(self.sae, folder)
+        self.logger.log_checkpoint(folder, f"{self.cfg.name}-checkpoint", self.step)
+        old = sorted((self.run_dir / "checkpoints").glob("step_*"))[:-KEEP_CHECKPOINTS]
+        for stale in old:
+            import shutil
+
+            shutil.rmtree(stale, ignore_errors=True)
+        return folder
+
+    def save_final(self) -> None:
+        save_sae(self.sae, self.run_dir)
+        self.logger.log_checkpoint(self.run_dir, f"{self.cfg.name}-final", self.step)
+
+    # -------------------------------------------------------------- the loop
+    def prepare(self) -> int | None:
+        """Plan the schedule and initialize the decoder bias from the first training buffer."""
+        planned = self.store.planned_examples()
+        if planned is not None:
+            self.total_steps = max(1, math.ceil(planned / self.cfg.batch_size))
+        self.sae.initialize_b_dec(self.store.initial_sample())
+        return planned
+
+    def train(self) -> TrainResult:
+        cfg = self.cfg
+        started = time.perf_counter()
+        planned = self.prepare()
+        history: list[dict[str, float]] = []
+        bar = tqdm(total=planned, unit="ex", unit_scale=True, desc=f"train {cfg.sae_type}", dynamic_ncols=True)
+        end_reason = "stopped"
+        with bar:
+            while True:
+                try:
+                    batch = self.store.next_batch()
+                except EndOfData as end:
+                    end_reason = end.reason
+                    break
+                metrics = self.training_step(batch)
+                bar.update(len(batch))
+                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", L0=f"{metrics['train/l0']:.1f}",
+                                FVU=f"{metrics['train/fvu']:.3f}", refresh=False)
+                if cfg.perf_log_freq and self.step % cfg.perf_log_freq == 0:
+                    metrics.update(self.evaluate())
+                    history.append({"step": self.step, **metrics})
+                self.logger.log(metrics, self.step)
+                if cfg.checkpoint_freq and self.step % cfg.checkpoint_freq == 0:
+                    self.save_checkpoint()
+        final = self.evaluate()
+        self.logger.log(final, self.step)
+        self.save_final()
+        seconds = time.perf_counter() - started
+        metrics = {key.removeprefix("eval/"): value for key, value in final.items()}
+        skipped = self.store.counter.skipped_empty
+        print(
+            f"Training stopped: {end_reason}; {self.store.examples_served} examples in {self.step} steps, "
+            f"{seconds:.1f}s" + (f"; skipped {skipped} empty texts" if skipped else ""),
+            file=sys.stderr,
+        )
+        result = TrainResult(self.run_dir, metrics, self.store.examples_served, self.step, seconds,
+                             end_reason, skipped, history)
+        self.logger.finish({f"final/{k}": v for k, v in metrics.items()})
+        return result
+
+
+def train_sae(sae: BaseSAE, activation_store: ActivationsStoreSBERT, model: Any, cfg: SAEConfig) -> TrainResult:
+    """Train ``sae`` on the embeddings ``activation_store`` serves (the earlier script's entry point)."""
+    cfg = post_init_cfg(cfg, model)
+    return Trainer(sae, activation_store, cfg).train()
+
+
+def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
+    """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results."""
+    if not isinstance(cfg, SAEConfig):
+        from .config import from_mapping
+
+        cfg = from_mapping(cfg)
+    cfg = post_init_cfg(cfg)  # validates before the model loads; the loaded model is cached
+    model = load_sentence_model(cfg.model_name, cfg.device)
+    store = ActivationsStoreSBERT(model, cfg)
+    sae = create_sae(cfg)
+    return Trainer(sae, store, cfg).train()
