@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import inspect
 import json
+import math
 import re
 import textwrap
 import types
@@ -41,7 +42,7 @@ class SAEConfig:
     # --- SAE architecture ---
     sae_type: str = "topk"
     """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu, ...)."""
-    dict_size: int = 3072
+    dict_size: int = 1536
     """Number of SAE features (latents)."""
     top_k: int = 32
     """Active features per example for topk; average active features per example for batchtopk."""
@@ -49,8 +50,9 @@ class SAEConfig:
     """Dead features used by the AuxK loss (topk, batchtopk); about half the embedding size works."""
     aux_penalty: float = 1 / 32
     """Weight of the AuxK loss that revives dead features (topk, batchtopk)."""
-    l1_coeff: float = 0.002
-    """Sparsity coefficient: L1 weight for vanilla, L0 weight for jumprelu. Larger means sparser."""
+    l1_coeff: float | None = None
+    """Sparsity coefficient: L1 weight for vanilla, L0 weight for jumprelu; larger means sparser.
+    Unset means the architecture's default, which gives L0 near 32 on MiniLM embeddings."""
     bandwidth: float = 0.01
     """JumpReLU: width of the rectangle kernel of the straight-through threshold gradient."""
     jumprelu_init_threshold: float = 0.05
@@ -78,10 +80,11 @@ class SAEConfig:
     """Dataset split to stream."""
     text_column: str = "text"
     """Column that holds the texts."""
-    num_examples: int | None = None
-    """Training examples to use in all; unset means num_epochs full passes over the dataset."""
-    num_epochs: int = 1
-    """Passes over a finite dataset (held-out texts excluded)."""
+    num_examples: int | None = 100_000
+    """Training examples to use in all (held-out texts excluded); unset means num_epochs full passes."""
+    num_epochs: int | None = None
+    """Passes over a finite dataset; unset means as many as it takes to reach num_examples (one
+    pass when num_examples is unset too)."""
     num_eval_examples: int = 256
     """Held-out texts, taken from the start of the dataset before any training example."""
     model_batch_size: int = 32
@@ -90,7 +93,7 @@ class SAEConfig:
     """Model batches of embeddings kept in the shuffle buffer."""
 
     # --- optimization ---
-    batch_size: int = 256
+    batch_size: int = 128
     """Embeddings per SAE training step."""
     lr: float = 3e-3
     """Adam learning rate."""
@@ -331,6 +334,14 @@ def resolve_wandb_mode(requested: str | None) -> str:
     return "offline"
 
 
+def max_passes(cfg: SAEConfig) -> float:
+    """How many passes over the data a run may make: num_epochs, or unbounded while num_examples
+    limits the run, or one."""
+    if cfg.num_epochs is not None:
+        return cfg.num_epochs
+    return math.inf if cfg.num_examples is not None else 1
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -345,13 +356,16 @@ def validate(cfg: SAEConfig) -> None:
         f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
     )
     for key in ("dict_size", "top_k", "top_k_aux", "batch_size", "model_batch_size",
-                "num_batches_in_buffer", "num_epochs", "dead_feature_window"):
+                "num_batches_in_buffer", "dead_feature_window"):
         _check(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
     _check(cfg.num_examples is None or cfg.num_examples > 0,
            f"num_examples must be positive (or unset for whole epochs), got {cfg.num_examples}")
+    _check(cfg.num_epochs is None or cfg.num_epochs > 0,
+           f"num_epochs must be positive (or unset to repeat until num_examples), got {cfg.num_epochs}")
     for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "lr_warmup_steps",
-                "aux_penalty", "l1_coeff"):
+                "aux_penalty"):
         _check(getattr(cfg, key) >= 0, f"{key} must not be negative, got {getattr(cfg, key)}")
+    _check(cfg.l1_coeff is None or cfg.l1_coeff >= 0, f"l1_coeff must not be negative, got {cfg.l1_coeff}")
     _check(cfg.top_k <= cfg.dict_size,
            f"top_k ({cfg.top_k}) must not exceed dict_size ({cfg.dict_size})")
     _check(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
@@ -403,6 +417,10 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
             f"embeddings; remove act_size or set it to {model_dim}"
         )
     cfg.act_size = model_dim
+    if cfg.l1_coeff is None:
+        from .sae import SAE_REGISTRY
+
+        cfg.l1_coeff = SAE_REGISTRY[cfg.sae_type].default_l1_coeff
     if cfg.top_k_aux > cfg.dict_size:
         cfg.top_k_aux = cfg.dict_size
     if cfg.name is None:
@@ -417,9 +435,12 @@ def config_table_markdown() -> str:
     defaults = SAEConfig()
     for f in fields(SAEConfig):
         default = getattr(defaults, f.name)
-        shown = "derived" if default is None and f.name in {"act_size", "name"} else repr(default)
-        if isinstance(default, float):
+        if default is None:
+            shown = "unset"
+        elif isinstance(default, float):
             shown = f"{default:g}"
+        else:
+            shown = str(default)
         rows.append(f"| `{f.name}` | `{shown}` | {field_help().get(f.name, '')} |")
     return "\n".join(rows)
 

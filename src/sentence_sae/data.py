@@ -103,6 +103,8 @@ def open_dataset(dataset_path: str, dataset_name: str | None = None, split: str 
     path = Path(dataset_path).expanduser()
     if path.exists():
         builder, files = _local_data_files(path)
+        if all(Path(file).stat().st_size == 0 for file in files):
+            raise DataError(f"dataset {path} holds no texts (its files are empty); give a file with texts")
         try:
             return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
         except Exception as exc:  # datasets raises many types for unreadable files

@@ -115,7 +115,7 @@ class Trainer:
 
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:
-        return self.cfg.l1_coeff * sparsity_multiplier(self.step, self.total_steps, self.cfg.l1_warmup_frac)
+        return self.sae.sparsity_coefficient * sparsity_multiplier(self.step, self.total_steps, self.cfg.l1_warmup_frac)
 
     def training_step(self, batch: torch.Tensor) -> dict[str, float]:
         sae = self.sae

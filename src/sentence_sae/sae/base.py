@@ -36,6 +36,8 @@ class BaseSAE(nn.Module):
     """Whether the AuxK loss on dead features is part of the training loss."""
     has_threshold: ClassVar[bool] = False
     """Whether a per-feature ``threshold`` tensor is part of the saved weights."""
+    default_l1_coeff: ClassVar[float] = 0.0
+    """``l1_coeff`` when the config leaves it unset."""
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -71,6 +73,11 @@ class BaseSAE(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.W_dec.device
+
+    @property
+    def sparsity_coefficient(self) -> float:
+        """``cfg.l1_coeff``, or this architecture's default when it is unset."""
+        return self.default_l1_coeff if self.cfg.l1_coeff is None else self.cfg.l1_coeff
 
     # ------------------------------------------------------------------ input normalization
     def preprocess_input(self, x: torch.Tensor) -> tuple[torch.Tensor, InputStats]:
@@ -141,7 +148,7 @@ class BaseSAE(nn.Module):
 
     def forward(self, x: torch.Tensor, sparsity_coeff: float | None = None) -> dict[str, Any]:
         """Losses and outputs of one batch. ``sparsity_coeff`` overrides ``cfg.l1_coeff`` (warm-up)."""
-        coeff = self.cfg.l1_coeff if sparsity_coeff is None else sparsity_coeff
+        coeff = self.sparsity_coefficient if sparsity_coeff is None else sparsity_coeff
         x_in, stats = self.preprocess_input(x)
         pre = self.pre_activations(x_in)
         feature_acts = self.activate(pre)

@@ -73,6 +73,7 @@ class JumpReLUSAE(BaseSAE):
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
     has_threshold = True
+    default_l1_coeff = 0.0025
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)

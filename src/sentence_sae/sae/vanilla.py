@@ -13,6 +13,7 @@ from .registry import register_sae
 class VanillaSAE(BaseSAE):
     architecture = "vanilla"
     saelens_architecture = "standard"
+    default_l1_coeff = 0.11
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return F.relu(pre)

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real MiniLM model, real texts and their real embeddings, data files on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from sentence_sae.config import DEFAULT_MODEL  # noqa: E402
+from sentence_sae.data import python_docs_paragraphs  # noqa: E402
+from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
+from helpers import write_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model():
+    return load_sentence_model(DEFAULT_MODEL, "cpu")
+
+
+@pytest.fixture(scope="session")
+def docs_texts() -> list[str]:
+    return list(python_docs_paragraphs())
+
+
+@pytest.fixture(scope="session")
+def docs_embeddings(model, docs_texts) -> torch.Tensor:
+    """Real MiniLM embeddings of every paragraph of the built-in corpus (encoded once per session)."""
+    return encode_texts(model, docs_texts, batch_size=32)
+
+
+@pytest.fixture(scope="session")
+def docs_split(docs_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held_out): a fixed random split of the corpus embeddings, 256 held out."""
+    order = torch.randperm(len(docs_embeddings), generator=torch.Generator().manual_seed(0))
+    return docs_embeddings[order[256:]], docs_embeddings[order[:256]]
+
+
+@pytest.fixture
+def small_texts(docs_texts) -> list[str]:
+    """60 distinct paragraphs (the corpus repeats a few short ones)."""
+    return list(dict.fromkeys(docs_texts))[:60]
+
+
+@pytest.fixture
+def jsonl_file(tmp_path, small_texts) -> Path:
+    return write_jsonl(tmp_path / "texts.jsonl", [{"text": t, "id": i} for i, t in enumerate(small_texts)])
+
+

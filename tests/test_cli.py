@@ -1,0 +1,64 @@
+"""The command line, run as a user would: a real process, real files, one JSON line at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers import write_jsonl
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
+    config = tmp_path / "cfg.yaml"
+    config.write_text("dict_size: 128\ntop_k: 8\nnum_eval_examples: 10\n")
+    proc = run_cli("train", "--config", str(config), "--dataset_path", str(jsonl_file), "--num_epochs", "2",
+                   "--num_examples", "none", "--batch_size", "16", "--model_batch_size", "16",
+                   "--output_dir", str(tmp_path / "runs"), "--top_k", "4")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary) == {"run_dir", "fvu", "l0", "dead_frac", "cos", "examples", "seconds"}
+    assert summary["examples"] == 100 and summary["l0"] <= 4  # the option overrides the file's top_k
+    cfg = json.loads((tmp_path / "runs").joinpath(os.path.basename(summary["run_dir"]), "cfg.json").read_text())
+    assert cfg["d_sae"] == 128 and cfg["k"] == 4
+    assert "Training stopped: dataset exhausted after 2 pass(es)" in proc.stderr
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Loading weights" not in line]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_mistyped_option_names_the_nearest_key():
+    line = one_error_line(run_cli("train", "--dict_szie", "10"))
+    assert "unknown config key 'dict_szie'; did you mean 'dict_size'?" in line
+
+
+def test_bad_values_give_one_clear_line(tmp_path):
+    assert "valid types: batchtopk, jumprelu, topk, vanilla" in one_error_line(run_cli("train", "--sae_type", "topp"))
+    assert "'top_k' needs an int" in one_error_line(run_cli("train", "--top_k", "many"))
+    assert "top_k (5000) must not exceed dict_size" in one_error_line(run_cli("train", "--top_k", "5000"))
+
+
+def test_wrong_column_gives_one_line_and_writes_nothing(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a text"}, {"sentence": "another text"}])
+    out = tmp_path / "runs"
+    line = one_error_line(run_cli("train", "--dataset_path", str(path), "--output_dir", str(out)))
+    assert "column 'text' not found" in line and "columns present: sentence" in line
+    assert not out.exists()
+
+
+def test_help_lists_every_config_key_with_its_docstring():
+    proc = run_cli("train", "--help")
+    assert proc.returncode == 0
+    assert "--dead_feature_window" in proc.stdout and "counts as dead" in proc.stdout

@@ -1,0 +1,102 @@
+"""The typed config: defaults, derived values, validation messages, files and the dict interface."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sentence_sae import SAEConfig, get_default_cfg, post_init_cfg
+from sentence_sae.config import from_mapping, load_config_file
+from sentence_sae.errors import ConfigError
+
+
+def test_defaults_finalize_with_values_derived_from_the_model(model):
+    cfg = post_init_cfg(get_default_cfg(), model)
+    assert cfg.act_size == 384
+    assert cfg.device == "cpu"
+    assert cfg.name == "topk_all-MiniLM-L6-v2_1536_k32"
+    assert cfg.wandb_mode in {"online", "offline", "disabled"}
+    assert post_init_cfg(cfg, model) == cfg  # finalizing twice changes nothing
+
+
+def test_sparsity_coefficient_defaults_per_architecture(model):
+    vanilla = post_init_cfg(SAEConfig(sae_type="vanilla"), model)
+    jumprelu = post_init_cfg(SAEConfig(sae_type="jumprelu"), model)
+    assert vanilla.l1_coeff > jumprelu.l1_coeff > 0
+    assert post_init_cfg(SAEConfig(sae_type="jumprelu", l1_coeff=0.5), model).l1_coeff == 0.5
+
+
+def test_dict_interface_of_the_earlier_script():
+    cfg = get_default_cfg()
+    cfg["top_k"] = 64
+    assert cfg["top_k"] == 64 and cfg.top_k == 64
+    assert "dict_size" in cfg and dict(cfg.items())["top_k"] == 64
+
+
+@pytest.mark.parametrize("setter", ["item", "attribute", "mapping"])
+def test_mistyped_key_names_the_nearest_valid_key(setter):
+    cfg = get_default_cfg()
+    with pytest.raises(ConfigError, match="unknown config key 'dict_szie'; did you mean 'dict_size'"):
+        if setter == "item":
+            cfg["dict_szie"] = 10
+        elif setter == "attribute":
+            cfg.dict_szie = 10
+        else:
+            from_mapping({"dict_szie": 10})
+
+
+def test_unknown_sae_type_lists_the_valid_ones(model):
+    with pytest.raises(ConfigError, match="unknown sae_type 'topp'; valid types: batchtopk, jumprelu, topk, vanilla"):
+        post_init_cfg(SAEConfig(sae_type="topp"), model)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"top_k": 100, "dict_size": 64}, r"top_k \(100\) must not exceed dict_size \(64\)"),
+        ({"dict_size": 0}, "dict_size must be positive"),
+        ({"batch_size": -1}, "batch_size must be positive"),
+        ({"lr": 0.0}, "lr must be positive"),
+        ({"lr": -1e-3}, "lr must be positive"),
+        ({"num_examples": 0}, "num_examples must be positive"),
+        ({"num_epochs": 0}, "num_epochs must be positive"),
+        ({"wandb_mode": "sometimes"}, "wandb_mode 'sometimes' is not valid"),
+        ({"batch_size": 4096}, "shuffle buffer .* is smaller than batch_size"),
+        ({"device": "gpu"}, "device 'gpu' is not valid"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_fix(model, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        post_init_cfg(SAEConfig(**changes), model)
+
+
+def test_wrong_types_are_rejected():
+    with pytest.raises(ConfigError, match="'dict_size' needs an int, got 'many'"):
+        SAEConfig(dict_size="many")
+    with pytest.raises(ConfigError, match="'top_k' needs an int, got 2.5"):
+        get_default_cfg()["top_k"] = 2.5
+    assert SAEConfig(dict_size="2048", lr="1e-3", input_unit_norm="true").dict_size == 2048
+
+
+def test_explicit_act_size_that_contradicts_the_model_is_an_error(model):
+    with pytest.raises(ConfigError, match="act_size is 768, but model .* gives 384-dimensional embeddings"):
+        post_init_cfg(SAEConfig(act_size=768), model)
+    assert post_init_cfg(SAEConfig(act_size=384), model).act_size == 384
+
+
+def test_yaml_and_json_config_files(tmp_path):
+    yaml_file = tmp_path / "cfg.yaml"
+    yaml_file.write_text("sae_type: batchtopk\ntop_k: 16\nlr: 1e-3\n")
+    json_file = tmp_path / "cfg.json"
+    json_file.write_text(json.dumps({"dict_size": 512, "input_unit_norm": True}))
+    assert from_mapping(load_config_file(yaml_file)).top_k == 16
+    assert from_mapping(load_config_file(json_file)).input_unit_norm is True
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("top_kk: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        from_mapping(load_config_file(bad))
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="broken.json is not valid json"):
+        load_config_file(broken)

@@ -1,0 +1,202 @@
+"""SAE variants: the forward pass against an independent float64 reference, the JumpReLU
+pseudo-gradients, the decoder constraint, dead-feature counting and AuxK."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sentence_sae import SAEConfig, create_sae
+from sentence_sae.sae.jumprelu import JumpReLUSAE
+
+D_IN, D_SAE, K = 24, 64, 4
+
+
+def tiny_cfg(sae_type: str, **overrides) -> SAEConfig:
+    cfg = SAEConfig(sae_type=sae_type, dict_size=D_SAE, top_k=K, top_k_aux=8, device="cpu", **overrides)
+    cfg.act_size = D_IN
+    return cfg
+
+
+def randomized(sae_type: str, seed: int = 0, **overrides):
+    """An SAE with every parameter random, so no term of the forward pass is trivially zero."""
+    sae = create_sae(tiny_cfg(sae_type, **overrides))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        if sae_type == "jumprelu":
+            sae.log_threshold.copy_(torch.full((D_SAE,), np.log(0.2)))
+        sae.normalize_decoder()
+        if sae_type == "batchtopk":
+            sae.threshold.fill_(0.3)
+    return sae
+
+
+def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarray]:
+    """The SAE math written out in float64 numpy, independently of the library's code."""
+    p = {name: t.detach().double().numpy() for name, t in sae.named_parameters()}
+    cfg = sae.cfg
+    x_in = x
+    if cfg.input_unit_norm:
+        mean = x.mean(-1, keepdims=True)
+        std = (x - mean).std(-1, ddof=1, keepdims=True)
+        x_in = (x - mean) / (std + 1e-5)
+    pre = (x_in - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    relu = np.maximum(pre, 0)
+    if cfg.sae_type == "vanilla":
+        acts = relu
+        sparsity = cfg.l1_coeff * (acts * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
+    elif cfg.sae_type == "topk" or (cfg.sae_type == "batchtopk" and not training):
+        if cfg.sae_type == "topk":
+            kth = np.sort(relu, axis=-1)[:, -K][:, None]
+            acts = np.where(relu >= kth, relu, 0.0)
+        else:
+            acts = np.where(pre > sae.threshold.double().numpy(), relu, 0.0)
+        sparsity = 0.0
+    elif cfg.sae_type == "batchtopk":
+        kth = np.sort(relu.ravel())[-K * len(x)]
+        acts = np.where(relu >= kth, relu, 0.0)
+        sparsity = 0.0
+    else:  # jumprelu
+        threshold = np.exp(p["log_threshold"])
+        acts = np.where(pre > threshold, pre, 0.0)
+        sparsity = cfg.l1_coeff * (pre > threshold).sum(-1).mean()
+    x_hat = acts @ p["W_dec"] + p["b_dec"]
+    l2 = ((x_hat - x_in) ** 2).sum(-1).mean()
+    sae_out = x_hat
+    if cfg.input_unit_norm:
+        sae_out = x_hat * (std + 1e-5) + mean
+    return {"feature_acts": acts, "sae_out": sae_out, "l2_loss": l2, "loss": l2 + sparsity,
+            "l0_norm": (acts > 0).sum(-1).mean()}
+
+
+@pytest.mark.parametrize("sae_type", ["vanilla", "topk", "batchtopk", "jumprelu"])
+@pytest.mark.parametrize("input_unit_norm", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_matches_float64_reference(sae_type, input_unit_norm, training):
+    sae = randomized(sae_type, input_unit_norm=input_unit_norm, l1_coeff=0.01)
+    sae.train(training)
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(1))
+    out = sae(x)
+    ref = reference_forward(sae, x.double().numpy(), training)
+    assert out["l0_norm"].item() > 0
+    for key in ("feature_acts", "sae_out"):
+        np.testing.assert_allclose(out[key].detach().numpy(), ref[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    for key in ("l2_loss", "loss", "l0_norm"):
+        np.testing.assert_allclose(out[key].item(), ref[key], rtol=1e-4, err_msg=key)
+    # encode / reconstruct are the same computation without the losses.
+    sae.eval()
+    acts, reconstruction = sae.encode_and_reconstruct(x)
+    np.testing.assert_allclose(sae.encode(x).detach().numpy(), acts.detach().numpy())
+    np.testing.assert_allclose(sae.reconstruct(x).detach().numpy(), reconstruction.detach().numpy())
+
+
+def test_topk_selection_uses_the_encoder_bias():
+    sae = randomized("topk")
+    x = torch.randn(8, D_IN, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        sae.b_enc[5] = 100.0
+    assert (sae.encode(x)[:, 5] > 0).all()
+
+
+def test_batchtopk_keeps_k_per_example_on_average_in_training():
+    sae = randomized("batchtopk")
+    sae.train()
+    x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(3))
+    acts = sae(x)["feature_acts"]
+    assert (acts > 0).sum().item() == K * 32
+    assert (acts > 0).sum(-1).float().std() > 0  # the budget is shared, not per example
+
+
+def test_jumprelu_threshold_gradients_follow_the_pseudo_derivatives():
+    """For one feature: dL/dtheta from the L0 term is -(1/eps) K((z-theta)/eps) per example, from
+    the output -(theta/eps) K(...) times the upstream gradient; the log parameter gets theta x that."""
+    eps, theta = 0.1, 0.5
+    sae = create_sae(tiny_cfg("jumprelu", bandwidth=eps, jumprelu_init_threshold=theta))
+    pre = torch.tensor([[0.47, 0.70, 0.52, 0.10]]).T.expand(4, D_SAE).contiguous().requires_grad_(True)
+    # Only z within eps/2 of theta (0.47 and 0.52) fall inside the rectangle kernel.
+    l0 = torch.autograd.grad(sae.sparsity_loss(pre, None, coeff=1.0), sae.log_threshold)[0]
+    expected_theta_grad = -(1 / eps) * 2 / 4  # two of four examples in the window, mean over the batch
+    np.testing.assert_allclose(l0.numpy(), np.full(D_SAE, theta * expected_theta_grad), rtol=1e-5)
+
+    acts = sae.activate(pre)
+    grad_pre, grad_log_theta = torch.autograd.grad(acts.sum(), [pre, sae.log_threshold])
+    expected_output_theta_grad = -(theta / eps) * 2
+    np.testing.assert_allclose(grad_log_theta.numpy(), np.full(D_SAE, theta * expected_output_theta_grad), rtol=1e-5)
+    np.testing.assert_array_equal(grad_pre[:, 0].numpy(), [0.0, 1.0, 1.0, 0.0])  # only where z > theta
+
+
+def test_jumprelu_l0_penalty_moves_the_thresholds_up():
+    sae = randomized("jumprelu", l1_coeff=1.0, bandwidth=1.0)
+    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(4))
+    sae(x)["sparsity_loss"].backward()
+    assert sae.log_threshold.grad.sum() < 0  # gradient descent raises thresholds
+
+
+def test_decoder_gradient_loses_its_parallel_part_and_rows_stay_unit_norm():
+    sae = randomized("topk")
+    optimizer = torch.optim.Adam(sae.parameters(), lr=0.05)
+    x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(5))
+    for _ in range(5):
+        sae(x)["loss"].backward()
+        sae.remove_parallel_decoder_grad()
+        parallel = (sae.W_dec.grad * sae.W_dec).sum(-1)
+        np.testing.assert_allclose(parallel.detach().numpy(), 0.0, atol=1e-6)
+        optimizer.step()
+        optimizer.zero_grad()
+        sae.normalize_decoder()
+        np.testing.assert_allclose(sae.W_dec.norm(dim=-1).detach().numpy(), 1.0, rtol=1e-5)
+
+
+def test_initialization_ties_encoder_to_decoder_and_sets_b_dec_from_data():
+    sae = create_sae(tiny_cfg("topk"))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
+    data = torch.randn(200, D_IN, generator=torch.Generator().manual_seed(6)) + 3
+    sae.initialize_b_dec(data, "mean")
+    torch.testing.assert_close(sae.b_dec.data, data.mean(0))
+    sae.initialize_b_dec(data, "geometric_median")
+    median = sae.b_dec.detach().double()
+    distances = lambda point: (data.double() - point).norm(dim=-1).sum()  # noqa: E731
+    assert distances(median) <= distances(data.double().mean(0)) + 1e-9
+
+
+def test_dead_features_are_counted_in_examples_and_only_in_training():
+    sae = randomized("topk", dead_feature_window=100)
+    x = torch.randn(40, D_IN, generator=torch.Generator().manual_seed(7))
+    sae.eval()
+    sae(x)
+    assert sae.examples_since_fired.sum() == 0  # evaluation changes nothing
+    sae.train()
+    sae(x)
+    fired = (sae.encode(x) > 0).any(0)
+    assert (sae.examples_since_fired[~fired] == 40).all() and (sae.examples_since_fired[fired] == 0).all()
+    for _ in range(2):
+        sae(x)
+    assert sae.num_dead_features() == int((~fired).sum())  # 120 examples >= window of 100
+
+
+def test_auxk_loss_appears_once_features_are_dead():
+    sae = randomized("topk", dead_feature_window=10)
+    sae.train()
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(8))
+    assert sae(x)["aux_loss"].item() == 0.0
+    sae.examples_since_fired.fill_(1000)
+    out = sae(x)
+    assert out["aux_loss"].item() > 0
+    out["loss"].backward()
+    assert sae.W_enc.grad.abs().sum(0).gt(0).sum() > K  # dead features get gradient through AuxK
+
+
+def test_eval_mode_leaves_batchtopk_threshold_alone():
+    sae = randomized("batchtopk")
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(9))
+    sae.eval()
+    before = sae.threshold.clone()
+    sae(x)
+    torch.testing.assert_close(sae.threshold, before)
+    sae.train()
+    sae(x)
+    assert not torch.equal(sae.threshold, before)
