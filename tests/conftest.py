@@ -17,6 +17,18 @@ from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E
 from helpers import write_jsonl  # noqa: E402
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Embedding caches of tests (and of the processes they start) go to a temporary folder."""
+    previous = os.environ.get("SENTENCE_SAE_CACHE")
+    os.environ["SENTENCE_SAE_CACHE"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SENTENCE_SAE_CACHE", None)
+    else:
+        os.environ["SENTENCE_SAE_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def model():
     return load_sentence_model(DEFAULT_MODEL, "cpu")

@@ -16,7 +16,7 @@ from sentence_sae.config import SAEConfig, post_init_cfg
 def make_cfg(tmp_path: Path, model=None, **overrides) -> SAEConfig:
     """A finalized config that writes under tmp_path and logs nowhere unless asked."""
     values = dict(output_dir=str(tmp_path / "runs"), wandb_mode="disabled", device="cpu",
-                  perf_log_freq=0, checkpoint_freq=0)
+                  perf_log_freq=0, checkpoint_freq=0, cache_dir=str(tmp_path / "cache"))
     values.update(overrides)
     return post_init_cfg(SAEConfig().replace(**values), model)
 

@@ -99,7 +99,7 @@ def test_epochs_repeat_every_training_text_and_never_the_held_out(tmp_path, mode
     store = ActivationsStoreSBERT(model, cfg)
     counts = Counter(served_texts(store))
     assert set(counts) == set(small_texts[12:]) and set(counts.values()) == {3}
-    with pytest.raises(EndOfData, match="dataset exhausted after 3 pass"):
+    with pytest.raises(EndOfData, match="dataset exhausted"):
         store.get_batch_tokens()
 
 
@@ -135,7 +135,9 @@ def test_empty_and_missing_texts_are_skipped_and_counted(tmp_path, model, small_
     cfg = make_cfg(tmp_path, model, dataset_path=str(path), num_eval_examples=1, num_examples=None, num_epochs=1)
     store = ActivationsStoreSBERT(model, cfg)
     assert served_texts(store) == small_texts[1:3]
+    assert sum(len(batch) for batch in store) == 2
     assert store.counter.skipped_empty == 4
+    assert store.cache.complete and store.cache.skipped_texts == 4
 
 
 def test_missing_text_column_lists_the_columns(tmp_path, model, small_texts):

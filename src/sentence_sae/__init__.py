@@ -11,13 +11,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .activation_store import ActivationsStoreSBERT, EndOfData
+from .activation_store import ActivationsStoreSBERT, EmbeddingStore, EndOfData
+from .cache import load_embeddings
 from .checkpoint import load_sae, save_sae
 from .config import SAEConfig, get_default_cfg, post_init_cfg
 from .embeddings import load_sentence_model
 from .errors import CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError
 from .sae import SAE_REGISTRY, BaseSAE, BatchTopKSAE, JumpReLUSAE, TopKSAE, VanillaSAE, create_sae, register_sae
-from .training import TrainResult, train, train_sae
+from .training import TrainResult, embed, train, train_sae
 
 __all__ = [
     "__version__",
@@ -25,7 +26,10 @@ __all__ = [
     "get_default_cfg",
     "post_init_cfg",
     "ActivationsStoreSBERT",
+    "EmbeddingStore",
     "EndOfData",
+    "load_embeddings",
+    "embed",
     "BaseSAE",
     "VanillaSAE",
     "TopKSAE",

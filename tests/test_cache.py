@@ -1,0 +1,178 @@
+"""The embedding cache: keys, reuse without the model, resume after a kill, memory-mapped reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_cfg, write_jsonl
+from sentence_sae import ActivationsStoreSBERT, load_embeddings
+from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.cache import EmbeddingCache, cache_key_for, open_cache
+from sentence_sae.embeddings import load_sentence_model
+from sentence_sae.errors import CheckpointError
+
+
+class ForwardCounter:
+    """Counts real forward passes of the model's transformer through a PyTorch forward hook."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model[0].register_forward_hook(self._hook)
+
+    def _hook(self, *args):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def drain(store) -> torch.Tensor:
+    try:
+        return torch.cat(list(store))
+    finally:
+        store.close()
+
+
+def test_second_run_reads_the_cache_and_never_runs_the_model(tmp_path, model, jsonl_file):
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), model_batch_size=8, num_batches_in_buffer=4,
+                   batch_size=8, num_eval_examples=10, num_epochs=2, num_examples=None)
+    with ForwardCounter(model) as counter:
+        first = ActivationsStoreSBERT(model, cfg)
+        served_first = drain(first)
+        assert counter.calls > 0
+        assert first.cache.complete and first.cache.rows == 60
+        counter.calls = 0
+        second = ActivationsStoreSBERT(model, cfg)
+        served_second = drain(second)
+        assert counter.calls == 0  # held-out and training embeddings both came from disk
+    assert second._dataset is None  # the dataset was not even opened
+    torch.testing.assert_close(second.held_out_embeddings(), first.held_out_embeddings())
+    assert len(served_first) == len(served_second) == 100
+    key = lambda rows: sorted(map(tuple, rows[:, :3].tolist()))  # noqa: E731
+    assert key(served_first) == key(served_second)  # the same examples, shuffled differently
+
+
+def test_cache_key_changes_with_everything_that_changes_embeddings(tmp_path, model, jsonl_file, small_texts):
+    base = make_cfg(tmp_path, model, dataset_path=str(jsonl_file))
+    folder = cache_key_for(base, model).folder_name()
+    assert cache_key_for(make_cfg(tmp_path, model, dataset_path=str(jsonl_file)), model).folder_name() == folder
+    assert cache_key_for(base.replace(text_column="id"), model).folder_name() != folder
+    assert cache_key_for(base.replace(encode_backend="fast"), model).folder_name() != folder
+    assert cache_key_for(base.replace(dataset_path="python-docs"), model).folder_name() != folder
+    bf16 = load_sentence_model(base.model_name, "cpu", "bfloat16")
+    assert cache_key_for(base.replace(encode_backend="bfloat16"), bf16).model_weights != cache_key_for(base, model).model_weights
+    # Editing the file's contents changes the key, so stale embeddings are never served.
+    write_jsonl(jsonl_file, [{"text": t} for t in reversed(small_texts)])
+    assert cache_key_for(base, model).folder_name() != folder
+
+
+def test_killed_embed_leaves_a_valid_cache_that_the_next_run_resumes(tmp_path, docs_embeddings):
+    cache_root = tmp_path / "cache"
+    args = [sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", "python-docs", "--num_examples",
+            "744", "--num_eval_examples", "256", "--cache_dir", str(cache_root), "--cache_shard_size", "96", "--model_batch_size", "16",
+            "--num_batches_in_buffer", "6", "--batch_size", "32"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    manifest = None
+    while time.time() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()
+        manifests = list(cache_root.glob("*/manifest.json"))
+        if manifests and len(json.loads(manifests[0].read_text())["shards"]) >= 4:
+            manifest = manifests[0]
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert manifest is not None, "embed wrote no shards in time"
+    partial = load_embeddings(manifest.parent)
+    assert 0 < len(partial) < 1000 and not json.loads(manifest.read_text())["complete"]
+    np.testing.assert_allclose(partial[:], docs_embeddings[: len(partial)].numpy(), atol=1e-4)
+
+    resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert summary["rows"] == 1000  # the held-out 256 and the 744 training examples asked for
+    assert summary["encoded"] == 1000 - len(partial)  # only the missing rows were encoded
+    full = load_embeddings(summary["cache_dir"])
+    assert full.shape == (1000, 384)
+    np.testing.assert_allclose(full[:], docs_embeddings[:1000].numpy(), atol=1e-4)  # dataset order
+
+
+def test_load_embeddings_is_a_memory_mapped_array_in_dataset_order(tmp_path, model, docs_embeddings):
+    cache = EmbeddingCache(tmp_path / "c", None, 384, shard_rows=100)
+    cache.acquire_writer()
+    data = docs_embeddings[:450].numpy()
+    for start in range(0, 450, 70):
+        cache.append(data[start : start + 70])
+    cache.mark_complete(0)
+    cache.close()
+    loaded = load_embeddings(tmp_path / "c")
+    assert loaded.shape == (450, 384) and len(list((tmp_path / "c").glob("shard_*.npy"))) == 5
+    np.testing.assert_array_equal(loaded[:], data)
+    np.testing.assert_array_equal(loaded[95:305], data[95:305])
+    np.testing.assert_array_equal(loaded[[3, 449, 150, 101]], data[[3, 449, 150, 101]])
+    np.testing.assert_array_equal(loaded[-1], data[-1])
+    assert isinstance(np.load(tmp_path / "c" / "shard_00000.npy", mmap_mode="r"), np.memmap)
+
+
+def anonymous_memory_mb() -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("RssAnon not reported by this kernel")
+
+
+def test_training_from_a_large_cache_does_not_hold_it_in_memory(tmp_path, model):
+    rows, dim = 400_000, 384  # 614 MB of float32 on disk
+    cache = EmbeddingCache(tmp_path / "big", None, dim, shard_rows=65_536)
+    cache.acquire_writer()
+    generator = np.random.default_rng(0)
+    for _ in range(rows // 20_000):
+        block = generator.standard_normal((20_000, dim), dtype=np.float32)
+        cache.append(block / np.linalg.norm(block, axis=1, keepdims=True))
+    cache.mark_complete(0)
+    cache.close()
+    embeddings = load_embeddings(tmp_path / "big")
+    before = anonymous_memory_mb()
+    cfg = make_cfg(tmp_path, model, num_eval_examples=1000, num_examples=None, num_epochs=1,
+                   batch_size=4096, model_batch_size=256, num_batches_in_buffer=64)
+    store = EmbeddingStore(embeddings, cfg)
+    served = sum(len(batch) for batch in store)
+    peak = anonymous_memory_mb()
+    assert served == rows - 1000
+    assert peak - before < 150, f"anonymous memory grew by {peak - before:.0f} MB for a 614 MB cache"
+
+
+def test_corrupt_or_truncated_cache_files_are_reported_by_name(tmp_path, model, docs_embeddings):
+    cache = EmbeddingCache(tmp_path / "c", None, 384, shard_rows=50)
+    cache.acquire_writer()
+    cache.append(docs_embeddings[:120].numpy())
+    cache.mark_complete(0)
+    cache.close()
+    shard = tmp_path / "c" / "shard_00001.npy"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="shard_00001.npy is truncated or corrupt"):
+        load_embeddings(tmp_path / "c")
+    (tmp_path / "c" / "manifest.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="manifest.json is corrupt"):
+        load_embeddings(tmp_path / "c")
+    with pytest.raises(CheckpointError, match="not an embedding cache"):
+        load_embeddings(tmp_path)
+
+
+def test_open_cache_uses_the_configured_folder(tmp_path, model):
+    cfg = make_cfg(tmp_path, model)
+    assert open_cache(cfg, model).folder.parent == tmp_path / "cache"
