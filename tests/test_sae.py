@@ -200,3 +200,44 @@ def test_eval_mode_leaves_batchtopk_threshold_alone():
     sae.train()
     sae(x)
     assert not torch.equal(sae.threshold, before)
+
+
+@pytest.mark.parametrize("sae_type", ["topk", "batchtopk"])
+@pytest.mark.parametrize("input_unit_norm", [False, True])
+def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm):
+    """Loss and every gradient of the sparse path equal the dense path's to 1e-5 relative, with
+    dead features present so that the AuxK loss takes part too."""
+    results = {}
+    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    for sparse in (False, True):
+        sae = randomized(sae_type, dtype="float64", input_unit_norm=input_unit_norm, sparse_kernel=sparse,
+                         dead_feature_window=10)
+        sae.examples_since_fired[: D_SAE // 2] = 100  # half the features dead: AuxK active
+        sae.train()
+        out = sae(x)
+        out["loss"].backward()
+        results[sparse] = (out, {name: p.grad.clone() for name, p in sae.named_parameters()}, sae)
+    (dense_out, dense_grads, dense_sae), (sparse_out, sparse_grads, sparse_sae) = results[False], results[True]
+    assert dense_out["aux_loss"].item() > 0
+    for key in ("loss", "l2_loss", "aux_loss", "l0_norm", "l1_norm"):
+        torch.testing.assert_close(sparse_out[key], dense_out[key], rtol=1e-5, atol=1e-12, msg=key)
+    torch.testing.assert_close(sparse_out["feature_acts"], dense_out["feature_acts"], rtol=1e-5, atol=1e-12)
+    for name, grad in dense_grads.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-5, atol=1e-10, msg=name)
+    torch.testing.assert_close(sparse_sae.examples_since_fired, dense_sae.examples_since_fired)
+    if sae_type == "batchtopk":
+        torch.testing.assert_close(sparse_sae.threshold, dense_sae.threshold)
+
+
+def test_batch_top_k_candidates_equal_the_full_top_k_including_the_fallback():
+    from sentence_sae.sae.kernels import batch_top_k
+
+    generator = torch.Generator().manual_seed(11)
+    pre = torch.randn(32, 500, generator=generator)
+    k_total = 4 * 32
+    expected = set(pre.flatten().topk(k_total).indices.tolist())
+    assert set(batch_top_k(pre, k_total, candidates_per_row=16).tolist()) == expected
+    pre[3, :300] += 100.0  # one example owns more than its candidates: the exact fallback runs
+    expected = set(pre.flatten().topk(k_total).indices.tolist())
+    assert set(batch_top_k(pre, k_total, candidates_per_row=16).tolist()) == expected

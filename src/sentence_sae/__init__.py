@@ -18,6 +18,7 @@ from .config import SAEConfig, get_default_cfg, post_init_cfg
 from .embeddings import load_sentence_model
 from .errors import CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError
 from .sae import SAE_REGISTRY, BaseSAE, BatchTopKSAE, JumpReLUSAE, TopKSAE, VanillaSAE, create_sae, register_sae
+from .sweep import sweep
 from .training import TrainResult, embed, train, train_sae
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "register_sae",
     "train_sae",
     "train",
+    "sweep",
     "TrainResult",
     "load_sae",
     "save_sae",

@@ -21,13 +21,13 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig, max_passes
 from .data import BUILTIN_CORPORA, TextCounter, iter_dataset_texts, open_dataset
 from .embeddings import embedding_dim, encode_texts
 from .errors import DataError
+from .tracking import progress_bar
 
 
 class EndOfData(Exception):
@@ -285,8 +285,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         start = self.cache.rows
         per_pass = self.count_training_texts()
         total = stop if per_pass is None else min(stop or math.inf, per_pass + self.cfg.num_eval_examples)
-        with tqdm(total=total, initial=start, unit="ex", unit_scale=True, desc="embed", disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
             for chunk in self._embedding_chunks(start, stop):
                 bar.update(len(chunk))
         self.cache.flush()

@@ -75,11 +75,26 @@ def cmd_embed(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     return embed(config_from_args(args, extra))
 
 
+def cmd_sweep(args: argparse.Namespace, extra: Sequence[str]) -> list[dict[str, Any]]:
+    from .sweep import parse_grid, sweep
+
+    results = sweep(config_from_args(args, extra), parse_grid(args.grid or []))
+    return [result.summary() for result in results]
+
+
+def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> None:
+    from .config import config_table_markdown
+
+    print(config_table_markdown())
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], str]] = {
     "train": (cmd_train, "train an SAE on sentence embeddings of a dataset"),
     "embed": (cmd_embed, "encode a dataset into the embedding cache that train reads"),
+    "sweep": (cmd_sweep, "train a grid of SAEs from one pass of embeddings (--grid key=v1,v2 ...)"),
+    "keys": (cmd_keys, "print the table of config keys (markdown)"),
 }
-CONFIG_COMMANDS = {"train", "embed"}
+CONFIG_COMMANDS = {"train", "embed", "sweep"}
 
 
 def build_parser() -> OneLineParser:
@@ -93,6 +108,9 @@ def build_parser() -> OneLineParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name in CONFIG_COMMANDS:
             add_config_options(sub)
+        if name == "sweep":
+            sub.add_argument("--grid", action="append", metavar="KEY=V1,V2",
+                             help="a config key and its values; several --grid give their product")
     return parser
 
 
@@ -114,8 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sentence-sae: interrupted", file=sys.stderr)
         return 130
-    if result is not None:
-        print(json.dumps(result), flush=True)
+    for line in result if isinstance(result, list) else [result] if result is not None else []:
+        print(json.dumps(line), flush=True)
     return 0
 
 

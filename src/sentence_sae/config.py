@@ -64,6 +64,9 @@ class SAEConfig:
     """Initial decoder bias: mean, geometric_median or zeros of the first training buffer."""
     dead_feature_window: int = 20_000
     """A feature that has not fired for this many training examples counts as dead."""
+    sparse_kernel: bool = True
+    """topk and batchtopk: decode through the selected decoder rows and take gradients from the
+    selected entries only (false: the dense [batch, dict_size] formulation)."""
 
     # --- model and data ---
     model_name: str = DEFAULT_MODEL

@@ -7,6 +7,7 @@ can be uploaded later with ``wandb sync``), online when logged in, or not at all
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -55,6 +56,17 @@ class RunLogger:
                 self.wandb_run.summary[key] = value
             self.wandb_run.finish()
             self.wandb_run = None
+
+
+def progress_bar(total: int | float | None, desc: str, **kwargs: Any) -> Any:
+    """A tqdm bar in examples/s; refreshed less often when stderr is a log file, not a terminal."""
+    from tqdm.auto import tqdm
+
+    if total is not None and math.isinf(total):
+        total = None
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, unit="ex", unit_scale=True, dynamic_ncols=True,
+                mininterval=0.1 if interactive else 10.0, **kwargs)
 
 
 def _artifact_name(name: str) -> str:

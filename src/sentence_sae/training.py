@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from .activation_store import ActivationsStoreSBERT, EndOfData
 from .checkpoint import save_checkpoint_folder, save_sae
@@ -24,7 +24,7 @@ from .config import SAEConfig, from_mapping, post_init_cfg
 from .embeddings import load_sentence_model
 from .evaluation import reconstruction_metrics
 from .sae import BaseSAE, create_sae
-from .tracking import RunLogger
+from .tracking import RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
 
@@ -113,6 +113,8 @@ class Trainer:
             lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
         )
         self.logger = RunLogger(cfg, self.run_dir)
+        self.history: list[dict[str, float]] = []
+        self.started = time.perf_counter()
 
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:
@@ -165,10 +167,7 @@ class Trainer:
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
         save_checkpoint_folder(self.sae, folder)
         self.logger.log_checkpoint(folder, f"{self.cfg.name}-checkpoint", self.step)
-        old = sorted((self.run_dir / "checkpoints").glob("step_*"))[:-KEEP_CHECKPOINTS]
-        for stale in old:
-            import shutil
-
+        for stale in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(stale, ignore_errors=True)
         return folder
 
@@ -176,54 +175,71 @@ class Trainer:
         save_sae(self.sae, self.run_dir)
         self.logger.log_checkpoint(self.run_dir, f"{self.cfg.name}-final", self.step)
 
-    # -------------------------------------------------------------- the loop
-    def prepare(self) -> int | None:
+    # -------------------------------------------------------------- the run, batch by batch
+    def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
-        planned = self.store.planned_examples()
         if planned is not None:
             self.total_steps = max(1, math.ceil(planned / self.cfg.batch_size))
-        self.sae.initialize_b_dec(self.store.initial_sample())
-        return planned
+        self.sae.initialize_b_dec(sample)
+        self.started = time.perf_counter()
 
-    def train(self) -> TrainResult:
-        cfg = self.cfg
-        started = time.perf_counter()
-        planned = self.prepare()
-        history: list[dict[str, float]] = []
-        bar = tqdm(total=planned, unit="ex", unit_scale=True, desc=f"train {cfg.sae_type}", dynamic_ncols=True)
-        end_reason = "stopped"
-        with bar, contextlib.closing(self.store):
-            while True:
-                try:
-                    batch = self.store.next_batch()
-                except EndOfData as end:
-                    end_reason = end.reason
-                    break
-                metrics = self.training_step(batch)
-                bar.update(len(batch))
-                bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", L0=f"{metrics['train/l0']:.1f}",
-                                FVU=f"{metrics['train/fvu']:.3f}", refresh=False)
-                if cfg.perf_log_freq and self.step % cfg.perf_log_freq == 0:
-                    metrics.update(self.evaluate())
-                    history.append({"step": self.step, **metrics})
-                self.logger.log(metrics, self.step)
-                if cfg.checkpoint_freq and self.step % cfg.checkpoint_freq == 0:
-                    self.save_checkpoint()
+    def on_batch(self, batch: torch.Tensor) -> dict[str, float]:
+        """One step, plus the held-out evaluation and checkpoint when they are due."""
+        metrics = self.training_step(batch)
+        if self.cfg.perf_log_freq and self.step % self.cfg.perf_log_freq == 0:
+            metrics.update(self.evaluate())
+            self.history.append({"step": self.step, **metrics})
+        self.logger.log(metrics, self.step)
+        if self.cfg.checkpoint_freq and self.step % self.cfg.checkpoint_freq == 0:
+            self.save_checkpoint()
+        return metrics
+
+    def finish(self, end_reason: str) -> TrainResult:
+        """Final held-out evaluation, final save, and the result."""
         final = self.evaluate()
         self.logger.log(final, self.step)
         self.save_final()
-        seconds = time.perf_counter() - started
+        seconds = time.perf_counter() - self.started
         metrics = {key.removeprefix("eval/"): value for key, value in final.items()}
-        skipped = self.store.counter.skipped_empty
-        print(
-            f"Training stopped: {end_reason}; {self.store.examples_served} examples in {self.step} steps, "
-            f"{seconds:.1f}s" + (f"; skipped {skipped} empty texts" if skipped else ""),
-            file=sys.stderr,
-        )
         result = TrainResult(self.run_dir, metrics, self.store.examples_served, self.step, seconds,
-                             end_reason, skipped, history)
+                             end_reason, self.store.counter.skipped_empty, self.history)
         self.logger.finish({f"final/{k}": v for k, v in metrics.items()})
         return result
+
+    def train(self) -> TrainResult:
+        return run_training([self], self.store)[0]
+
+
+def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
+    """Feed every batch of ``store`` to each trainer; several SAEs share one pass of embeddings."""
+    started = time.perf_counter()
+    planned = store.planned_examples()
+    end_reason = "stopped"
+    with contextlib.closing(store):
+        sample = store.initial_sample()
+        for trainer in trainers:
+            trainer.prepare(planned, sample)
+        label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
+        with progress_bar(planned, f"train {label}") as bar:
+            while True:
+                try:
+                    batch = store.next_batch()
+                except EndOfData as end:
+                    end_reason = end.reason
+                    break
+                metrics = [trainer.on_batch(batch) for trainer in trainers]
+                bar.update(len(batch))
+                if len(trainers) == 1:
+                    bar.set_postfix(loss=f"{metrics[0]['train/loss']:.4f}", L0=f"{metrics[0]['train/l0']:.1f}",
+                                    FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
+    results = [trainer.finish(end_reason) for trainer in trainers]
+    skipped = store.counter.skipped_empty
+    print(
+        f"Training stopped: {end_reason}; {store.examples_served} examples in {trainers[0].step} steps, "
+        f"{time.perf_counter() - started:.1f}s" + (f"; skipped {skipped} empty texts" if skipped else ""),
+        file=sys.stderr,
+    )
+    return results
 
 
 def train_sae(sae: BaseSAE, activation_store: ActivationsStoreSBERT, model: Any, cfg: SAEConfig) -> TrainResult:

@@ -7,7 +7,7 @@ sparsity penalty it pays (``sparsity_loss``) and whether it uses AuxK.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +16,27 @@ from torch import nn
 from ..config import SAEConfig
 
 InputStats = tuple[torch.Tensor, torch.Tensor] | None
+
+
+class SAEOutput(dict):
+    """What ``forward`` returns: a dict of losses and outputs. An entry may be built only when
+    first read (the sparse path's dense ``feature_acts``, a [batch, dict_size] matrix)."""
+
+    def __init__(self, values: dict[str, Any], lazy: dict[str, Callable[[], Any]] | None = None):
+        super().__init__(values)
+        self._lazy = dict(lazy or {})
+
+    def __missing__(self, key: str) -> Any:
+        if key not in self._lazy:
+            raise KeyError(key)
+        self[key] = value = self._lazy.pop(key)()
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or key in self._lazy
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
 
 
 class BaseSAE(nn.Module):
@@ -75,6 +96,15 @@ class BaseSAE(nn.Module):
         return self.W_dec.device
 
     @property
+    def loss_dtype(self) -> torch.dtype:
+        """Losses are summed in at least float32, whatever the parameters' precision."""
+        return torch.promote_types(self.dtype, torch.float32)
+
+    def reconstruction_loss(self, x_hat: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
+        """Squared error summed over dimensions, averaged over the batch."""
+        return (x_hat - x_in).to(self.loss_dtype).pow(2).sum(-1).mean()
+
+    @property
     def sparsity_coefficient(self) -> float:
         """``cfg.l1_coeff``, or this architecture's default when it is unset."""
         return self.default_l1_coeff if self.cfg.l1_coeff is None else self.cfg.l1_coeff
@@ -100,7 +130,7 @@ class BaseSAE(nn.Module):
 
     # ------------------------------------------------------------------ encoder and decoder
     def pre_activations(self, x_in: torch.Tensor) -> torch.Tensor:
-        return (x_in - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x_in - self.b_dec, self.W_enc)
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         """Feature activations from pre-activations (variant-specific)."""
@@ -142,45 +172,55 @@ class BaseSAE(nn.Module):
         top = dead_pre.topk(k_aux, dim=-1)
         aux_acts = torch.zeros_like(dead_pre).scatter(-1, top.indices, top.values)
         residual = (x_in - x_hat).detach()
-        aux_error = aux_acts @ self.W_dec[dead] - residual
         scale = min(n_dead / self.cfg.top_k_aux, 1.0)
-        return self.cfg.aux_penalty * scale * aux_error.pow(2).sum(-1).mean()
+        return self.cfg.aux_penalty * scale * self.reconstruction_loss(aux_acts @ self.W_dec[dead], residual)
 
-    def forward(self, x: torch.Tensor, sparsity_coeff: float | None = None) -> dict[str, Any]:
+    def forward(self, x: torch.Tensor, sparsity_coeff: float | None = None) -> SAEOutput:
         """Losses and outputs of one batch. ``sparsity_coeff`` overrides ``cfg.l1_coeff`` (warm-up)."""
         coeff = self.sparsity_coefficient if sparsity_coeff is None else sparsity_coeff
         x_in, stats = self.preprocess_input(x)
         pre = self.pre_activations(x_in)
         feature_acts = self.activate(pre)
         x_hat = self.decode(feature_acts)
-        l2_loss = (x_hat - x_in).float().pow(2).sum(-1).mean()
-        sparsity = self.sparsity_loss(pre, feature_acts, coeff).float()
-        aux = self.auxiliary_loss(x_in, x_hat, pre).float()
+        l2_loss = self.reconstruction_loss(x_hat, x_in)
+        sparsity = self.sparsity_loss(pre, feature_acts, coeff).to(self.loss_dtype)
+        aux = self.auxiliary_loss(x_in, x_hat, pre).to(self.loss_dtype)
         if self.training:
-            self.record_firing(feature_acts)
-            self.update_running_stats(pre, feature_acts)
-        return {
+            self.record_fired((feature_acts > 0).any(dim=0), feature_acts.shape[0])
+            self.update_running_stats(feature_acts[feature_acts > 0])
+        n = feature_acts.shape[0]
+        return self._output(l2_loss, sparsity, aux, x_hat, stats, feature_acts,
+                            (feature_acts > 0).to(self.loss_dtype).sum() / n,
+                            feature_acts.to(self.loss_dtype).abs().sum() / n)
+
+    def _output(self, l2_loss: torch.Tensor, sparsity: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor,
+                stats: InputStats, feature_acts: torch.Tensor | Callable[[], torch.Tensor], l0: torch.Tensor,
+                l1: torch.Tensor) -> SAEOutput:
+        values = {
             "loss": l2_loss + sparsity + aux,
             "l2_loss": l2_loss,
             "sparsity_loss": sparsity,
             "aux_loss": aux,
             "sae_out": self.postprocess_output(x_hat, stats),
-            "feature_acts": feature_acts,
-            "l0_norm": (feature_acts > 0).float().sum(-1).mean(),
-            "l1_norm": feature_acts.float().abs().sum(-1).mean(),
+            "l0_norm": l0,
+            "l1_norm": l1,
             "num_dead_features": self.num_dead_features(),
         }
+        if callable(feature_acts):
+            return SAEOutput(values, lazy={"feature_acts": feature_acts})
+        return SAEOutput({**values, "feature_acts": feature_acts})
 
     # ------------------------------------------------------------------ dead features
     @torch.no_grad()
-    def record_firing(self, feature_acts: torch.Tensor) -> None:
-        fired = (feature_acts > 0).any(dim=0)
+    def record_fired(self, fired: torch.Tensor, n_examples: int) -> None:
+        """Dead-feature bookkeeping after a training batch of ``n_examples`` in which ``fired`` fired."""
         fired = self.synchronize_fired(fired)
-        self.examples_since_fired += feature_acts.shape[0]
+        self.examples_since_fired += n_examples
         self.examples_since_fired[fired] = 0
 
-    def update_running_stats(self, pre: torch.Tensor, feature_acts: torch.Tensor) -> None:
-        """Hook for statistics a variant tracks during training (BatchTopK's threshold)."""
+    def update_running_stats(self, active_values: torch.Tensor) -> None:
+        """Hook for statistics a variant tracks during training from the batch's nonzero
+        activations (BatchTopK's threshold)."""
 
     def synchronize_fired(self, fired: torch.Tensor) -> torch.Tensor:
         """Hook for data-parallel training: combine the fired masks of all processes."""

@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from ..config import SAEConfig
-from .base import BaseSAE
+from .kernels import Selection, batch_top_k, selection_from_flat
 from .registry import register_sae
+from .topk import TopKSAE
 
 THRESHOLD_EMA_RATE = 0.01
 """Weight of each new batch in the threshold estimate, once more than 1/rate batches were seen."""
 
 
 @register_sae
-class BatchTopKSAE(BaseSAE):
+class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
     uses_auxk = True
@@ -40,11 +41,16 @@ class BatchTopKSAE(BaseSAE):
         return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(acts)
 
     @torch.no_grad()
-    def update_running_stats(self, pre: torch.Tensor, feature_acts: torch.Tensor) -> None:
-        selected = feature_acts[feature_acts > 0]
-        if selected.numel() == 0:
+    def select(self, pre: torch.Tensor) -> Selection:
+        k_total = min(self.cfg.top_k * pre.shape[0], pre.numel())
+        flat = batch_top_k(pre, k_total, candidates_per_row=4 * self.cfg.top_k)
+        return selection_from_flat(flat, pre.shape[0], pre.shape[1])
+
+    @torch.no_grad()
+    def update_running_stats(self, active_values: torch.Tensor) -> None:
+        if active_values.numel() == 0:
             return
-        batch_threshold = self.synchronize_threshold(selected.min().to(self.dtype))
+        batch_threshold = self.synchronize_threshold(active_values.min().to(self.dtype))
         # A running mean over the first 1/rate batches, an EMA after: no bias towards the zero start.
         rate = max(THRESHOLD_EMA_RATE, 1.0 / float(self.threshold_updates + 1))
         self.threshold += rate * (batch_threshold - self.threshold)

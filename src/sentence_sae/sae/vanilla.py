@@ -20,4 +20,4 @@ class VanillaSAE(BaseSAE):
 
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
         # Weighting by decoder norms keeps the penalty honest even if the rows drift from unit norm.
-        return coeff * (feature_acts * self.W_dec.norm(dim=-1)).float().sum(-1).mean()
+        return coeff * (feature_acts * self.W_dec.norm(dim=-1)).to(self.loss_dtype).sum(-1).mean()
