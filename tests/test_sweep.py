@@ -1,0 +1,61 @@
+"""Many SAEs from one stream: a grid trained on the same batches, texts encoded once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import make_cfg
+from sentence_sae import sweep
+from sentence_sae.errors import ConfigError
+from sentence_sae.sweep import grid_configs, parse_grid
+from test_cache import ForwardCounter
+
+
+def test_sweep_trains_every_grid_point_from_one_pass_of_encoding(tmp_path, model, jsonl_file):
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), use_cache=False, dict_size=128,
+                   model_batch_size=8, num_batches_in_buffer=4, batch_size=8, num_eval_examples=10,
+                   num_epochs=1, num_examples=None)
+    with ForwardCounter(model) as single:
+        from sentence_sae import train
+
+        train(cfg.replace(top_k=8))
+    with ForwardCounter(model) as many:
+        results = sweep(cfg, {"top_k": [4, 8], "sae_type": ["topk", "batchtopk"]})
+    assert many.calls == single.calls  # four SAEs, one encoding of the corpus
+    assert len(results) == 4 and len({r.run_dir for r in results}) == 4
+    assert all(r.examples == 50 for r in results)
+    names = sorted(r.run_dir.name.rsplit("-", 2)[0] for r in results)
+    assert names[0].startswith("batchtopk_all-MiniLM-L6-v2_128_k4-top_k4-sae_typebatchtopk")
+    for result in results:
+        assert (result.run_dir / "sae_weights.safetensors").exists()
+        assert (result.run_dir / "metrics.jsonl").read_text().count("\n") == result.steps + 1
+    l0 = {(r.run_dir.name.split("-top_k")[1][:1]): r.metrics["l0"] for r in results if "sae_typetopk" in r.run_dir.name}
+    assert l0["4"] <= 4 < l0["8"] <= 8
+
+
+def test_grid_rejects_stream_keys_and_unknown_keys(tmp_path, model):
+    cfg = make_cfg(tmp_path, model)
+    with pytest.raises(ConfigError, match="'batch_size' shapes the shared stream"):
+        grid_configs(cfg, {"batch_size": [64, 128]})
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        grid_configs(cfg, {"topk": [1, 2]})
+    with pytest.raises(ConfigError, match="key=value1,value2"):
+        parse_grid(["top_k"])
+    assert parse_grid(["top_k=16,32", "lr=1e-3"]) == {"top_k": [16, 32], "lr": [1e-3]}
+
+
+def test_sweep_command_prints_one_summary_line_per_sae(tmp_path, jsonl_file):
+    env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sentence_sae", "sweep", "--grid", "top_k=4,8", "--dataset_path", str(jsonl_file),
+         "--dict_size", "64", "--num_eval_examples", "10", "--num_examples", "100", "--batch_size", "16",
+         "--output_dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert len(lines) == 2 and all(line["examples"] == 100 for line in lines)
