@@ -11,10 +11,11 @@ import torch
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from sentence_sae.config import DEFAULT_MODEL  # noqa: E402
-from sentence_sae.data import python_docs_paragraphs  # noqa: E402
-from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
-from helpers import write_jsonl  # noqa: E402
+from helpers import write_jsonl
+
+from sentence_sae.config import DEFAULT_MODEL
+from sentence_sae.data import python_docs_paragraphs
+from sentence_sae.embeddings import encode_texts, load_sentence_model
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 import torch
-
 from helpers import make_cfg, write_jsonl
+
 from sentence_sae import ActivationsStoreSBERT, EndOfData
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.data import open_dataset, python_docs_paragraphs

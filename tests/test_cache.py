@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from helpers import make_cfg, write_jsonl
+
 from sentence_sae import ActivationsStoreSBERT, load_embeddings
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import EmbeddingCache, cache_key_for, open_cache
@@ -60,7 +60,7 @@ def test_second_run_reads_the_cache_and_never_runs_the_model(tmp_path, model, js
     assert second._dataset is None  # the dataset was not even opened
     torch.testing.assert_close(second.held_out_embeddings(), first.held_out_embeddings())
     assert len(served_first) == len(served_second) == 100
-    key = lambda rows: sorted(map(tuple, rows[:, :3].tolist()))  # noqa: E731
+    key = lambda rows: sorted(map(tuple, rows[:, :3].tolist()))
     assert key(served_first) == key(served_second)  # the same examples, shuffled differently
 
 

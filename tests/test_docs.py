@@ -12,7 +12,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_readme_config_table_matches_the_config_dataclass():
     text = README.read_text()
-    match = re.search(r"<!-- config-table[^>]*-->\n(.*?)<!-- /config-table -->", text, re.S)
+    match = re.search(r"<!-- config-table[^>]*-->\n(.*?)<!-- /config-table -->", text, re.DOTALL)
     assert match, "README lacks the config-table markers"
     assert match.group(1).strip() == config_table_markdown().strip(), (
         "README's config table is stale; regenerate it with `sentence-sae keys`"

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from sentence_sae.config import DEFAULT_MODEL
-from sentence_sae.embeddings import backend_precision, embedding_dim, encode_texts, load_sentence_model, resolve_model_path
+from sentence_sae.embeddings import (
+    backend_precision,
+    embedding_dim,
+    encode_texts,
+    load_sentence_model,
+    resolve_model_path,
+)
 from sentence_sae.errors import ModelError
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from sentence_sae import SAEConfig, create_sae
-from sentence_sae.sae.jumprelu import JumpReLUSAE
 
 D_IN, D_SAE, K = 24, 64, 4
 
@@ -159,7 +158,7 @@ def test_initialization_ties_encoder_to_decoder_and_sets_b_dec_from_data():
     torch.testing.assert_close(sae.b_dec.data, data.mean(0))
     sae.initialize_b_dec(data, "geometric_median")
     median = sae.b_dec.detach().double()
-    distances = lambda point: (data.double() - point).norm(dim=-1).sum()  # noqa: E731
+    distances = lambda point: (data.double() - point).norm(dim=-1).sum()
     assert distances(median) <= distances(data.double().mean(0)) + 1e-9
 
 

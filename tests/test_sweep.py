@@ -8,12 +8,12 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import make_cfg
+from test_cache import ForwardCounter
+
 from sentence_sae import sweep
 from sentence_sae.errors import ConfigError
 from sentence_sae.sweep import grid_configs, parse_grid
-from test_cache import ForwardCounter
 
 
 def test_sweep_trains_every_grid_point_from_one_pass_of_encoding(tmp_path, model, jsonl_file):

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
-
 from helpers import make_cfg, pca_fvu, read_wandb_history
+
 from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.evaluation import reconstruction_metrics

@@ -16,22 +16,17 @@ import itertools
 import math
 import queue
 import threading
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig, max_passes
-from .data import BUILTIN_CORPORA, TextCounter, iter_dataset_texts, open_dataset
-from .embeddings import embedding_dim, encode_texts
+from .corpus import Corpus
+from .data import TextCounter
+from .embeddings import embedding_dim
 from .errors import DataError
 from .tracking import progress_bar
-
-
-ENCODE_CALL_TEXTS = 8192
-"""Texts per model call when encoding from text (at least half a buffer)."""
 
 
 class EndOfData(Exception):
@@ -152,47 +147,34 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         super().__init__(cfg, embedding_dim(model))
         self.model = model
         self.source = cfg.dataset_path
-        self.cache: EmbeddingCache | None = None
-        if cfg.use_cache:
-            self.cache = open_cache(cfg, model)
-            if not self.cache.complete:
-                self.cache.acquire_writer()  # if another process writes it, this one only reads
-        self._dataset: Any = None
-        if not self.fully_cached:
-            self._dataset = open_dataset(cfg.dataset_path, cfg.dataset_name, cfg.split)
+        self.corpus = Corpus(model, cfg, self.device)
+        self.cache = self.corpus.cache
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
         self._eval_texts: list[str] | None = None
-        self._eval_embeddings = self._encode_held_out()
+        self._eval_embeddings = self.corpus.embeddings(0, cfg.num_eval_examples)
         self._check_training_texts_exist()
 
-    # ------------------------------------------------------------------ texts
     @property
     def fully_cached(self) -> bool:
-        return self.cache is not None and self.cache.complete
+        return self.corpus.fully_cached
 
     @property
     def dataset(self) -> Any:
-        if self._dataset is None:
-            self._dataset = open_dataset(self.cfg.dataset_path, self.cfg.dataset_name, self.cfg.split)
-        return self._dataset
+        return self.corpus.dataset
 
-    def _texts_from(self, position: int, counter: TextCounter | None = None) -> Iterator[str]:
-        """The dataset's non-empty texts from ``position`` (0 = the first text) to its end."""
-        texts = iter_dataset_texts(self.dataset, self.cfg.text_column, self.source, counter or TextCounter())
-        return itertools.islice(texts, position, None)
-
+    # ------------------------------------------------------------------ texts
     @property
     def eval_texts(self) -> list[str]:
         """The held-out texts (the first ``num_eval_examples`` of the dataset)."""
         if self._eval_texts is None:
-            self._eval_texts = list(itertools.islice(self._texts_from(0), self.cfg.num_eval_examples))
+            self._eval_texts = list(itertools.islice(self.corpus.texts_from(0), self.cfg.num_eval_examples))
         return self._eval_texts
 
     def _check_training_texts_exist(self) -> None:
         n_eval = self.cfg.num_eval_examples
         cached = self.cache.rows if self.cache is not None else 0
-        if cached > n_eval or next(self._texts_from(n_eval), None) is not None:
+        if cached > n_eval or next(self.corpus.texts_from(n_eval), None) is not None:
             return
         held = len(self._eval_embeddings)
         if held == 0:
@@ -206,7 +188,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         and up to ``num_examples`` (fewer at the end); EndOfData when none are left."""
         if self._text_batches is None:
             self._text_batches = itertools.chain.from_iterable(
-                self._texts_from(self.cfg.num_eval_examples) for _ in _passes(self.cfg)
+                self.corpus.texts_from(self.cfg.num_eval_examples) for _ in _passes(self.cfg)
             )
         room = self.cfg.model_batch_size
         if self.cfg.num_examples is not None:
@@ -222,68 +204,24 @@ class ActivationsStoreSBERT(ActivationStoreBase):
     # ------------------------------------------------------------------ embeddings
     def get_activations(self, texts: list[str]) -> torch.Tensor:
         """Embeddings of ``texts`` on the store's device, float32, shape (len(texts), d)."""
-        return encode_texts(self.model, texts, self.cfg.model_batch_size).to(self.device)
+        return self.corpus.encode(texts)
 
     def held_out_embeddings(self) -> torch.Tensor:
         """Embeddings of the held-out texts."""
         return self._eval_embeddings
 
-    def _encode_held_out(self) -> torch.Tensor:
-        chunks = list(self._embedding_chunks(0, self.cfg.num_eval_examples))
-        held = torch.cat(chunks) if chunks else torch.empty(0, self.d_in)
-        return held.to(self.device)
-
-    def _embedding_chunks(self, start: int, stop: int | None, shuffle_cached: bool = False) -> Iterator[torch.Tensor]:
-        """Embeddings of dataset rows [start, stop) (stop None: to the end) in chunks: rows in the
-        cache are read from it, the others encoded from text and appended to the cache."""
-        size = self.chunk_size
-        cache = self.cache
-        if cache is not None and start < cache.next_row:
-            cache.flush()
-            end = cache.rows if stop is None else min(stop, cache.rows)
-            starts = list(range(start, end, size))
-            if shuffle_cached:
-                order = torch.randperm(len(starts), generator=self._chunk_generator).tolist()
-                starts = [starts[i] for i in order]
-            stored = cache.embeddings()
-            for first in starts:
-                yield torch.from_numpy(stored[first : min(first + size, end)])
-            start = end
-            if stop is not None and start >= stop or cache.complete:
-                return
-        appending = cache is not None and cache.writable and start == cache.next_row
-        counter = TextCounter()
-        texts = self._texts_from(start, counter)
-        position = start
-        # Texts are encoded up to ENCODE_CALL_TEXTS at a time (sentence-transformers sorts the texts
-        # of one call by length, so large calls waste less time on padding), but no more than a
-        # cache shard, so that a killed run loses at most one shard of encoding.
-        size = max(size, min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size))
-        while stop is None or position < stop:
-            want = size if stop is None else min(size, stop - position)
-            batch = list(itertools.islice(texts, want))
-            if batch:
-                embeddings = self.get_activations(batch)
-                if appending:
-                    cache.append(embeddings.cpu().numpy())
-                position += len(batch)
-                yield embeddings
-            if len(batch) < want:  # the dataset ended
-                self.counter.skipped_empty = counter.skipped_empty
-                if appending:
-                    cache.mark_complete(counter.skipped_empty)
-                return
-
     def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
         # The first pass reads in dataset order whatever is cached, so that a run's example order
         # does not depend on how much of the cache an earlier run left; later passes read the
         # (then complete) cache in a new random chunk order each time.
-        return self._embedding_chunks(self.cfg.num_eval_examples, None, shuffle_cached=pass_index > 0)
+        generator = self._chunk_generator if pass_index > 0 else None
+        for chunk in self.corpus.embedding_chunks(self.cfg.num_eval_examples, None, self.chunk_size, generator):
+            yield chunk
+        self.counter.skipped_empty = self.corpus.skipped_empty or self.counter.skipped_empty
 
     def close(self) -> None:
         super().close()
-        if self.cache is not None:
-            self.cache.close()
+        self.corpus.close()
 
     def precompute(self, stop: int | None = None, progress: bool = True) -> int:
         """Encode rows [0, stop) of the dataset into the cache (all rows when stop is None) with a
@@ -291,10 +229,10 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         if self.cache is None:
             raise DataError("precomputing embeddings needs use_cache=true")
         start = self.cache.rows
-        per_pass = self.count_training_texts()
-        total = stop if per_pass is None else min(stop or math.inf, per_pass + self.cfg.num_eval_examples)
+        rows = self.corpus.count()
+        total = stop if rows is None else min(stop or math.inf, rows)
         with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
-            for chunk in self._embedding_chunks(start, stop):
+            for chunk in self.corpus.embedding_chunks(start, stop, self.chunk_size):
                 bar.update(len(chunk))
         self.cache.flush()
         return self.cache.rows
@@ -302,12 +240,8 @@ class ActivationsStoreSBERT(ActivationStoreBase):
     # ------------------------------------------------------------------ planning
     def count_training_texts(self) -> int | None:
         """Training texts per pass, counted without encoding; None for hub streams of unknown size."""
-        if self.fully_cached:
-            return max(self.cache.rows - self.cfg.num_eval_examples, 0)
-        path = self.cfg.dataset_path
-        if path not in BUILTIN_CORPORA and not Path(path).expanduser().exists():
-            return None
-        return sum(1 for _ in self._texts_from(self.cfg.num_eval_examples))
+        rows = self.corpus.count()
+        return None if rows is None else max(rows - self.cfg.num_eval_examples, 0)
 
     def planned_examples(self) -> int | None:
         return _planned(self.count_training_texts(), self.cfg)

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .config import SAEConfig, coerce_value, field_help, from_mapping, load_config_file, unknown_key_message
@@ -41,6 +42,29 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         )
     parser.add_argument("--config", dest="config_file", default=None, metavar="FILE",
                         help="YAML or JSON file of config keys; options given on the command line win")
+
+
+RUN_COMMANDS = {"eval", "explain", "features", "plot"}
+
+
+def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by sentence-sae train")
+    if command == "features":
+        parser.add_argument("text", metavar="TEXT", help="the text whose features to show")
+        parser.add_argument("--top", type=int, default=10, help="how many features to show (default 10)")
+    if command in ("eval", "explain"):
+        parser.add_argument("--dataset_path", default=None,
+                            help="another dataset to read (default: the run's own; for eval its held-out texts)")
+        parser.add_argument("--text_column", default=None, help="its text column (default: the run's)")
+        parser.add_argument("--num_examples", type=int, default=None,
+                            help="texts to read (eval default: the run's num_eval_examples; explain: all)")
+    if command == "eval":
+        parser.add_argument("--label_column", default=None,
+                            help="a column of labels: adds linear probes and feature label purity")
+    if command == "explain":
+        parser.add_argument("--top_n", type=int, default=10, help="top texts kept per feature (default 10)")
+    if command != "plot":
+        parser.add_argument("--device", default=None, help="torch device (default cpu)")
 
 
 def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> SAEConfig:
@@ -82,6 +106,35 @@ def cmd_sweep(args: argparse.Namespace, extra: Sequence[str]) -> list[dict[str, 
     return [result.summary() for result in results]
 
 
+def cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .evaluation import evaluate_run
+
+    return evaluate_run(args.run_dir, dataset_path=args.dataset_path, num_examples=args.num_examples,
+                        label_column=args.label_column, text_column=args.text_column, device=args.device)
+
+
+def cmd_explain(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .analysis import explain_run
+
+    return explain_run(args.run_dir, dataset_path=args.dataset_path, num_examples=args.num_examples,
+                       text_column=args.text_column, top_n=args.top_n, device=args.device)
+
+
+def cmd_features(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .analysis.lookup import top_features
+
+    result = top_features(args.run_dir, args.text, args.top, device=args.device)
+    for feature in result["features"]:
+        print(f"#{feature['id']:<6} {feature['activation']:8.4f}  {feature['label']}")
+    return result
+
+
+def cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .plots import training_curves
+
+    return {"plot": str(training_curves(Path(args.run_dir)))}
+
+
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> None:
     from .config import config_table_markdown
 
@@ -92,6 +145,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "train": (cmd_train, "train an SAE on sentence embeddings of a dataset"),
     "embed": (cmd_embed, "encode a dataset into the embedding cache that train reads"),
     "sweep": (cmd_sweep, "train a grid of SAEs from one pass of embeddings (--grid key=v1,v2 ...)"),
+    "eval": (cmd_eval, "evaluate a trained SAE: reconstruction, sparsity, retrieval, probes; writes eval.json"),
+    "explain": (cmd_explain, "label every feature and write features.jsonl, families.json and browser/"),
+    "features": (cmd_features, "print the top features of a text with their labels and activations"),
+    "plot": (cmd_plot, "draw the training curves of a run (training_curves.png)"),
     "keys": (cmd_keys, "print the table of config keys (markdown)"),
 }
 CONFIG_COMMANDS = {"train", "embed", "sweep"}
@@ -111,6 +168,8 @@ def build_parser() -> OneLineParser:
         if name == "sweep":
             sub.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                              help="a config key and its values; several --grid give their product")
+        if name in RUN_COMMANDS:
+            add_run_options(sub, name)
     return parser
 
 
@@ -124,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_BAD_INPUT
+        if extra and args.command not in CONFIG_COMMANDS:
+            raise ConfigError(f"unknown option '{extra[0]}' for {args.command} (see 'sentence-sae {args.command} --help')")
         handler = COMMANDS[args.command][0]
         result = handler(args, extra)
     except SentenceSAEError as exc:

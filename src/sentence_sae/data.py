@@ -135,12 +135,22 @@ class TextCounter:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def iter_dataset_texts(
-    dataset: Any, text_column: str, source: str, counter: TextCounter, batch_size: int = 1000
-) -> Iterator[str]:
-    """The non-empty texts of one pass over ``dataset``; empty or missing texts are counted."""
+def iter_dataset_rows(
+    dataset: Any,
+    text_column: str,
+    source: str,
+    counter: TextCounter,
+    extra_columns: dict[str, str] | None = None,
+    batch_size: int = 1000,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(text, {column: value}) for the non-empty texts of one pass over ``dataset``.
+
+    ``extra_columns`` maps each further column to read to the option that names it (for the error
+    message when it is missing). Rows with empty or missing texts are skipped and counted.
+    """
+    wanted = {text_column: "text_column", **(extra_columns or {})}
     iterator = iter(dataset.iter(batch_size=batch_size))
-    checked_column = False
+    checked_columns = False
     while True:
         try:
             batch = next(iterator)
@@ -153,16 +163,26 @@ def iter_dataset_texts(
                 f"error while reading {source} after {counter.texts + counter.skipped_empty} rows: "
                 f"{_first_line(exc)}; check that the file is valid"
             ) from None
-        if not checked_column:
-            if text_column not in batch:
-                raise DataError(
-                    f"column '{text_column}' not found in {source}; columns present: "
-                    f"{', '.join(batch) or '(none)'}; set text_column to one of them"
-                )
-            checked_column = True
-        for text in batch[text_column]:
+        if not checked_columns:
+            for column, option in wanted.items():
+                if column not in batch:
+                    raise DataError(
+                        f"column '{column}' not found in {source}; columns present: "
+                        f"{', '.join(batch) or '(none)'}; set {option} to one of them"
+                    )
+            checked_columns = True
+        extras = [column for column in wanted if column != text_column]
+        for index, text in enumerate(batch[text_column]):
             if not isinstance(text, str) or not text.strip():
                 counter.skipped_empty += 1
                 continue
             counter.texts += 1
-            yield text
+            yield text, {column: batch[column][index] for column in extras}
+
+
+def iter_dataset_texts(
+    dataset: Any, text_column: str, source: str, counter: TextCounter, batch_size: int = 1000
+) -> Iterator[str]:
+    """The non-empty texts of one pass over ``dataset``; empty or missing texts are counted."""
+    for text, _ in iter_dataset_rows(dataset, text_column, source, counter, batch_size=batch_size):
+        yield text

@@ -7,6 +7,12 @@ whatever normalization the SAE applies inside.
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any
+
 import torch
 
 from .sae import BaseSAE
@@ -82,3 +88,185 @@ def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: i
     }
 
 
+
+
+# ----------------------------------------------------------------------------------------------
+# What users of embeddings care about: neighbours and similarities after reconstruction
+
+
+@torch.no_grad()
+def reconstructions(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    chunks = [torch.empty(0, embeddings.shape[1], dtype=torch.float32)]
+    with eval_mode(sae):
+        for start in range(0, len(embeddings), batch_size):
+            chunks.append(sae.reconstruct(embeddings[start : start + batch_size].to(sae.device)).float().cpu())
+    return torch.cat(chunks)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+@torch.no_grad()
+def neighbour_recall(original: torch.Tensor, reconstructed: torch.Tensor, k: int = 10,
+                     max_queries: int = 20_000, chunk: int = 1024) -> float:
+    """Mean over queries of |top-k neighbours found with the reconstructed query ∩ top-k with the
+    original query| / k; neighbours are searched among the original embeddings, the query itself
+    excluded, by cosine similarity."""
+    n = len(original)
+    if n <= k:
+        return float("nan")
+    database = _unit(original)
+    queries = min(n, max_queries)
+    hits = 0
+    for start in range(0, queries, chunk):
+        stop = min(start + chunk, queries)
+        rows = torch.arange(start, stop)
+        exact = database[start:stop] @ database.T
+        approx = _unit(reconstructed[start:stop]) @ database.T
+        exact[rows - start, rows] = -math.inf
+        approx[rows - start, rows] = -math.inf
+        truth = exact.topk(k, dim=-1).indices
+        found = approx.topk(k, dim=-1).indices
+        hits += (truth.unsqueeze(-1) == found.unsqueeze(-2)).any(-1).sum().item()
+    return hits / (queries * k)
+
+
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    ranks = torch.empty_like(values, dtype=torch.float64)
+    ranks[values.argsort()] = torch.arange(len(values), dtype=torch.float64)
+    return ranks
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (ties broken by order)."""
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    return float((ra * rb).sum() / (ra.norm() * rb.norm()))
+
+
+@torch.no_grad()
+def similarity_spearman(original: torch.Tensor, reconstructed: torch.Tensor, max_texts: int = 2000) -> float:
+    """Spearman correlation between the pairwise cosine similarities of the first ``max_texts``
+    embeddings and those of their reconstructions."""
+    n = min(len(original), max_texts)
+    if n < 3:
+        return float("nan")
+    upper = torch.triu_indices(n, n, offset=1)
+    before = (_unit(original[:n]) @ _unit(original[:n]).T)[upper[0], upper[1]]
+    after = (_unit(reconstructed[:n]) @ _unit(reconstructed[:n]).T)[upper[0], upper[1]]
+    return spearman(before, after)
+
+
+# ----------------------------------------------------------------------------------------------
+# Labels: linear probes and the purity of features
+
+
+def linear_probe_accuracy(features: torch.Tensor, labels: torch.Tensor, train_mask: torch.Tensor,
+                          weight_decay: float = 1e-4, iterations: int = 200) -> float:
+    """Test accuracy of a multinomial logistic regression fitted (L-BFGS) on the rows in
+    ``train_mask`` and scored on the others; features are standardized with training statistics."""
+    x = features.float()
+    mean, std = x[train_mask].mean(0), x[train_mask].std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    n_classes = int(labels.max()) + 1
+    weights = torch.zeros(x.shape[1], n_classes, requires_grad=True)
+    bias = torch.zeros(n_classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights, bias], max_iter=iterations, line_search_fn="strong_wolfe")
+    x_train, y_train = x[train_mask], labels[train_mask]
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x_train @ weights + bias, y_train)
+        loss = loss + weight_decay * weights.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        predicted = (x[~train_mask] @ weights + bias).argmax(-1)
+    return float((predicted == labels[~train_mask]).float().mean())
+
+
+def label_purity(codes: torch.Tensor, labels: torch.Tensor, min_count: int = 5) -> tuple[float, torch.Tensor]:
+    """For each feature firing on at least ``min_count`` texts, the share of those texts that carry
+    its most common label; returns the mean over such features and the per-feature values (NaN for
+    features that fire less)."""
+    n_classes = int(labels.max()) + 1
+    onehot = torch.nn.functional.one_hot(labels, n_classes).float()
+    counts = (codes > 0).float().T @ onehot  # [d_sae, classes]
+    fired = counts.sum(-1)
+    purity = torch.where(fired >= min_count, counts.max(-1).values / fired.clamp_min(1), torch.nan)
+    alive = ~purity.isnan()
+    return (float(purity[alive].mean()) if alive.any() else float("nan")), purity
+
+
+# ----------------------------------------------------------------------------------------------
+# `sentence-sae eval`: everything above for a saved run
+
+
+def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
+                 label_column: str | None = None, text_column: str | None = None, device: str | None = None,
+                 model: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Evaluate the SAE of ``run_dir`` on the first ``num_examples`` texts of a dataset (by default
+    the run's own held-out texts); write ``eval.json`` and ``density_histogram.png`` into the run
+    folder and return the metrics."""
+    from .checkpoint import atomic_write_text
+    from .errors import DataError
+    from .plots import density_histogram
+    from .runs import open_run
+
+    run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
+    n = num_examples or run.cfg.num_eval_examples
+    corpus = run.corpus()
+    try:
+        labels_raw: list[Any] = []
+        if label_column:
+            rows = itertools.islice(corpus.rows_from(0, {label_column: "label_column"}), n)
+            labels_raw = [extra[label_column] for _, extra in rows]
+        embeddings = corpus.embeddings(0, n)
+    finally:
+        corpus.close()
+    if len(embeddings) < 2:
+        raise DataError(f"dataset {run.cfg.dataset_path} has {len(embeddings)} texts to evaluate on; give more")
+    sae = run.sae
+    metrics: dict[str, Any] = dict(reconstruction_metrics(sae, embeddings))
+    reconstructed = reconstructions(sae, embeddings)
+    metrics["recall_at_10"] = neighbour_recall(embeddings, reconstructed, k=10)
+    metrics["sim_spearman"] = similarity_spearman(embeddings, reconstructed)
+    codes = encode_in_batches(sae, embeddings).float().cpu()
+    if label_column:
+        metrics.update(label_metrics(codes, embeddings.cpu(), labels_raw, seed))
+    densities = (codes > 0).double().mean(0).numpy()
+    plot = density_histogram(densities, run.folder / "density_histogram.png",
+                             f"{run.folder.name}: feature densities on {len(embeddings)} texts")
+    report = {
+        **metrics,
+        "examples": len(embeddings),
+        "dataset_path": run.cfg.dataset_path,
+        "held_out": run.own_dataset and len(embeddings) <= run.cfg.num_eval_examples,
+        "label_column": label_column,
+        "plots": [plot.name],
+    }
+    atomic_write_text(run.folder / "eval.json", json.dumps(report, indent=2))
+    return report
+
+
+def label_metrics(codes: torch.Tensor, embeddings: torch.Tensor, labels_raw: list[Any], seed: int = 0) -> dict[str, float]:
+    """Linear-probe accuracy on SAE codes and on raw embeddings (same 80/20 split), and the mean
+    label purity of features."""
+    names = sorted({str(label) for label in labels_raw})
+    index = {name: i for i, name in enumerate(names)}
+    labels = torch.tensor([index[str(label)] for label in labels_raw])
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    train_mask = torch.zeros(len(labels), dtype=torch.bool)
+    train_mask[order[: int(0.8 * len(labels))]] = True
+    purity, _ = label_purity(codes, labels)
+    majority = float(labels.bincount().max()) / len(labels)
+    return {
+        "probe_acc_sae": linear_probe_accuracy(codes, labels, train_mask),
+        "probe_acc_embed": linear_probe_accuracy(embeddings.float(), labels, train_mask),
+        "label_purity": purity,
+        "label_majority_share": majority,
+        "label_classes": len(names),
+    }

@@ -155,6 +155,25 @@ class BaseSAE(nn.Module):
         """decode(encode(x)) mapped back to the embeddings' own space."""
         return self.encode_and_reconstruct(x)[1]
 
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str], model: Any = None, batch_size: int = 32) -> torch.Tensor:
+        """Feature activations of ``texts``, embedded with ``model`` (by default the Sentence-BERT
+        model the SAE was trained on), in inference mode: (len(texts), d_sae)."""
+        from ..embeddings import embedding_dim, encode_texts, load_sentence_model
+        from ..errors import ModelError
+
+        if model is None:
+            model = load_sentence_model(self.cfg.model_name, str(self.device), self.cfg.encode_backend)
+        if embedding_dim(model) != self.d_in:
+            raise ModelError(f"this SAE reads {self.d_in}-dimensional embeddings, but the model gives "
+                             f"{embedding_dim(model)}-dimensional ones; use the model it was trained with")
+        was_training = self.training
+        self.eval()
+        try:
+            return self.encode(encode_texts(model, list(texts), batch_size).to(self.device))
+        finally:
+            self.train(was_training)
+
     # ------------------------------------------------------------------ losses
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
         """The sparsity penalty, already multiplied by ``coeff``; none by default."""

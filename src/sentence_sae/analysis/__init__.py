@@ -1,0 +1,132 @@
+"""Reading an SAE's features: statistics over a corpus, keyword labels, families and a browser.
+
+``explain_run`` streams a corpus once through the SAE and writes, into the run folder,
+``features.jsonl`` (one line per feature), ``families.json`` and the static site ``browser/``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..checkpoint import atomic_write_text
+from ..errors import DataError
+from ..runs import open_run
+from ..tracking import progress_bar
+from .browser import write_browser
+from .families import build_families
+from .features import FeatureStats, collect_feature_stats
+from .keywords import KeywordLabeler
+
+N_COACTIVATING = 8
+
+
+def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
+                text_column: str | None = None, top_n: int = 10, label_texts: int = 8,
+                device: str | None = None, model: Any = None, family_min_weight: float = 0.5) -> dict[str, Any]:
+    """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset)."""
+    started = time.perf_counter()
+    run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
+    corpus = run.corpus()
+    texts: list[str] = []
+    total = num_examples if num_examples is not None else corpus.count()
+    try:
+        with progress_bar(total, "explain") as bar:
+            def chunks():
+                for chunk_texts, _, embeddings in corpus.iter_rows(0, num_examples, chunk_size=4096):
+                    texts.extend(chunk_texts)
+                    bar.update(len(chunk_texts))
+                    yield embeddings
+
+            stats = collect_feature_stats(run.sae, chunks(), top_n)
+        if not texts:
+            raise DataError(f"dataset {run.cfg.dataset_path} has no texts to explain")
+        if corpus.cache is not None:
+            corpus.cache.flush()
+        alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
+        label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
+        row_embeddings = _embeddings_of_rows(corpus, sorted({int(r) for rows in label_rows.values() for r in rows}), texts)
+        labeler = KeywordLabeler(run.model)
+        keywords = labeler.label_all([[texts[r] for r in label_rows[f]] for f in alive],
+                                     [torch.stack([row_embeddings[int(r)] for r in label_rows[f]]) for f in alive])
+    finally:
+        corpus.close()
+    label_of = {f: ", ".join(terms) for f, terms in zip(alive, keywords)}
+    labels = [label_of.get(f, "") for f in range(run.sae.d_sae)]
+    families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight)
+                if stats.coactivation is not None else None)
+    features = _feature_records(stats, texts, labels, dict(zip(alive, keywords)), families)
+    folder = run.folder
+    atomic_write_text(folder / "features.jsonl", "".join(json.dumps(f) + "\n" for f in features))
+    if families is not None:
+        atomic_write_text(folder / "families.json", json.dumps(families, indent=1))
+    index = write_browser(folder / "browser", features, f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts")
+    seconds = time.perf_counter() - started
+    return {
+        "features": str(folder / "features.jsonl"),
+        "families": str(folder / "families.json") if families is not None else None,
+        "browser": str(index),
+        "texts": len(texts),
+        "alive": len(alive),
+        "dead": run.sae.d_sae - len(alive),
+        "n_families": len(families["families"]) if families else 0,
+        "seconds": round(seconds, 2),
+        "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
+    }
+
+
+def _embeddings_of_rows(corpus: Any, rows: list[int], texts: list[str]) -> dict[int, torch.Tensor]:
+    """Embeddings of some rows: from the cache when it holds them, else encoded again."""
+    if not rows:
+        return {}
+    cache = corpus.cache
+    if cache is not None and cache.rows > rows[-1]:
+        values = torch.from_numpy(cache.embeddings()[np.asarray(rows)])
+    else:
+        values = corpus.encode([texts[r] for r in rows]).cpu()
+    return dict(zip(rows, values))
+
+
+def _feature_records(stats: FeatureStats, texts: list[str], labels: list[str], keywords: dict[int, list[str]],
+                     families: dict[str, Any] | None) -> list[dict[str, Any]]:
+    conditional = stats.conditional() if stats.coactivation is not None else None
+    children: dict[int, list[int]] = {}
+    parents = {int(child): parent for child, parent in (families or {}).get("parents", {}).items()}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    records = []
+    for feature in range(len(stats.counts)):
+        count = int(stats.counts[feature])
+        record: dict[str, Any] = {
+            "id": feature,
+            "label": labels[feature],
+            "keywords": keywords.get(feature, []),
+            "dead": count == 0,
+            "density": float(stats.density[feature]),
+            "count": count,
+            "n_texts": stats.n_texts,
+            "mean_act": float(stats.mean_act[feature]),
+            "max_act": float(stats.max_act[feature]),
+            "top_texts": [{"text": texts[int(r)], "activation": float(v), "row": int(r)}
+                          for r, v in zip(stats.top_rows[feature], stats.top_values[feature])],
+            "quantile_texts": [{"quantile": q, "text": texts[r], "activation": v, "row": r}
+                               for q, r, v in stats.quantile_rows[feature]],
+            "histogram": stats.histograms[feature].tolist(),
+        }
+        if conditional is not None and count:
+            row = conditional[feature].copy()
+            row[feature] = -1
+            best = np.argsort(-row)[:N_COACTIVATING]
+            record["coactivating"] = [{"id": int(j), "p": round(float(row[j]), 4)} for j in best if row[j] > 0]
+        if families is not None:
+            record["family"] = {"parent": parents.get(feature), "children": sorted(children.get(feature, []))}
+        records.append(record)
+    return records
+
+
+__all__ = ["explain_run", "collect_feature_stats", "KeywordLabeler", "build_families", "write_browser"]

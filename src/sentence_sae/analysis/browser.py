@@ -1,0 +1,152 @@
+"""A static feature browser that opens from disk with no server.
+
+``browser/index.html`` lists every feature (id, label, density, activation) with a search box
+(keyword or id) and sorting; ``browser/features/f<id>.html`` is one page per feature: label, density,
+an activation histogram, the top texts with their activations drawn as bars, examples from lower
+quantiles, and co-activating features and family links. The index carries its data inline (no
+fetch, which browsers forbid on file:// pages).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;color:#222;padding:0 1rem}
+h1{font-size:1.4rem} a{color:#1f5a96;text-decoration:none} a:hover{text-decoration:underline}
+table{border-collapse:collapse;width:100%} th,td{padding:.3rem .5rem;border-bottom:1px solid #e4e4e4;text-align:left}
+th{background:#f4f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
+.controls{display:flex;gap:1rem;margin:1rem 0} input[type=search]{flex:1;padding:.4rem;font-size:1rem}
+.text{margin:.35rem 0;display:flex;gap:.6rem;align-items:center}
+.bar{background:#d9e6f5;height:1.1rem;flex:none;position:relative}
+.bar span{position:absolute;left:.3rem;font-size:.75rem;line-height:1.1rem;color:#123}
+.meta{color:#666;font-size:.9rem} .label{font-weight:600} .dead{color:#a33}
+"""
+
+
+def _page(title: str, body: str, depth: int = 0) -> str:
+    return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+
+
+def feature_file(feature_id: int) -> str:
+    return f"f{feature_id:05d}.html"
+
+
+def _histogram_svg(counts: list[int], max_act: float) -> str:
+    if not counts or max(counts) == 0:
+        return ""
+    width, height, n = 480, 120, len(counts)
+    peak = max(counts)
+    bars = "".join(
+        f"<rect x='{i * width / n:.1f}' y='{height - c / peak * height:.1f}' width='{width / n - 1:.1f}' "
+        f"height='{c / peak * height:.1f}' fill='#3b6ea5'><title>{c} texts</title></rect>"
+        for i, c in enumerate(counts))
+    return (f"<svg class='histogram' width='{width}' height='{height + 16}' role='img' "
+            f"aria-label='activation histogram'>{bars}<text x='0' y='{height + 13}' font-size='11'>0</text>"
+            f"<text x='{width}' y='{height + 13}' font-size='11' text-anchor='end'>{max_act:.3g}</text></svg>")
+
+
+def _texts_html(items: list[dict[str, Any]], max_act: float, css: str = "top") -> str:
+    rows = []
+    for item in items:
+        share = item["activation"] / max_act if max_act > 0 else 0
+        prefix = f"{int(item['quantile'] * 100)}% down: " if "quantile" in item else ""
+        rows.append(f"<div class='text {css}'><div class='bar' style='width:{max(share * 12, 0.2):.2f}rem'>"
+                    f"<span>{item['activation']:.3f}</span></div><div>{html.escape(prefix + item['text'])}</div></div>")
+    return "\n".join(rows)
+
+
+def _links(features: list[dict[str, Any]], label_of: dict[int, str], key: str) -> str:
+    if not features:
+        return "<p class='meta'>none</p>"
+    return "<ul>" + "".join(
+        f"<li><a class='coactivation' href='{feature_file(f['id'])}'>#{f['id']}</a> "
+        f"{html.escape(label_of.get(f['id'], ''))} <span class='meta'>{key} {f[key]:.2f}</span></li>"
+        for f in features) + "</ul>"
+
+
+def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
+    fid = feature["id"]
+    label = feature["label"] or "(no label)"
+    parts = [f"<p><a href='../index.html'>&larr; all features</a></p>",
+             f"<h1>Feature #{fid}: <span class='label'>{html.escape(label)}</span></h1>"]
+    if feature["dead"]:
+        parts.append(f"<p class='dead'>Dead: never fires on the {feature['n_texts']} texts explained.</p>")
+        return _page(f"Feature {fid}", "\n".join(parts))
+    parts.append(f"<p class='meta'>density {feature['density']:.4%} ({feature['count']} of {feature['n_texts']} texts) "
+                 f"&middot; mean activation {feature['mean_act']:.3f} &middot; max {feature['max_act']:.3f}</p>")
+    parts.append("<h2>Activations</h2>" + _histogram_svg(feature["histogram"], feature["max_act"]))
+    parts.append("<h2>Top texts</h2>" + _texts_html(feature["top_texts"], feature["max_act"]))
+    if feature["quantile_texts"]:
+        parts.append("<h2>Lower activations</h2>" + _texts_html(feature["quantile_texts"], feature["max_act"], "quantile"))
+    parts.append("<h2>Co-activating features</h2><p class='meta'>P(other fires | this fires)</p>"
+                 + _links(feature.get("coactivating", []), label_of, "p"))
+    family = feature.get("family") or {}
+    if family.get("parent") is not None:
+        parts.append(f"<h2>Family</h2><p>Parent: <a class='parent' href='{feature_file(family['parent'])}'>"
+                     f"#{family['parent']}</a> {html.escape(label_of.get(family['parent'], ''))}</p>")
+    if family.get("children"):
+        parts.append("<h2>Children</h2><ul>" + "".join(
+            f"<li><a href='{feature_file(c)}'>#{c}</a> {html.escape(label_of.get(c, ''))}</li>"
+            for c in family["children"]) + "</ul>")
+    return _page(f"Feature {fid}: {label}", "\n".join(parts))
+
+
+INDEX_SCRIPT = """
+const rows = FEATURES;
+const tbody = document.getElementById('features');
+const search = document.getElementById('search');
+const sort = document.getElementById('sort');
+const count = document.getElementById('count');
+function render() {
+  const q = search.value.trim().toLowerCase();
+  let shown = rows.filter(f => !q || String(f.id) === q.replace('#', '') || f.label.toLowerCase().includes(q));
+  const key = sort.value;
+  shown = shown.slice().sort((a, b) => key === 'id' ? a.id - b.id : b[key] - a[key]);
+  tbody.innerHTML = shown.map(f => `<tr class="feature-row"><td class="num"><a href="features/${f.file}">#${f.id}</a></td>` +
+    `<td><a href="features/${f.file}">${escapeHtml(f.label || (f.dead ? '(dead)' : '(no label)'))}</a></td>` +
+    `<td class="num">${(100 * f.density).toFixed(3)}%</td><td class="num">${f.max_act.toFixed(3)}</td></tr>`).join('');
+  count.textContent = `${shown.length} of ${rows.length} features`;
+}
+function escapeHtml(s) { return s.replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c])); }
+search.addEventListener('input', render);
+sort.addEventListener('change', render);
+render();
+"""
+
+
+def index_page(features: list[dict[str, Any]], title: str) -> str:
+    data = [{"id": f["id"], "label": f["label"] or "", "density": f["density"], "max_act": f["max_act"],
+             "dead": f["dead"], "file": feature_file(f["id"])} for f in features]
+    payload = json.dumps(data).replace("</", "<\\/")
+    body = f"""<h1>{html.escape(title)}</h1>
+<div class="controls"><input id="search" type="search" placeholder="search a keyword or #id" aria-label="search">
+<label>sort by <select id="sort"><option value="density">density</option><option value="max_act">activation</option>
+<option value="id">id</option></select></label></div>
+<p class="meta" id="count"></p>
+<table><thead><tr><th>id</th><th>label</th><th>density</th><th>max activation</th></tr></thead>
+<tbody id="features"></tbody></table>
+<script>const FEATURES = {payload};</script>
+<script>{INDEX_SCRIPT}</script>"""
+    return _page(title, body)
+
+
+def write_browser(folder: Path, features: list[dict[str, Any]], title: str) -> Path:
+    """Write the site into ``folder`` (replacing an earlier one) and return its index page."""
+    staging = folder.with_name(folder.name + ".tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    (staging / "features").mkdir(parents=True)
+    label_of = {f["id"]: f["label"] or "" for f in features}
+    for feature in features:
+        (staging / "features" / feature_file(feature["id"])).write_text(feature_page(feature, label_of))
+    (staging / "index.html").write_text(index_page(features, title))
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return folder / "index.html"

@@ -1,0 +1,80 @@
+"""Pictures people would rather look at than numbers: feature densities and training curves (PNG)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def density_histogram(densities: np.ndarray, path: Path, title: str = "") -> Path:
+    """Histogram of log10 feature densities (fraction of texts on which each feature fires), with
+    the never-firing features counted in the caption."""
+    plt = _pyplot()
+    densities = np.asarray(densities, dtype=np.float64)
+    alive = densities[densities > 0]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(alive):
+        ax.hist(np.log10(alive), bins=50, color="#3b6ea5")
+    ax.set_xlabel("log10 feature density (fraction of texts on which a feature fires)")
+    ax.set_ylabel("features")
+    dead = int((densities == 0).sum())
+    ax.set_title(title or "Feature densities")
+    ax.text(0.99, 0.97, f"{len(densities)} features\n{dead} never fire\n{int((densities > 0.1).sum())} fire on >10%",
+            transform=ax.transAxes, ha="right", va="top", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+CURVES = [("train/loss", "loss"), ("eval/fvu", "held-out FVU"), ("train/l0", "L0 (training batches)"),
+          ("train/dead_frac", "dead fraction (window)")]
+
+
+def training_curves(run_dir: Path, path: Path | None = None) -> Path:
+    """Loss, held-out FVU, L0 and dead fraction against training examples, from metrics.jsonl."""
+    metrics_file = Path(run_dir) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise CheckpointError(f"{metrics_file} is missing; give a run folder written by sentence-sae train")
+    rows = []
+    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{metrics_file} line {number} is not valid JSON") from None
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    last_examples = 0.0
+    for ax, (key, label) in zip(axes.flat, CURVES):
+        points = []
+        for row in rows:
+            last_examples = row.get("train/examples", last_examples)
+            value = row.get(key)
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                points.append((last_examples, value))
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, color="#3b6ea5", marker="o" if key.startswith("eval") else None, markersize=3)
+        ax.set_title(label)
+        ax.set_xlabel("training examples")
+        ax.grid(alpha=0.3)
+    fig.suptitle(Path(run_dir).name, fontsize=10)
+    fig.tight_layout()
+    path = path or Path(run_dir) / "training_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

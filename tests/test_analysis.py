@@ -1,0 +1,248 @@
+"""Evaluation and explanation of a trained SAE on real text: metrics, features, families,
+the feature browser, and each command's bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import make_cfg, write_jsonl
+from sentence_sae import create_sae, save_sae
+from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.analysis import explain_run
+from sentence_sae.analysis.families import build_families
+from sentence_sae.analysis.keywords import candidates
+from sentence_sae.cache import open_cache
+from sentence_sae.errors import CheckpointError, DataError, ModelError
+from sentence_sae.evaluation import evaluate_run, similarity_spearman, spearman
+from sentence_sae.training import Trainer
+
+
+def docs_with_topics() -> list[dict]:
+    """The built-in corpus with its topic as a label, in the built-in corpus's order."""
+    import re
+
+    from pydoc_data.topics import topics
+
+    from sentence_sae.data import _clean_paragraph
+
+    rows = []
+    for topic in sorted(topics):
+        for paragraph in re.split(r"\n\s*\n", topics[topic]):
+            text = _clean_paragraph(paragraph)
+            if text:
+                rows.append({"text": text, "topic": topic})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory, model, docs_texts, docs_embeddings):
+    """A TopK SAE trained on the corpus with topic labels; its embeddings cache pre-filled from
+    the session's real embeddings of the same texts, so nothing is encoded twice."""
+    tmp = tmp_path_factory.mktemp("labelled")
+    rows = docs_with_topics()
+    assert [row["text"] for row in rows] == docs_texts
+    data = write_jsonl(tmp / "docs.jsonl", rows)
+    cfg = make_cfg(tmp, model, dataset_path=str(data), dict_size=512, top_k=16, num_examples=40_000)
+    cache = open_cache(cfg, model)
+    cache.acquire_writer()
+    cache.append(docs_embeddings.numpy())
+    cache.mark_complete(0)
+    cache.close()
+    sae = create_sae(cfg)
+    result = Trainer(sae, EmbeddingStore(docs_embeddings, cfg), cfg).train()
+    return result.run_dir, data, cfg
+
+
+def test_eval_reports_every_metric_and_writes_eval_json(labelled_run, model):
+    run_dir, _, cfg = labelled_run
+    report = evaluate_run(run_dir, label_column="topic", num_examples=1500, model=model)
+    for key in ("fvu", "explained_variance", "mse", "cos", "norm_ratio", "l0", "dead_frac", "dense_frac",
+                "recall_at_10", "sim_spearman", "probe_acc_sae", "probe_acc_embed", "label_purity"):
+        assert key in report and np.isfinite(report[key]), key
+    assert report["explained_variance"] == pytest.approx(1 - report["fvu"])
+    assert 0 < report["l0"] <= 16 and 0.5 < report["cos"] <= 1
+    assert 0.3 < report["recall_at_10"] <= 1 and 0.5 < report["sim_spearman"] <= 1
+    chance = report["label_majority_share"]
+    assert report["probe_acc_sae"] > chance + 0.15 and report["probe_acc_embed"] > chance + 0.15
+    assert chance < report["label_purity"] <= 1
+    assert report["examples"] == 1500 and not report["held_out"]  # 1,500 > the 256 held out
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert saved["fvu"] == report["fvu"]
+    assert (run_dir / "density_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    held_out = evaluate_run(run_dir, model=model)
+    assert held_out["held_out"] and held_out["examples"] == cfg.num_eval_examples
+
+
+def test_retrieval_metrics_are_perfect_for_a_perfect_reconstruction(docs_embeddings):
+    x = docs_embeddings[:300]
+    assert similarity_spearman(x, x) == pytest.approx(1.0)
+    assert spearman(torch.arange(10.0), -torch.arange(10.0)) == pytest.approx(-1.0)
+    from sentence_sae.evaluation import neighbour_recall
+
+    assert neighbour_recall(x, x, k=10) == 1.0
+    assert neighbour_recall(x, x[torch.randperm(300, generator=torch.Generator().manual_seed(0))], k=10) < 0.2
+
+
+def test_explain_writes_features_families_and_browser(labelled_run, model):
+    run_dir, _, _ = labelled_run
+    summary = explain_run(run_dir, model=model, top_n=8)
+    lines = [json.loads(line) for line in Path(summary["features"]).read_text().splitlines()]
+    assert len(lines) == 512 and [f["id"] for f in lines] == list(range(512))
+    alive = [f for f in lines if not f["dead"]]
+    assert summary["alive"] == len(alive) > 400
+    for feature in alive:
+        activations = [t["activation"] for t in feature["top_texts"]]
+        assert activations == sorted(activations, reverse=True) and activations[0] > 0
+        assert feature["max_act"] == pytest.approx(activations[0])
+        assert 0 < feature["density"] <= 1 and len(feature["top_texts"]) <= 8
+        text = " ".join(t["text"].lower() for t in feature["top_texts"])
+        assert feature["label"] and all(term.split()[0] in text for term in feature["keywords"])
+        assert all(q["activation"] <= activations[-1] for q in feature["quantile_texts"])
+    for feature in lines:
+        if feature["dead"]:
+            assert feature["top_texts"] == [] and feature["count"] == 0
+    families = json.loads(Path(summary["families"]).read_text())
+    counts = {f["id"]: f["count"] for f in lines}
+    for child, parent in families["parents"].items():
+        assert counts[parent] >= counts[int(child)]  # edges go from the more to the less frequent
+    for family in families["families"]:
+        assert family["size"] == len(family["members"]) >= 3
+        ids = {m["id"] for m in family["members"]}
+        assert all(m["parent"] in ids for m in family["members"] if m["parent"] is not None)
+    browser = Path(summary["browser"])
+    assert browser.name == "index.html" and len(list((browser.parent / "features").glob("f*.html"))) == 512
+    assert summary["seconds_per_10k_texts"] > 0
+
+
+def test_families_follow_the_asymmetric_conditional_probabilities():
+    # Feature 0 fires on 100 texts; 1 on 40, always with 0; 2 on 10, always with 1; 3 alone on 50.
+    counts = np.array([100, 40, 10, 50])
+    co = np.array([[100, 40, 10, 5],
+                   [40, 40, 10, 2],
+                   [10, 10, 10, 0],
+                   [5, 2, 0, 50]], dtype=np.float32)
+    result = build_families(counts, co, labels=["a", "b", "c", "d"], min_weight=0.5, min_size=3)
+    assert result["parents"] == {"1": 0, "2": 1}  # by id; 3 has no strong parent
+    [family] = result["families"]
+    assert family["root"] == 0 and [m["id"] for m in family["members"]] == [0, 1, 2]
+    assert family["members"][2]["weight"] == 1.0  # P(1 fires | 2 fires)
+
+
+def test_keyword_candidates_skip_stop_words():
+    assert candidates("The assert statement raises an AssertionError") == [
+        "assert", "assert statement", "statement", "statement raises", "raises", "assertionerror"]
+
+
+def test_encode_texts_uses_the_sae_model(labelled_run, model):
+    from sentence_sae import load_sae
+    from sentence_sae.embeddings import encode_texts
+
+    run_dir, _, _ = labelled_run
+    sae = load_sae(run_dir)
+    texts = ["The assert statement", "A for loop iterates over a sequence"]
+    torch.testing.assert_close(sae.encode_texts(texts, model), sae.encode(encode_texts(model, texts)))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+    return subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_features_and_plot_commands(labelled_run):
+    run_dir, _, _ = labelled_run
+    proc = run_cli("features", str(run_dir), "The assert statement raises AssertionError", "--top", "5")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 1 <= len(result["features"]) <= 5 and result["features"][0]["activation"] > 0
+    assert proc.stdout.splitlines()[0].startswith("#")
+    proc = run_cli("plot", str(run_dir))
+    assert proc.returncode == 0, proc.stderr
+    plot = Path(json.loads(proc.stdout.strip().splitlines()[-1])["plot"])
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bad_inputs_give_one_clear_line(labelled_run, tmp_path, model):
+    run_dir, data, _ = labelled_run
+    proc = run_cli("eval", str(tmp_path / "nope"))
+    assert proc.returncode == 2 and "run folder" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("eval", str(run_dir), "--label_column", "category")
+    assert proc.returncode == 2 and "column 'category' not found" in proc.stderr and "topic" in proc.stderr
+    with pytest.raises(DataError, match="set label_column"):
+        evaluate_run(run_dir, label_column="category", model=model)
+    # An SAE for 768-dimensional embeddings saved with the 384-dimensional MiniLM as its model.
+    wide_cfg = make_cfg(tmp_path, model, dict_size=64, top_k=4).replace(act_size=768)
+    wide = tmp_path / "wide"
+    save_sae(create_sae(wide_cfg), wide)
+    with pytest.raises(ModelError, match="reads 768-dimensional embeddings, but model .* gives 384"):
+        evaluate_run(wide, model=model)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        explain_run(tmp_path / "missing")
+    assert "unknown option '--bogus'" in run_cli("explain", str(run_dir), "--bogus", "1").stderr
+
+
+def find_browser() -> tuple[str, str] | None:
+    for browser in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(browser) and shutil.which("chromedriver"):
+            return shutil.which(browser), shutil.which("chromedriver")
+    return None
+
+
+@pytest.mark.skipif(find_browser() is None, reason="headless Chromium and chromedriver are not installed "
+                    "(Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
+def test_feature_browser_in_headless_chromium(labelled_run, model):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    from selenium.webdriver.common.by import By
+
+    run_dir, _, _ = labelled_run
+    index = run_dir / "browser" / "index.html"
+    if not index.exists():
+        explain_run(run_dir, model=model, top_n=8)
+    features = [json.loads(line) for line in (run_dir / "features.jsonl").read_text().splitlines()]
+    target = max((f for f in features if not f["dead"]), key=lambda f: f["count"])
+    browser, driver_path = find_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+    try:
+        driver.get(index.as_uri())
+        rows = driver.find_elements(By.CSS_SELECTOR, "tr.feature-row")
+        assert len(rows) == len(features)
+        densities = [float(r.find_elements(By.TAG_NAME, "td")[2].text.rstrip("%")) for r in rows[:20]]
+        assert densities == sorted(densities, reverse=True)  # sorted by density by default
+        search = driver.find_element(By.ID, "search")
+        search.send_keys(f"#{target['id']}")
+        rows = driver.find_elements(By.CSS_SELECTOR, "tr.feature-row")
+        assert len(rows) == 1 and target["label"] in rows[0].text
+        search.clear()
+        search.send_keys(target["keywords"][0])
+        matching = driver.find_elements(By.CSS_SELECTOR, "tr.feature-row")
+        assert 1 <= len(matching) < len(features)
+        assert all(target["keywords"][0] in r.text.lower() for r in matching)
+        matching[0].find_element(By.TAG_NAME, "a").click()
+        assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text
+        driver.get((run_dir / "browser" / "features" / f"f{target['id']:05d}.html").as_uri())
+        assert target["label"] in driver.find_element(By.TAG_NAME, "h1").text
+        shown = driver.find_elements(By.CSS_SELECTOR, ".text.top")
+        assert len(shown) == len(target["top_texts"])
+        assert target["top_texts"][0]["text"][:40] in shown[0].text
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.histogram rect")
+        links = driver.find_elements(By.CSS_SELECTOR, "a.coactivation")
+        if links:
+            links[0].click()
+            assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text
+    finally:
+        driver.quit()
