@@ -57,7 +57,7 @@ def test_second_run_reads_the_cache_and_never_runs_the_model(tmp_path, model, js
         second = ActivationsStoreSBERT(model, cfg)
         served_second = drain(second)
         assert counter.calls == 0  # held-out and training embeddings both came from disk
-    assert second._dataset is None  # the dataset was not even opened
+    assert second.corpus._dataset is None  # the dataset was not even opened
     torch.testing.assert_close(second.held_out_embeddings(), first.held_out_embeddings())
     assert len(served_first) == len(served_second) == 100
     key = lambda rows: sorted(map(tuple, rows[:, :3].tolist()))

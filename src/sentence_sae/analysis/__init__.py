@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import atomic_write_text
+from ..embeddings import load_sentence_model
 from ..errors import DataError
 from ..runs import open_run
 from ..tracking import progress_bar
@@ -51,7 +52,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
         label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
         row_embeddings = _embeddings_of_rows(corpus, sorted({int(r) for rows in label_rows.values() for r in rows}), texts)
-        labeler = KeywordLabeler(run.model)
+        fast_model = load_sentence_model(run.cfg.model_name, run.cfg.device, "fast")
+        labeler = KeywordLabeler(fast_model)
         keywords = labeler.label_all([[texts[r] for r in label_rows[f]] for f in alive],
                                      [torch.stack([row_embeddings[int(r)] for r in label_rows[f]]) for f in alive])
     finally:
