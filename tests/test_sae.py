@@ -66,7 +66,7 @@ def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarra
     l2 = ((x_hat - x_in) ** 2).sum(-1).mean()
     sae_out = x_hat
     if cfg.input_unit_norm:
-        sae_out = x_hat * (std + 1e-5) + mean
+        sae_out = x_hat * std + mean
     return {"feature_acts": acts, "sae_out": sae_out, "l2_loss": l2, "loss": l2 + sparsity,
             "l0_norm": (acts > 0).sum(-1).mean()}
 

@@ -142,6 +142,9 @@ def config_from_saelens(data: dict[str, Any], folder: Path) -> SAEConfig:
             f"{folder / CFG_FILE}: SAELens architecture '{architecture}' is not supported; "
             f"supported: {', '.join(SAELENS_TO_SAE_TYPE)}"
         )
+    if data.get("rescale_acts_by_decoder_norm"):
+        raise CheckpointError(f"{folder / CFG_FILE}: rescale_acts_by_decoder_norm is not supported; fold the "
+                              "decoder norms into the weights in SAELens (fold_W_dec_norm) and save again")
     normalization = data.get("normalize_activations") or "none"
     if normalization not in ("none", "layer_norm"):
         raise CheckpointError(
@@ -192,7 +195,12 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
             raise CheckpointError(
                 f"{weights_path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {shape}"
             )
-    sae.load_saved_weights({name: tensors[name].to(sae.dtype) for name in expected})
+    weights = {name: tensors[name].to(sae.dtype) for name in expected}
+    if data.get("apply_b_dec_to_input") is False:
+        # Our encoder always subtracts b_dec first; an SAE that does not gets it folded into b_enc:
+        # x W + b  =  (x - b_dec) W + (b + b_dec W).
+        weights["b_enc"] = weights["b_enc"] + weights["b_dec"] @ weights["W_enc"]
+    sae.load_saved_weights(weights)
     sae.eval()
     return sae
 

@@ -44,7 +44,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON file of config keys; options given on the command line win")
 
 
-RUN_COMMANDS = {"eval", "explain", "features", "plot"}
+RUN_COMMANDS = {"eval", "explain", "features", "plot", "push"}
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -63,7 +63,10 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
                             help="a column of labels: adds linear probes and feature label purity")
     if command == "explain":
         parser.add_argument("--top_n", type=int, default=10, help="top texts kept per feature (default 10)")
-    if command != "plot":
+    if command == "push":
+        parser.add_argument("repo_id", metavar="REPO_ID", help="hub repository, e.g. user/minilm-topk-sae")
+        parser.add_argument("--private", action="store_true", help="create the repository as private")
+    if command not in ("plot", "push"):
         parser.add_argument("--device", default=None, help="torch device (default cpu)")
 
 
@@ -135,6 +138,12 @@ def cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     return {"plot": str(training_curves(Path(args.run_dir)))}
 
 
+def cmd_push(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .hub import push_run
+
+    return push_run(args.run_dir, args.repo_id, private=args.private)
+
+
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> None:
     from .config import config_table_markdown
 
@@ -149,6 +158,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "explain": (cmd_explain, "label every feature and write features.jsonl, families.json and browser/"),
     "features": (cmd_features, "print the top features of a text with their labels and activations"),
     "plot": (cmd_plot, "draw the training curves of a run (training_curves.png)"),
+    "push": (cmd_push, "upload a run's SAE with a model card to the Hugging Face hub"),
     "keys": (cmd_keys, "print the table of config keys (markdown)"),
 }
 CONFIG_COMMANDS = {"train", "embed", "sweep"}

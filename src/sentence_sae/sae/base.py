@@ -126,7 +126,9 @@ class BaseSAE(nn.Module):
         if stats is None:
             return x_hat
         mean, std = stats
-        return x_hat * (std + 1e-5) + mean
+        # Multiplying by std (not std + eps) is SAELens' layer_norm, so that exported SAEs
+        # reconstruct exactly the same embeddings there.
+        return x_hat * std + mean
 
     # ------------------------------------------------------------------ encoder and decoder
     def pre_activations(self, x_in: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,79 @@
+"""Interop with SAELens (both directions, with the sae-lens package) and the hub command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from helpers import make_cfg
+from sentence_sae import create_sae, load_sae, save_sae
+from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.hub import model_card
+from sentence_sae.training import Trainer
+
+sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (pip install -e '.[test]')")
+
+
+@pytest.mark.parametrize("sae_type, unit_norm", [("vanilla", False), ("topk", False), ("batchtopk", False),
+                                                 ("jumprelu", False), ("topk", True)])
+def test_saved_sae_loads_in_saelens_and_reconstructs_the_same(tmp_path, model, docs_split, sae_type, unit_norm):
+    train, held_out = docs_split
+    cfg = make_cfg(tmp_path, model, sae_type=sae_type, dict_size=256, top_k=16, num_examples=8000,
+                   input_unit_norm=unit_norm)
+    sae = create_sae(cfg)
+    result = Trainer(sae, EmbeddingStore(train, cfg, held_out=held_out), cfg).train()
+    theirs = sae_lens.SAE.load_from_disk(result.run_dir, device="cpu")
+    saved = json.loads((result.run_dir / "cfg.json").read_text())
+    expected_architecture = {"vanilla": "standard", "topk": "topk"}.get(sae_type, "jumprelu")
+    assert saved["architecture"] == expected_architecture == theirs.cfg.architecture()
+    assert saved["normalize_activations"] == ("layer_norm" if unit_norm else "none")
+    assert saved["metadata"]["model_name"] == cfg.model_name
+    sae.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(theirs.encode(held_out), sae.encode(held_out), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(theirs(held_out), sae.reconstruct(held_out), atol=1e-5, rtol=1e-4)
+    if sae_type == "batchtopk":
+        torch.testing.assert_close(theirs.threshold, sae.threshold)  # the learned scalar, per feature
+
+
+@pytest.mark.parametrize("kind, options", [
+    ("standard", {}), ("topk", {"k": 12}), ("jumprelu", {}), ("standard", {"normalize_activations": "layer_norm"}),
+    ("topk", {"k": 12, "apply_b_dec_to_input": False}),
+])
+def test_saelens_sae_loads_in_sentence_sae(tmp_path, docs_split, kind, options):
+    _, held_out = docs_split
+    classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
+               "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig),
+               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig)}
+    sae_class, cfg_class = classes[kind]
+    theirs = sae_class(cfg_class(d_in=384, d_sae=192, **options))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in theirs.named_parameters():
+            param.copy_(torch.full(param.shape, 0.03) if name == "threshold"
+                        else 0.05 * torch.randn(param.shape, generator=generator))
+    theirs.save_model(str(tmp_path))
+    ours = load_sae(tmp_path)
+    assert ours.architecture == {"standard": "vanilla"}.get(kind, kind) and ours.d_sae == 192
+    with torch.no_grad():
+        torch.testing.assert_close(ours.reconstruct(held_out), theirs(held_out), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ours.encode(held_out), theirs.encode(held_out), atol=1e-5, rtol=1e-4)
+
+
+def test_push_without_network_fails_with_one_line(tmp_path, model):
+    cfg = make_cfg(tmp_path, model, dict_size=64, top_k=4)
+    save_sae(create_sae(cfg), tmp_path / "run")
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "push", str(tmp_path / "run"), "someone/sae"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not upload" in lines[0] and "huggingface-cli login" in lines[0]
+    card = model_card(tmp_path / "run", "someone/sae")
+    assert "load_sae(snapshot_download(\"someone/sae\"))" in card and "SAE.load_from_disk" in card
+    assert "| `dict_size` | `64` |" in card
