@@ -148,7 +148,7 @@ def test_training_from_a_large_cache_does_not_hold_it_in_memory(tmp_path, model)
     embeddings = load_embeddings(tmp_path / "big")
     before = anonymous_memory_mb()
     cfg = make_cfg(tmp_path, model, num_eval_examples=1000, num_examples=None, num_epochs=1,
-                   batch_size=4096, model_batch_size=256, num_batches_in_buffer=64)
+                   batch_size=1024, model_batch_size=256, num_batches_in_buffer=16)  # a 4,096-row buffer
     store = EmbeddingStore(embeddings, cfg)
     served = sum(len(batch) for batch in store)
     peak = anonymous_memory_mb()

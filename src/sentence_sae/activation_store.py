@@ -16,7 +16,7 @@ import itertools
 import math
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -52,11 +52,26 @@ class ActivationStoreBase:
         self._chunk_generator = torch.Generator().manual_seed(cfg.seed + 1)
         self._buffer = torch.empty(0, d_in, device=self.device)
         self._chunk_iterator: Prefetcher | None = None
+        # Where the stream stands, as the buffer has consumed it: (pass, chunks of that pass, rows
+        # taken in all), and the chunk-order generator's state at the start of each pass.
+        self._consumed: tuple[int, int, int] = (0, 0, 0)
+        self._pass_start_states: dict[int, torch.Tensor] = {}
+        self._resume_from: tuple[tuple[int, int, int], torch.Tensor] | None = None
+        self.share: tuple[int, int] | None = None  # (rank, world size) of a data-parallel run
+        self.world_size = 1  # processes sharing the run (messages speak of the whole run)
 
     # subclasses -----------------------------------------------------------------
-    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
-        """The training embeddings of pass ``pass_index`` over the data, in chunks."""
+    def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(position, chunk) for the training embeddings of pass ``pass_index``, in chunks of
+        ``chunk_size``, without the first ``skip`` positions (not even read), and with ``share``
+        set only this process's positions."""
         raise NotImplementedError
+
+    def _keep(self) -> Callable[[int], bool] | None:
+        if self.share is None:
+            return None
+        rank, world_size = self.share
+        return lambda index: index % world_size == rank
 
     def held_out_embeddings(self) -> torch.Tensor:
         raise NotImplementedError
@@ -82,7 +97,8 @@ class ActivationStoreBase:
             self._chunk_iterator = Prefetcher(self._chunks(), depth=2)
         chunks = [self._buffer]
         filled = len(self._buffer)
-        for chunk in self._chunk_iterator:
+        for position, chunk in self._chunk_iterator:
+            self._consumed = position
             chunks.append(chunk.to(self.device, torch.float32))
             filled += len(chunk)
             if filled >= self.buffer_capacity:
@@ -119,20 +135,47 @@ class ActivationStoreBase:
         if self._chunk_iterator is not None:
             self._chunk_iterator.close()
 
-    def _chunks(self) -> Iterator[torch.Tensor]:
-        """Chunks of training embeddings over all passes, cut off at ``num_examples``."""
+    def _chunks(self) -> Iterator[tuple[tuple[int, int, int], torch.Tensor]]:
+        """((pass, chunks of the pass so far, rows taken so far), chunk) over all passes, cut off
+        at ``num_examples``; a resumed store starts where the checkpointed one had consumed."""
         limit = self.cfg.num_examples
-        taken = 0
-        for pass_index in _passes(self.cfg):
-            for chunk in self._pass_chunks(pass_index):
+        (first_pass, skip, taken), start_state = self._resume_from or ((0, 0, 0), None)
+        if start_state is not None:
+            self._chunk_generator.set_state(start_state)
+        self.counter.epochs_completed = first_pass
+        for pass_index in _passes(self.cfg, first_pass):
+            self._pass_start_states[pass_index] = self._chunk_generator.get_state()
+            for position, chunk in self._pass_chunks(pass_index, skip if pass_index == first_pass else 0):
+                done = position + 1
                 if limit is not None and taken + len(chunk) >= limit:
-                    self.end_reason = f"reached num_examples={limit}"
-                    yield chunk[: limit - taken]
+                    self.end_reason = f"reached num_examples={limit * self.world_size}"
+                    yield (pass_index, done, limit), chunk[: limit - taken]
                     return
                 taken += len(chunk)
-                yield chunk
-            self.counter.epochs_completed += 1
+                yield (pass_index, done, taken), chunk
+            self.counter.epochs_completed = pass_index + 1
         self.end_reason = f"dataset exhausted after {self.counter.epochs_completed} pass(es)"
+
+    # resume ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed store needs to serve exactly the examples this one would serve next."""
+        pass_index = self._consumed[0]
+        return {
+            "examples_served": self.examples_served,
+            "consumed": self._consumed,
+            "pass_start_state": self._pass_start_states.get(pass_index, self._chunk_generator.get_state()),
+            "buffer": self._buffer.detach().cpu().clone(),
+            "shuffle_state": self._generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self._chunk_iterator is not None:
+            raise RuntimeError("load_state_dict must come before the first batch is served")
+        self.examples_served = int(state["examples_served"])
+        self._consumed = tuple(state["consumed"])  # type: ignore[assignment]
+        self._resume_from = (self._consumed, state["pass_start_state"])
+        self._buffer = state["buffer"].to(self.device)
+        self._generator.set_state(state["shuffle_state"])
 
 
 class ActivationsStoreSBERT(ActivationStoreBase):
@@ -143,11 +186,11 @@ class ActivationsStoreSBERT(ActivationStoreBase):
     read as text again. Encoding runs in a background thread while the SAE trains.
     """
 
-    def __init__(self, model: Any, cfg: SAEConfig):
+    def __init__(self, model: Any, cfg: SAEConfig, split: tuple[int, int] | None = None):
         super().__init__(cfg, embedding_dim(model))
         self.model = model
         self.source = cfg.dataset_path
-        self.corpus = Corpus(model, cfg, self.device)
+        self.corpus = Corpus(model, cfg, self.device, split)
         self.cache = self.corpus.cache
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
@@ -210,13 +253,13 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         """Embeddings of the held-out texts."""
         return self._eval_embeddings
 
-    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
+    def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[torch.Tensor]:
         # The first pass reads in dataset order whatever is cached, so that a run's example order
         # does not depend on how much of the cache an earlier run left; later passes read the
         # (then complete) cache in a new random chunk order each time.
         generator = self._chunk_generator if pass_index > 0 else None
-        for chunk in self.corpus.embedding_chunks(self.cfg.num_eval_examples, None, self.chunk_size, generator):
-            yield chunk
+        yield from self.corpus.embedding_chunks(self.cfg.num_eval_examples, None, self.chunk_size, generator, skip,
+                                                self._keep())
         self.counter.skipped_empty = self.corpus.skipped_empty or self.counter.skipped_empty
 
     def close(self) -> None:
@@ -232,7 +275,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         rows = self.corpus.count()
         total = stop if rows is None else min(stop or math.inf, rows)
         with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
-            for chunk in self.corpus.embedding_chunks(start, stop, self.chunk_size):
+            for _, chunk in self.corpus.embedding_chunks(start, stop, self.chunk_size):
                 bar.update(len(chunk))
         self.cache.flush()
         return self.cache.rows
@@ -244,6 +287,8 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         return None if rows is None else max(rows - self.cfg.num_eval_examples, 0)
 
     def planned_examples(self) -> int | None:
+        if self.cfg.num_epochs is None and self.cfg.num_examples is not None:
+            return self.cfg.num_examples  # the data repeats until the limit: no need to count it
         return _planned(self.count_training_texts(), self.cfg)
 
 
@@ -275,17 +320,25 @@ class EmbeddingStore(ActivationStoreBase):
     def planned_examples(self) -> int | None:
         return _planned(self.n_train, self.cfg)
 
-    def _pass_chunks(self, pass_index: int) -> Iterator[torch.Tensor]:
+    def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
         size = self.chunk_size
         starts = np.arange(self.train_start, len(self.embeddings), size)
-        for index in torch.randperm(len(starts), generator=self._chunk_generator).tolist():
-            start = int(starts[index])
-            yield _as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))])
+        order = torch.randperm(len(starts), generator=self._chunk_generator).tolist()
+        keep = self._keep()
+        for position in range(skip, len(order)):
+            if keep is None or keep(position):
+                start = int(starts[order[position]])
+                chunk = _as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))])
+                finite = torch.isfinite(chunk).all(dim=-1)
+                if not bool(finite.all()):
+                    row = start + int((~finite).nonzero()[0, 0])
+                    raise DataError(f"embedding row {row} is not finite (NaN or inf); remove or fix it")
+                yield position, chunk
 
 
-def _passes(cfg: SAEConfig) -> Iterator[int]:
-    """0, 1, 2, ... for as many passes over the data as the config allows."""
-    return itertools.takewhile(lambda index: index < max_passes(cfg), itertools.count())
+def _passes(cfg: SAEConfig, first: int = 0) -> Iterator[int]:
+    """first, first + 1, ... for as many passes over the data as the config allows."""
+    return itertools.takewhile(lambda index: index < max_passes(cfg), itertools.count(first))
 
 
 class Prefetcher:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from .config import SAEConfig, coerce_value, field_help, from_mapping, load_config_file, unknown_key_message
-from .errors import ConfigError, SentenceSAEError
+from .errors import ConfigError, SentenceSAEError, TrainingStopped
 
 EXIT_BAD_INPUT = 2
 
@@ -90,9 +91,14 @@ def config_from_args(args: argparse.Namespace, extra: Sequence[str]) -> SAEConfi
 
 
 def cmd_train(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    from .training import train
+    from .training import resume, train
 
     cfg = config_from_args(args, extra)
+    if args.resume:
+        given = [f.name for f in fields(SAEConfig) if hasattr(args, f.name)]
+        if given or args.config_file:
+            raise ConfigError(f"--resume continues a run with its own config; drop --{(given or ['config'])[0]}")
+        return resume(args.resume).summary()
     return train(cfg).summary()
 
 
@@ -175,6 +181,9 @@ def build_parser() -> OneLineParser:
         sub = commands.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name in CONFIG_COMMANDS:
             add_config_options(sub)
+        if name == "train":
+            sub.add_argument("--resume", metavar="RUN_DIR", default=None,
+                             help="continue the run in RUN_DIR from its last checkpoint, exactly")
         if name == "sweep":
             sub.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                              help="a config key and its values; several --grid give their product")
@@ -197,12 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"unknown option '{extra[0]}' for {args.command} (see 'sentence-sae {args.command} --help')")
         handler = COMMANDS[args.command][0]
         result = handler(args, extra)
+    except TrainingStopped as exc:
+        print(f"sentence-sae: {exc}", file=sys.stderr)
+        return exc.exit_code
     except SentenceSAEError as exc:
         print(f"sentence-sae: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("sentence-sae: interrupted", file=sys.stderr)
         return 130
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # in a data-parallel run, rank 0 reports
     for line in result if isinstance(result, list) else [result] if result is not None else []:
         print(json.dumps(line), flush=True)
     return 0

@@ -9,8 +9,9 @@ corpus is encoded once whatever reads it first.
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -18,6 +19,11 @@ from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig
 from .data import BUILTIN_CORPORA, TextCounter, iter_dataset_rows, open_dataset
 from .embeddings import embedding_dim, encode_texts
+from .errors import DataError, DataReadError
+
+READ_RETRIES = 3
+RETRY_SECONDS = 0.5
+"""A failed read is retried after 0.5, 1 and 2 seconds."""
 
 ENCODE_CALL_TEXTS = 8192
 """Texts per model call when encoding (sentence-transformers sorts the texts of one call by length,
@@ -27,8 +33,10 @@ so large calls waste less time on padding)."""
 class Corpus:
     """The rows of ``cfg``'s dataset as texts and embeddings from ``model``."""
 
-    def __init__(self, model: Any, cfg: SAEConfig, device: torch.device | str = "cpu"):
+    def __init__(self, model: Any, cfg: SAEConfig, device: torch.device | str = "cpu",
+                 split: tuple[int, int] | None = None):
         self.model = model
+        self.split = split  # (rank, world size): read only this process's split of the dataset
         self.cfg = cfg
         self.device = torch.device(device)
         self.dim = embedding_dim(model)
@@ -50,15 +58,38 @@ class Corpus:
         """The text dataset, opened on first use (never, when every row needed is cached)."""
         if self._dataset is None:
             self._dataset = open_dataset(self.cfg.dataset_path, self.cfg.dataset_name, self.cfg.split)
+            if self.split is not None:
+                from datasets.distributed import split_dataset_by_node
+
+                self._dataset = split_dataset_by_node(self._dataset, rank=self.split[0], world_size=self.split[1])
         return self._dataset
 
     # ------------------------------------------------------------------ texts
     def rows_from(self, position: int, extra_columns: dict[str, str] | None = None,
                   counter: TextCounter | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(text, extra column values) of rows ``position``, ``position + 1``, ... to the end."""
-        rows = iter_dataset_rows(self.dataset, self.cfg.text_column, self.source, counter or TextCounter(),
-                                 extra_columns)
-        return itertools.islice(rows, position, None)
+        """(text, extra column values) of rows ``position``, ``position + 1``, ... to the end.
+
+        A read that fails part-way is retried READ_RETRIES times from where it stopped (the dataset
+        reopened), then reported with how far it got.
+        """
+        counter = counter if counter is not None else TextCounter()
+        failures = 0
+        while True:
+            attempt = TextCounter()
+            rows = iter_dataset_rows(self.dataset, self.cfg.text_column, self.source, attempt, extra_columns)
+            try:
+                for row in itertools.islice(rows, position, None):
+                    position += 1
+                    yield row
+                counter.texts, counter.skipped_empty = attempt.texts, attempt.skipped_empty
+                return
+            except DataReadError as exc:
+                failures += 1
+                if failures > READ_RETRIES:
+                    raise DataReadError(f"{exc} (gave up after {READ_RETRIES} retries; {position} texts had "
+                                        "been read)") from None
+                time.sleep(RETRY_SECONDS * 2 ** (failures - 1))
+                self._dataset = None  # reopen
 
     def texts_from(self, position: int, counter: TextCounter | None = None) -> Iterator[str]:
         return (text for text, _ in self.rows_from(position, counter=counter))
@@ -77,41 +108,77 @@ class Corpus:
         return encode_texts(self.model, texts, self.cfg.model_batch_size).to(self.device)
 
     def embedding_chunks(self, start: int, stop: int | None, chunk_size: int,
-                         shuffle_generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
-        """Embeddings of rows [start, stop) (stop None: to the end of the dataset) in chunks.
+                         shuffle_generator: torch.Generator | None = None, skip_chunks: int = 0,
+                         keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(index, embeddings) of rows [start, stop) (stop None: to the end of the dataset) in
+        chunks of ``chunk_size`` rows on a grid that starts at ``start``, whatever part is cached,
+        so that a run reads the same chunks however much of the cache an earlier run left.
 
-        Cached rows come first, in order (or in a random chunk order with ``shuffle_generator``),
-        then the rest is encoded in order and appended to the cache when it extends it.
+        With ``shuffle_generator`` and a complete cache, the chunks come in a random order drawn
+        from it; index is the position in that order. ``skip_chunks`` leaves out the first
+        positions without reading or encoding them (how a resumed run continues mid-pass), and
+        ``keep`` (only with a complete cache) picks the positions this process reads.
         """
         cache = self.cache
-        if cache is not None and start < cache.next_row:
-            cache.flush()
+        if cache is not None and cache.complete and (shuffle_generator is not None or keep is not None):
             end = cache.rows if stop is None else min(stop, cache.rows)
             starts = list(range(start, end, chunk_size))
             if shuffle_generator is not None:
                 order = torch.randperm(len(starts), generator=shuffle_generator).tolist()
                 starts = [starts[i] for i in order]
             stored = cache.embeddings()
-            for first in starts:
-                yield torch.from_numpy(stored[first : min(first + chunk_size, end)]).to(self.device)
-            start = end
+            for index in range(skip_chunks, len(starts)):
+                if keep is None or keep(index):
+                    first = starts[index]
+                    yield index, self._checked(torch.from_numpy(stored[first : min(first + chunk_size, end)]), first, True)
+            return
+        if keep is not None:
+            raise ValueError("sharing chunks between processes needs a complete embedding cache")
+        index = skip_chunks
+        pending: list[torch.Tensor] = []
+        pending_rows = 0
+        for block in self._blocks(start + skip_chunks * chunk_size, stop):
+            pending.append(block)
+            pending_rows += len(block)
+            while pending_rows >= chunk_size:
+                merged = torch.cat(pending)
+                yield index, merged[:chunk_size]
+                index += 1
+                pending, pending_rows = [merged[chunk_size:]], pending_rows - chunk_size
+        if pending_rows:
+            yield index, torch.cat(pending)
+
+    def _blocks(self, start: int, stop: int | None) -> Iterator[torch.Tensor]:
+        """Rows [start, stop) in blocks of any size: cached ones read, then the rest encoded."""
+        cache = self.cache
+        if cache is not None and start < cache.next_row:
+            cache.flush()
+            end = cache.rows if stop is None else min(stop, cache.rows)
+            stored = cache.embeddings()
+            for first in range(start, end, ENCODE_CALL_TEXTS):
+                yield self._checked(torch.from_numpy(stored[first : min(first + ENCODE_CALL_TEXTS, end)]), first, True)
+            start = max(start, end)
             if (stop is not None and start >= stop) or cache.complete:
                 return
-        yield from self._encoded_chunks(start, stop, chunk_size)
+        yield from self._encoded_blocks(start, stop)
 
-    def _encoded_chunks(self, start: int, stop: int | None, chunk_size: int) -> Iterator[torch.Tensor]:
+    def _encoded_blocks(self, start: int, stop: int | None) -> Iterator[torch.Tensor]:
         cache = self.cache
         appending = cache is not None and cache.writable and start == cache.next_row
         counter = TextCounter()
         texts = self.texts_from(start, counter)
         # Large calls, but no more than a cache shard, so that a killed run loses at most a shard.
-        size = max(chunk_size, min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size))
+        # Calls cover fixed row ranges [k size, (k + 1) size): a row is always encoded in the same
+        # company (padding and batching included), so a resumed run gets bit-identical embeddings.
+        size = min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size)
         position = start
         while stop is None or position < stop:
-            want = size if stop is None else min(size, stop - position)
+            want = (position // size + 1) * size - position
+            if stop is not None:
+                want = min(want, stop - position)
             batch = list(itertools.islice(texts, want))
             if batch:
-                embeddings = self.encode(batch)
+                embeddings = self._checked(self.encode(batch), position, False, batch)
                 if appending:
                     cache.append(embeddings.cpu().numpy())
                 position += len(batch)
@@ -122,16 +189,31 @@ class Corpus:
                     cache.mark_complete(counter.skipped_empty)
                 return
 
+    def _checked(self, embeddings: torch.Tensor, first_row: int, cached: bool,
+                 texts: list[str] | None = None) -> torch.Tensor:
+        """The embeddings, unless one is NaN or infinite: then an error naming its row."""
+        finite = torch.isfinite(embeddings).all(dim=-1)
+        if bool(finite.all()):
+            return embeddings.to(self.device)
+        offset = int((~finite).nonzero()[0, 0])
+        row = first_row + offset
+        if cached:
+            raise DataError(f"row {row} of the embedding cache {self.cache.folder} is not finite (NaN or inf); "
+                            "delete that cache folder to encode the dataset again")
+        raise DataError(f"the embedding of row {row} of {self.source} is not finite (NaN or inf), text "
+                        f"{texts[offset][:80]!r}; the model fails on it: remove the text or use another "
+                        "encode_backend")
+
     def embeddings(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as one tensor (fewer rows if the dataset ends first)."""
-        chunks = list(self.embedding_chunks(start, stop, max(1, stop - start)))
+        chunks = [chunk for _, chunk in self.embedding_chunks(start, stop, max(1, stop - start))]
         return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
 
     def iter_rows(self, start: int = 0, stop: int | None = None, chunk_size: int = 4096,
                   extra_columns: dict[str, str] | None = None) -> Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]]:
         """(texts, extra column values, embeddings) of rows [start, stop), chunk by chunk, in order."""
         rows = self.rows_from(start, extra_columns)
-        for embeddings in self.embedding_chunks(start, stop, chunk_size):
+        for _, embeddings in self.embedding_chunks(start, stop, chunk_size):
             chunk = list(itertools.islice(rows, len(embeddings)))
             yield [text for text, _ in chunk], [extra for _, extra in chunk], embeddings
 

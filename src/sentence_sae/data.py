@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import DataError
+from .errors import DataError, DataReadError
 
 # File suffix -> datasets builder. Compressed files (.gz, .bz2, .xz, .zst) use their inner suffix.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -159,7 +159,7 @@ def iter_dataset_rows(
         except DataError:
             raise
         except Exception as exc:  # corrupt rows surface here, from deep inside the reader
-            raise DataError(
+            raise DataReadError(
                 f"error while reading {source} after {counter.texts + counter.skipped_empty} rows: "
                 f"{_first_line(exc)}; check that the file is valid"
             ) from None

@@ -19,6 +19,18 @@ class DataError(SentenceSAEError):
     """A dataset that cannot be read, lacks the text column, or holds no texts."""
 
 
+class DataReadError(DataError):
+    """Reading a dataset failed part-way (a corrupt file, a dropped connection); worth retrying."""
+
+
+class TrainingStopped(SentenceSAEError):
+    """Training stopped early (a signal, a diverging loss); the message says what was saved."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class ModelError(SentenceSAEError):
     """A Sentence-BERT model that cannot be loaded, or that does not fit the SAE."""
 

@@ -19,14 +19,18 @@ from .config import SAEConfig
 class RunLogger:
     """Appends one JSON line per logged step and mirrors it to wandb."""
 
-    def __init__(self, cfg: SAEConfig, run_dir: Path, enabled: bool = True):
+    def __init__(self, cfg: SAEConfig, run_dir: Path, enabled: bool = True, resume_id: str | None = None):
         self.run_dir = run_dir
         self.enabled = enabled
         self.metrics_path = run_dir / "metrics.jsonl"
         self._metrics_file = open(self.metrics_path, "a") if enabled else None
         self.wandb_run: Any = None
         if enabled and cfg.wandb_mode != "disabled":
-            self.wandb_run = _start_wandb(cfg, run_dir)
+            self.wandb_run = _start_wandb(cfg, run_dir, resume_id)
+
+    @property
+    def wandb_id(self) -> str | None:
+        return None if self.wandb_run is None else self.wandb_run.id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -73,7 +77,7 @@ def _artifact_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def _start_wandb(cfg: SAEConfig, run_dir: Path) -> Any:
+def _start_wandb(cfg: SAEConfig, run_dir: Path, resume_id: str | None = None) -> Any:
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -85,6 +89,7 @@ def _start_wandb(cfg: SAEConfig, run_dir: Path) -> Any:
             mode=cfg.wandb_mode,
             dir=str(run_dir),
             reinit="finish_previous",
+            **({"id": resume_id, "resume": "allow"} if resume_id else {}),
         )
     except Exception as exc:  # a failed login or network must not cost the user the training run
         print(f"warning: wandb could not start ({str(exc).splitlines()[0]}); logging to "

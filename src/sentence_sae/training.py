@@ -7,9 +7,12 @@ does everything from a config: finalize it, load the model, build the store and 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +25,7 @@ from .activation_store import ActivationsStoreSBERT, EndOfData
 from .checkpoint import save_checkpoint_folder, save_sae
 from .config import SAEConfig, from_mapping, post_init_cfg
 from .embeddings import load_sentence_model
+from .errors import CheckpointError, DataError, TrainingStopped
 from .evaluation import reconstruction_metrics
 from .sae import BaseSAE, create_sae
 from .tracking import RunLogger, progress_bar
@@ -89,32 +93,47 @@ def new_run_dir(cfg: SAEConfig) -> Path:
     while run_dir.exists():
         suffix += 1
         run_dir = base.with_name(f"{base.name}-{suffix}")
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        from .errors import ConfigError
+
+        raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror or exc}); choose another "
+                          "output_dir") from None
     return run_dir
 
 
 # ----------------------------------------------------------------------------------------------
 # The trainer
 
+TRAINER_STATE = "trainer_state.pt"
+
 
 class Trainer:
     """One training run of one SAE. Small methods, so that variants of the loop can reuse them."""
 
-    def __init__(self, sae: BaseSAE, store: ActivationsStoreSBERT, cfg: SAEConfig, run_dir: Path | None = None):
+    def __init__(self, sae: BaseSAE, store: Any, cfg: SAEConfig, run_dir: Path | None = None,
+                 resume_state: dict[str, Any] | None = None, is_main: bool = True):
         self.sae = sae
         self.store = store
         self.cfg = cfg
-        self.run_dir = run_dir or new_run_dir(cfg)
+        self.is_main = is_main
+        self.run_dir = run_dir or (new_run_dir(cfg) if is_main else Path(cfg.output_dir))
         self.step = 0
         self.total_steps: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.started = time.perf_counter()
+        self.last_checkpoint: Path | None = None
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
         )
-        self.logger = RunLogger(cfg, self.run_dir)
-        self.history: list[dict[str, float]] = []
-        self.started = time.perf_counter()
+        self.resumed = resume_state is not None
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+        self.logger = RunLogger(cfg, self.run_dir, enabled=is_main,
+                                resume_id=resume_state.get("wandb_id") if resume_state else None)
 
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:
@@ -125,7 +144,13 @@ class Trainer:
         sae.train()
         coeff = self.sparsity_coeff()
         output = sae(batch, sparsity_coeff=coeff)
+        loss = output["loss"].item()
+        if not math.isfinite(loss):
+            raise TrainingStopped(
+                f"the loss became {loss} at step {self.step + 1}; training stopped without saving the "
+                f"diverged SAE{self._checkpoint_note()}; lower lr or max_grad_norm", exit_code=1)
         output["loss"].backward()
+        sae.all_reduce_gradients()
         sae.remove_parallel_decoder_grad()
         grad_norm = (
             torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm).item()
@@ -143,7 +168,7 @@ class Trainer:
             variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
             fvu = ((output["sae_out"] - x).pow(2).sum() / variance).item()
         return {
-            "train/loss": output["loss"].item(),
+            "train/loss": loss,
             "train/l2_loss": output["l2_loss"].item(),
             "train/sparsity_loss": output["sparsity_loss"].item(),
             "train/aux_loss": output["aux_loss"].item(),
@@ -153,8 +178,12 @@ class Trainer:
             "train/grad_norm": grad_norm,
             "train/lr": lr,
             "train/sparsity_coeff": coeff,
-            "train/examples": float(self.store.examples_served),
+            "train/examples": float(self.store.examples_served * self.world_size),
         }
+
+    @property
+    def world_size(self) -> int:
+        return getattr(self.sae, "world_size", 1)
 
     # -------------------------------------------------------------- evaluation and checkpoints
     def evaluate(self) -> dict[str, float]:
@@ -163,30 +192,78 @@ class Trainer:
             return {}
         return {f"eval/{key}": value for key, value in reconstruction_metrics(self.sae, held_out).items()}
 
-    def save_checkpoint(self) -> Path:
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, the data position included."""
+        return {
+            "format_version": 1,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "sae": {name: tensor.detach().cpu().clone() for name, tensor in self.sae.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "stores": gather_store_states(self.store, self.sae),
+            "history": self.history,
+            "wandb_id": self.logger.wandb_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.total_steps = state["total_steps"]
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state.get("history", []))
+
+    def save_checkpoint(self) -> Path | None:
+        """checkpoints/step_NNNNNNN/: the SAE (SAELens layout) and trainer_state.pt, written under a
+        temporary name and renamed into place; the last KEEP_CHECKPOINTS are kept."""
+        state = self.state_dict()  # every process takes part: the data positions are gathered
+        if not self.is_main:
+            return None
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
-        save_checkpoint_folder(self.sae, folder)
+        try:
+            save_checkpoint_folder(self.sae, folder, lambda staging: torch.save(state, staging / TRAINER_STATE))
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write the checkpoint {folder} ({exc.strerror or exc}){self._checkpoint_note()}"
+            ) from None
+        self.last_checkpoint = folder
         self.logger.log_checkpoint(folder, f"{self.cfg.name}-checkpoint", self.step)
         for stale in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(stale, ignore_errors=True)
         return folder
 
+    def _checkpoint_note(self) -> str:
+        if self.last_checkpoint is None:
+            return ""
+        return (f"; the checkpoint {self.last_checkpoint} is intact: continue with "
+                f"'sentence-sae train --resume {self.run_dir}'")
+
     def save_final(self) -> None:
-        save_sae(self.sae, self.run_dir)
+        if not self.is_main:
+            return
+        try:
+            save_sae(self.sae, self.run_dir)
+        except OSError as exc:
+            raise CheckpointError(f"could not save the SAE into {self.run_dir} ({exc.strerror or exc})"
+                                  f"{self._checkpoint_note()}") from None
         self.logger.log_checkpoint(self.run_dir, f"{self.cfg.name}-final", self.step)
 
     # -------------------------------------------------------------- the run, batch by batch
     def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
-        if planned is not None:
-            self.total_steps = max(1, math.ceil(planned / self.cfg.batch_size))
-        self.sae.initialize_b_dec(sample)
         self.started = time.perf_counter()
+        if self.resumed:
+            return
+        if planned is not None:
+            self.total_steps = max(1, math.ceil(planned / self.store.cfg.batch_size))
+        self.sae.initialize_b_dec(sample)
+        self.sae.synchronize()  # data-parallel processes start from rank 0's decoder bias
 
     def on_batch(self, batch: torch.Tensor) -> dict[str, float]:
         """One step, plus the held-out evaluation and checkpoint when they are due."""
         metrics = self.training_step(batch)
-        if self.cfg.perf_log_freq and self.step % self.cfg.perf_log_freq == 0:
+        if self.is_main and self.cfg.perf_log_freq and self.step % self.cfg.perf_log_freq == 0:
             metrics.update(self.evaluate())
             self.history.append({"step": self.step, **metrics})
         self.logger.log(metrics, self.step)
@@ -196,13 +273,13 @@ class Trainer:
 
     def finish(self, end_reason: str) -> TrainResult:
         """Final held-out evaluation, final save, and the result."""
-        final = self.evaluate()
+        final = self.evaluate() if self.is_main else {}
         self.logger.log(final, self.step)
         self.save_final()
         seconds = time.perf_counter() - self.started
         metrics = {key.removeprefix("eval/"): value for key, value in final.items()}
-        result = TrainResult(self.run_dir, metrics, self.store.examples_served, self.step, seconds,
-                             end_reason, self.store.counter.skipped_empty, self.history)
+        result = TrainResult(self.run_dir, metrics, self.store.examples_served * self.world_size, self.step,
+                             seconds, end_reason, self.store.counter.skipped_empty, self.history)
         self.logger.finish({f"final/{k}": v for k, v in metrics.items()})
         return result
 
@@ -210,41 +287,115 @@ class Trainer:
         return run_training([self], self.store)[0]
 
 
+class StopOnSignals:
+    """Turns SIGINT and SIGTERM into a request the training loop answers at the next step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
     """Feed every batch of ``store`` to each trainer; several SAEs share one pass of embeddings."""
     started = time.perf_counter()
     planned = store.planned_examples()
     end_reason = "stopped"
-    with contextlib.closing(store):
+    main = trainers[0].is_main
+    with contextlib.closing(store), StopOnSignals() as signals:
         sample = store.initial_sample()
         for trainer in trainers:
             trainer.prepare(planned, sample)
         label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
-        with progress_bar(planned, f"train {label}") as bar:
+        bar = progress_bar(planned, f"train {label}", initial=store.examples_served * trainers[0].world_size,
+                           **({} if main else {"disable": True}))
+        with bar:
             while True:
                 try:
-                    batch = store.next_batch()
-                except EndOfData as end:
-                    end_reason = end.reason
+                    batch = next_batch_everywhere(store, trainers[0].sae)
+                except DataError as exc:  # reading failed part-way: say what is safe
+                    raise DataError(f"{exc}{trainers[0]._checkpoint_note()}") from None
+                if batch is None:
+                    end_reason = store.end_reason or "no training examples left"
                     break
                 metrics = [trainer.on_batch(batch) for trainer in trainers]
-                bar.update(len(batch))
+                bar.update(len(batch) * trainers[0].world_size)
                 if len(trainers) == 1:
                     bar.set_postfix(loss=f"{metrics[0]['train/loss']:.4f}", L0=f"{metrics[0]['train/l0']:.1f}",
                                     FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
+                if signals.received is not None:
+                    stop_on_signal(trainers, signals.received)
     results = [trainer.finish(end_reason) for trainer in trainers]
     skipped = store.counter.skipped_empty
-    print(
-        f"Training stopped: {end_reason}; {store.examples_served} examples in {trainers[0].step} steps, "
-        f"{time.perf_counter() - started:.1f}s" + (f"; skipped {skipped} empty texts" if skipped else ""),
-        file=sys.stderr,
-    )
+    if main:
+        print(
+            f"Training stopped: {end_reason}; {store.examples_served * trainers[0].world_size} examples in "
+            f"{trainers[0].step} steps, {time.perf_counter() - started:.1f}s"
+            + (f"; skipped {skipped} empty texts" if skipped else ""),
+            file=sys.stderr,
+        )
     return results
 
 
-def train_sae(sae: BaseSAE, activation_store: ActivationsStoreSBERT, model: Any, cfg: SAEConfig) -> TrainResult:
+def gather_store_states(store: Any, sae: BaseSAE) -> list[dict[str, Any]]:
+    """The data positions of every process (rank order); one entry without data parallelism."""
+    state = store.state_dict()
+    if sae.data_parallel is None:
+        return [state]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * sae.world_size
+    dist.all_gather_object(states, state)
+    return states
+
+
+def next_batch_everywhere(store: Any, sae: BaseSAE) -> torch.Tensor | None:
+    """The next batch, or None when this process, or any other of a data-parallel run, has none."""
+    try:
+        batch = store.next_batch()
+    except EndOfData:
+        batch = None
+    if not sae.all_have(batch is not None):
+        return None
+    return batch
+
+
+def stop_on_signal(trainers: list[Trainer], signum: int) -> None:
+    saved = [trainer.save_checkpoint() for trainer in trainers]
+    name = signal.Signals(signum).name
+    where = ", ".join(str(folder) for folder in saved if folder) or "nowhere (not the main process)"
+    raise TrainingStopped(
+        f"{name} received at step {trainers[0].step}; checkpoint written to {where}; continue with "
+        f"'sentence-sae train --resume {trainers[0].run_dir}'", exit_code=128 + signum)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def train_sae(sae: BaseSAE, activation_store: Any, model: Any, cfg: SAEConfig) -> TrainResult:
     """Train ``sae`` on the embeddings ``activation_store`` serves (the earlier script's entry point)."""
+    from .embeddings import embedding_dim
+    from .errors import ModelError
+
     cfg = post_init_cfg(cfg, model)
+    if sae.d_in != embedding_dim(model):
+        raise ModelError(f"the SAE reads {sae.d_in}-dimensional embeddings, but the model gives "
+                         f"{embedding_dim(model)}-dimensional ones")
     return Trainer(sae, activation_store, cfg).train()
 
 
@@ -270,11 +421,69 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
 
 
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
-    """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results."""
+    """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results.
+    Under torchrun (WORLD_SIZE > 1) the processes train one SAE data-parallel."""
+    from .distributed import DistributedContext
+
     if not isinstance(cfg, SAEConfig):
         cfg = from_mapping(cfg)
-    cfg = post_init_cfg(cfg)  # validates before the model loads; the loaded model is cached
-    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    store = ActivationsStoreSBERT(model, cfg)
-    sae = create_sae(cfg)
-    return Trainer(sae, store, cfg).train()
+    with DistributedContext.from_environment() as context:
+        cfg = post_init_cfg(context.configure(cfg))  # validates before the model loads (cached)
+        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+        store = context.make_store(model, cfg)
+        sae = context.wrap(create_sae(cfg))
+        run_dir = context.run_dir(cfg)
+        return Trainer(sae, store, cfg, run_dir=run_dir, is_main=context.is_main).train()
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    folders = sorted((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []
+    complete = [folder for folder in folders if (folder / TRAINER_STATE).is_file()]
+    if not complete:
+        raise CheckpointError(f"{run_dir} holds no checkpoint to resume from (checkpoints/step_*/{TRAINER_STATE}); "
+                              "it may have been trained with checkpoint_freq 0")
+    return complete[-1]
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    path = folder / TRAINER_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or corrupt pickles
+        raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0][:120]}); resume from "
+                              "an earlier checkpoint by deleting this folder") from None
+
+
+def resume(run_dir: str | Path) -> TrainResult:
+    """Continue the run in ``run_dir`` from its last checkpoint, exactly where it stopped: same
+    weights, optimizer, schedules, counters, random states and data position."""
+    from .checkpoint import saved_config
+    from .distributed import DistributedContext
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise CheckpointError(f"run folder {folder} does not exist")
+    checkpoint = latest_checkpoint(folder)
+    state = load_trainer_state(checkpoint)
+    with DistributedContext.from_environment() as context:
+        cfg = post_init_cfg(context.configure(saved_config(checkpoint)))
+        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+        store = context.make_store(model, cfg)
+        if len(state["stores"]) != context.world_size:
+            raise CheckpointError(f"{checkpoint} was written by {len(state['stores'])} process(es); resume it "
+                                  f"with as many, not {context.world_size}")
+        store.load_state_dict(state["stores"][context.rank])
+        sae = context.wrap(create_sae(cfg))
+        truncate_metrics(folder / "metrics.jsonl", int(state["step"]))
+        print(f"Resuming {folder} from step {state['step']} ({checkpoint.name})", file=sys.stderr)
+        return Trainer(sae, store, cfg, run_dir=folder, resume_state=state, is_main=context.is_main).train()
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the metrics of steps after ``step``: a resumed run logs them again."""
+    from .checkpoint import atomic_write_text
+
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in kept))

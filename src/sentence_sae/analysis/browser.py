@@ -73,7 +73,7 @@ def _links(features: list[dict[str, Any]], label_of: dict[int, str], key: str) -
 def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
     fid = feature["id"]
     label = feature["label"] or "(no label)"
-    parts = [f"<p><a href='../index.html'>&larr; all features</a></p>",
+    parts = ["<p><a href='../index.html'>&larr; all features</a></p>",
              f"<h1>Feature #{fid}: <span class='label'>{html.escape(label)}</span></h1>"]
     if feature["dead"]:
         parts.append(f"<p class='dead'>Dead: never fires on the {feature['n_texts']} texts explained.</p>")

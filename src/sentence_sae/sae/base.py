@@ -75,6 +75,7 @@ class BaseSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         self.register_buffer("examples_since_fired", torch.zeros(d_sae, dtype=torch.long))
+        self.data_parallel: Any = None  # set for data-parallel training (see distributed.py)
         if cfg.device:
             self.to(cfg.device)
 
@@ -234,8 +235,11 @@ class BaseSAE(nn.Module):
     # ------------------------------------------------------------------ dead features
     @torch.no_grad()
     def record_fired(self, fired: torch.Tensor, n_examples: int) -> None:
-        """Dead-feature bookkeeping after a training batch of ``n_examples`` in which ``fired`` fired."""
-        fired = self.synchronize_fired(fired)
+        """Dead-feature bookkeeping after a training batch of ``n_examples`` in which ``fired`` fired
+        (over all processes of a data-parallel run)."""
+        if self.data_parallel is not None:
+            fired = self.data_parallel.any_fired(fired)
+            n_examples = self.data_parallel.total(n_examples)
         self.examples_since_fired += n_examples
         self.examples_since_fired[fired] = 0
 
@@ -243,9 +247,24 @@ class BaseSAE(nn.Module):
         """Hook for statistics a variant tracks during training from the batch's nonzero
         activations (BatchTopK's threshold)."""
 
-    def synchronize_fired(self, fired: torch.Tensor) -> torch.Tensor:
-        """Hook for data-parallel training: combine the fired masks of all processes."""
-        return fired
+    # ------------------------------------------------------------------ data-parallel training
+    @property
+    def world_size(self) -> int:
+        return 1 if self.data_parallel is None else self.data_parallel.world_size
+
+    def all_reduce_gradients(self) -> None:
+        """Average the gradients over the processes of a data-parallel run (nothing otherwise)."""
+        if self.data_parallel is not None:
+            self.data_parallel.all_reduce_gradients(self)
+
+    def all_have(self, flag: bool) -> bool:
+        """Whether ``flag`` holds in every process (it alone when there is one)."""
+        return flag if self.data_parallel is None else self.data_parallel.all_true(flag)
+
+    def synchronize(self) -> None:
+        """Make every process hold rank 0's parameters and buffers."""
+        if self.data_parallel is not None:
+            self.data_parallel.broadcast(self)
 
     def dead_mask(self) -> torch.Tensor:
         return self.examples_since_fired >= self.cfg.dead_feature_window

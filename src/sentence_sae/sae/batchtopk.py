@@ -57,8 +57,8 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_updates += 1
 
     def synchronize_threshold(self, batch_threshold: torch.Tensor) -> torch.Tensor:
-        """Hook for data-parallel training: average the batch thresholds of all processes."""
-        return batch_threshold
+        """The batch thresholds of all processes of a data-parallel run, averaged."""
+        return batch_threshold if self.data_parallel is None else self.data_parallel.mean(batch_threshold)
 
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         return {**super().weights_for_saving(), "threshold": self.threshold.detach()}

@@ -1,0 +1,74 @@
+"""Data-parallel training with torchrun: 2 processes on CPU (gloo) against 1 on the same data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from helpers import make_cfg, write_jsonl
+from sentence_sae.cache import open_cache
+
+ENV = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+COMMON = ["--num_examples", "40000", "--dict_size", "512", "--top_k", "16", "--batch_size", "128",
+          "--num_eval_examples", "256"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr",
+                "127.0.0.1", "--master_port", str(free_port())]
+    return subprocess.run([*launcher, "-m", "sentence_sae", *args], capture_output=True, text=True, env=ENV,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def cached_corpus(tmp_path_factory, model, docs_embeddings):
+    """The built-in corpus with a complete embedding cache (its real embeddings), as `embed` leaves it."""
+    folder = tmp_path_factory.mktemp("ddp")
+    cfg = make_cfg(folder, model, dataset_path="python-docs")
+    cache = open_cache(cfg, model)
+    cache.acquire_writer()
+    cache.append(docs_embeddings.numpy())
+    cache.mark_complete(0)
+    cache.close()
+    return folder
+
+
+def test_two_processes_reach_the_fvu_of_one(cached_corpus):
+    out = cached_corpus / "runs"
+    args = ["train", "--dataset_path", "python-docs", "--cache_dir", str(cached_corpus / "cache"),
+            "--output_dir", str(out), *COMMON]
+    single = subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True,
+                            env=ENV, timeout=600)
+    assert single.returncode == 0, single.stderr
+    double = torchrun(2, *args)
+    assert double.returncode == 0, double.stderr
+    one = json.loads(single.stdout.strip().splitlines()[-1])
+    lines = [line for line in double.stdout.strip().splitlines() if line.startswith("{")]
+    assert len(lines) == 1  # only rank 0 reports
+    two = json.loads(lines[0])
+    assert one["examples"] == two["examples"] == 40000
+    assert abs(one["fvu"] - two["fvu"]) < 0.02, (one["fvu"], two["fvu"])
+    assert abs(one["l0"] - two["l0"]) < 1.5
+    assert len(list(out.iterdir())) == 2  # one folder per run: only rank 0 writes
+    assert "Training stopped: reached num_examples=40000" in double.stderr
+
+
+def test_two_processes_stream_their_own_split_without_a_cache(tmp_path, docs_texts):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in sorted(set(docs_texts), key=len)[:300]])
+    proc = torchrun(2, "train", "--dataset_path", str(data), "--use_cache", "false", "--num_epochs", "2",
+                    "--num_examples", "none", "--dict_size", "64", "--top_k", "4", "--batch_size", "16",
+                    "--num_eval_examples", "10", "--output_dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert 2 * (300 - 2 * 10) - 32 <= summary["examples"] <= 2 * 290  # each rank: its half, minus its held-out

@@ -1,0 +1,110 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends as if never interrupted; SIGINT and
+SIGTERM write a checkpoint before exiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import write_jsonl
+
+ENV = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+
+
+@pytest.fixture(scope="module")
+def resume_data(tmp_path_factory, docs_texts) -> Path:
+    """400 distinct short paragraphs of the built-in corpus (quick to encode)."""
+    texts = sorted(set(docs_texts), key=lambda t: (len(t), t))[200:600]
+    return write_jsonl(tmp_path_factory.mktemp("resume") / "texts.jsonl", [{"text": t} for t in texts])
+
+
+def train_args(data: Path, out: Path, cache: Path, use_cache: bool, sae_type: str = "topk") -> list[str]:
+    return [sys.executable, "-m", "sentence_sae", "train", "--dataset_path", str(data), "--output_dir", str(out),
+            "--cache_dir", str(cache), "--use_cache", str(use_cache).lower(), "--sae_type", sae_type,
+            "--dict_size", "128", "--top_k", "8", "--batch_size", "16", "--model_batch_size", "16",
+            "--num_batches_in_buffer", "4", "--num_eval_examples", "20", "--num_epochs", "3", "--num_examples",
+            "none", "--checkpoint_freq", "10", "--perf_log_freq", "10", "--cache_shard_size", "64"]
+
+
+def run_to_end(args: list[str]) -> Path:
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
+
+
+def start_and_stop(args: list[str], out: Path, sig: int, after_step: int) -> tuple[Path, subprocess.Popen]:
+    process = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        assert process.poll() is None, process.stderr.read()
+        found = list(out.glob(f"*/checkpoints/step_{after_step:07d}/trainer_state.pt"))
+        if found:
+            os.kill(process.pid, sig)
+            process.wait(timeout=120)
+            return found[0].parents[2], process
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no checkpoint appeared in time")
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
+
+
+@pytest.mark.parametrize("use_cache", [False, True], ids=["from-raw-text", "with-cache"])
+def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_data, use_cache):
+    reference = run_to_end(train_args(resume_data, tmp_path / "reference", tmp_path / "cache-a", use_cache,
+                                      "batchtopk"))
+    args = train_args(resume_data, tmp_path / "killed", tmp_path / "cache-b", use_cache, "batchtopk")
+    run_dir, process = start_and_stop(args, tmp_path / "killed", signal.SIGKILL, after_step=20)
+    assert process.returncode == -signal.SIGKILL
+    assert not (run_dir / "sae_weights.safetensors").exists(), "the run finished before it could be killed"
+    resumed = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Resuming" in resumed.stderr
+    summary = json.loads(resumed.stdout.strip().splitlines()[-1])
+    expected = json.loads((reference / "metrics.jsonl").read_text().splitlines()[-1])
+    assert summary["examples"] == 3 * 380
+    final, wanted = load_file(run_dir / "sae_weights.safetensors"), load_file(reference / "sae_weights.safetensors")
+    for name in wanted:
+        torch.testing.assert_close(final[name], wanted[name], rtol=1e-5, atol=1e-6, msg=name)
+    # Every step saw the same batch as in the uninterrupted run: none skipped, none twice.
+    assert losses(run_dir) == pytest.approx(losses(reference), rel=1e-5)
+    assert summary["fvu"] == pytest.approx(expected["eval/fvu"], rel=1e-5)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
+    args = train_args(resume_data, tmp_path / "out", tmp_path / "cache", False)
+    run_dir, process = start_and_stop(args, tmp_path / "out", sig, after_step=10)
+    stderr = process.stderr.read()
+    assert process.returncode == 128 + sig, stderr
+    name = signal.Signals(sig).name
+    assert f"{name} received at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    step = int(stderr.split("received at step ")[1].split(";")[0])
+    assert (run_dir / "checkpoints" / f"step_{step:07d}" / "trainer_state.pt").exists()
+    resumed = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, env=ENV, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout.strip().splitlines()[-1])["examples"] == 3 * 380
+
+
+def test_resume_needs_a_checkpoint_and_refuses_other_options(tmp_path):
+    (tmp_path / "run").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2 and "holds no checkpoint to resume from" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(tmp_path / "run"),
+                           "--lr", "0.1"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert proc.returncode == 2 and "drop --lr" in proc.stderr
