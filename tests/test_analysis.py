@@ -246,3 +246,22 @@ def test_feature_browser_in_headless_chromium(labelled_run, model):
             assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text
     finally:
         driver.quit()
+
+
+@pytest.mark.parametrize("sae_type", ["matryoshka", "gated"])
+def test_new_architectures_work_with_every_command(tmp_path, jsonl_file, sae_type):
+    """train, sweep, eval and explain, run as commands, for the architectures beyond the four."""
+    common = ["--dataset_path", str(jsonl_file), "--num_eval_examples", "10", "--dict_size", "64",
+              "--output_dir", str(tmp_path / "runs"), "--num_examples", "2000", "--batch_size", "32"]
+    proc = run_cli("train", "--sae_type", sae_type, "--top_k", "4", *common)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"]
+    proc = run_cli("sweep", "--grid", f"sae_type={sae_type}", "--grid", "lr=0.001,0.003", *common)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 2
+    proc = run_cli("eval", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert 0 < json.loads(proc.stdout.strip().splitlines()[-1])["fvu"] < 1
+    proc = run_cli("explain", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["alive"] > 0

@@ -45,7 +45,7 @@ def test_mistyped_option_names_the_nearest_key():
 
 
 def test_bad_values_give_one_clear_line(tmp_path):
-    assert "valid types: batchtopk, jumprelu, topk, vanilla" in one_error_line(run_cli("train", "--sae_type", "topp"))
+    assert "valid types: batchtopk, gated, jumprelu, matryoshka, topk, vanilla" in one_error_line(run_cli("train", "--sae_type", "topp"))
     assert "'top_k' needs an int" in one_error_line(run_cli("train", "--top_k", "many"))
     assert "top_k (5000) must not exceed dict_size" in one_error_line(run_cli("train", "--top_k", "5000"))
 

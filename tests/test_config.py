@@ -47,7 +47,7 @@ def test_mistyped_key_names_the_nearest_valid_key(setter):
 
 
 def test_unknown_sae_type_lists_the_valid_ones(model):
-    with pytest.raises(ConfigError, match="unknown sae_type 'topp'; valid types: batchtopk, jumprelu, topk, vanilla"):
+    with pytest.raises(ConfigError, match="unknown sae_type 'topp'; valid types: batchtopk, gated, jumprelu, matryoshka, topk, vanilla"):
         post_init_cfg(SAEConfig(sae_type="topp"), model)
 
 

@@ -20,7 +20,8 @@ sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (pi
 
 
 @pytest.mark.parametrize("sae_type, unit_norm", [("vanilla", False), ("topk", False), ("batchtopk", False),
-                                                 ("jumprelu", False), ("topk", True)])
+                                                 ("jumprelu", False), ("topk", True), ("matryoshka", False),
+                                                 ("gated", False)])
 def test_saved_sae_loads_in_saelens_and_reconstructs_the_same(tmp_path, model, docs_split, sae_type, unit_norm):
     train, held_out = docs_split
     cfg = make_cfg(tmp_path, model, sae_type=sae_type, dict_size=256, top_k=16, num_examples=8000,
@@ -29,7 +30,7 @@ def test_saved_sae_loads_in_saelens_and_reconstructs_the_same(tmp_path, model, d
     result = Trainer(sae, EmbeddingStore(train, cfg, held_out=held_out), cfg).train()
     theirs = sae_lens.SAE.load_from_disk(result.run_dir, device="cpu")
     saved = json.loads((result.run_dir / "cfg.json").read_text())
-    expected_architecture = {"vanilla": "standard", "topk": "topk"}.get(sae_type, "jumprelu")
+    expected_architecture = {"vanilla": "standard", "topk": "topk", "gated": "gated"}.get(sae_type, "jumprelu")
     assert saved["architecture"] == expected_architecture == theirs.cfg.architecture()
     assert saved["normalize_activations"] == ("layer_norm" if unit_norm else "none")
     assert saved["metadata"]["model_name"] == cfg.model_name
@@ -37,19 +38,20 @@ def test_saved_sae_loads_in_saelens_and_reconstructs_the_same(tmp_path, model, d
     with torch.no_grad():
         torch.testing.assert_close(theirs.encode(held_out), sae.encode(held_out), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(theirs(held_out), sae.reconstruct(held_out), atol=1e-5, rtol=1e-4)
-    if sae_type == "batchtopk":
+    if sae_type in ("batchtopk", "matryoshka"):
         torch.testing.assert_close(theirs.threshold, sae.threshold)  # the learned scalar, per feature
 
 
 @pytest.mark.parametrize("kind, options", [
     ("standard", {}), ("topk", {"k": 12}), ("jumprelu", {}), ("standard", {"normalize_activations": "layer_norm"}),
-    ("topk", {"k": 12, "apply_b_dec_to_input": False}),
+    ("topk", {"k": 12, "apply_b_dec_to_input": False}), ("gated", {}), ("gated", {"apply_b_dec_to_input": False}),
 ])
 def test_saelens_sae_loads_in_sentence_sae(tmp_path, docs_split, kind, options):
     _, held_out = docs_split
     classes = {"standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
                "topk": (sae_lens.TopKSAE, sae_lens.TopKSAEConfig),
-               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig)}
+               "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig),
+               "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig)}
     sae_class, cfg_class = classes[kind]
     theirs = sae_class(cfg_class(d_in=384, d_sae=192, **options))
     generator = torch.Generator().manual_seed(0)

@@ -13,7 +13,7 @@ from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.evaluation import reconstruction_metrics
 from sentence_sae.training import Trainer, lr_multiplier, sparsity_multiplier
 
-VARIANTS = ["vanilla", "topk", "batchtopk", "jumprelu"]
+VARIANTS = ["vanilla", "topk", "batchtopk", "jumprelu", "matryoshka", "gated"]
 
 
 @pytest.fixture(scope="module")

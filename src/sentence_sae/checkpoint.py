@@ -68,7 +68,7 @@ def saelens_cfg(sae: BaseSAE) -> dict[str, Any]:
         "dtype": cfg.dtype,
         "device": str(sae.device),
         "apply_b_dec_to_input": True,
-        "normalize_activations": "layer_norm" if cfg.input_unit_norm else "none",
+        "normalize_activations": "layer_norm" if sae.input_unit_norm else "none",
         "metadata": {
             "model_name": cfg.model_name,
             "hook_name": "sentence_embedding",
@@ -137,7 +137,7 @@ def config_from_saved(data: dict[str, Any], folder: Path) -> SAEConfig:
     return config_from_saelens(data, folder)
 
 
-SAELENS_TO_SAE_TYPE = {"standard": "vanilla", "topk": "topk", "jumprelu": "jumprelu"}
+SAELENS_TO_SAE_TYPE = {"standard": "vanilla", "topk": "topk", "jumprelu": "jumprelu", "gated": "gated"}
 
 
 def config_from_saelens(data: dict[str, Any], folder: Path) -> SAEConfig:
@@ -204,7 +204,11 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     if data.get("apply_b_dec_to_input") is False:
         # Our encoder always subtracts b_dec first; an SAE that does not gets it folded into b_enc:
         # x W + b  =  (x - b_dec) W + (b + b_dec W).
-        weights["b_enc"] = weights["b_enc"] + weights["b_dec"] @ weights["W_enc"]
+        if "b_gate" in weights:  # gated: both paths read the input
+            weights["b_gate"] = weights["b_gate"] + weights["b_dec"] @ weights["W_enc"]
+            weights["b_mag"] = weights["b_mag"] + weights["b_dec"] @ (weights["W_enc"] * weights["r_mag"].exp())
+        else:
+            weights["b_enc"] = weights["b_enc"] + weights["b_dec"] @ weights["W_enc"]
     sae.load_saved_weights(weights)
     sae.eval()
     return sae

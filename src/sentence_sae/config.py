@@ -41,7 +41,8 @@ class SAEConfig:
 
     # --- SAE architecture ---
     sae_type: str = "topk"
-    """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu, ...)."""
+    """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu,
+    matryoshka, gated, ...)."""
     dict_size: int = 1536
     """Number of SAE features (latents)."""
     top_k: int = 32
@@ -57,11 +58,15 @@ class SAEConfig:
     """JumpReLU: width of the rectangle kernel of the straight-through threshold gradient."""
     jumprelu_init_threshold: float = 0.05
     """JumpReLU: initial threshold of every feature."""
-    input_unit_norm: bool = False
+    input_unit_norm: bool | None = None
     """Standardize each embedding (subtract its mean, divide by its std) before the SAE; metrics stay
-    on the original embeddings."""
+    on the original embeddings. Unset: on for topk, batchtopk and matryoshka (lower held-out FVU on
+    WordNet), off for the coefficient-based variants, whose defaults are set for raw embeddings."""
     b_dec_init: str = "mean"
     """Initial decoder bias: mean, geometric_median or zeros of the first training buffer."""
+    matryoshka_widths: str | None = None
+    """matryoshka: comma-separated sizes of the nested feature prefixes that each reconstruct the
+    input, increasing, the last the dict_size; unset: dict_size/16, /8, /4, /2 and dict_size."""
     dead_feature_window: int = 20_000
     """A feature that has not fired for this many training examples counts as dead."""
     sparse_kernel: bool = True
@@ -107,7 +112,7 @@ class SAEConfig:
     """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
 
     # --- optimization ---
-    batch_size: int = 128
+    batch_size: int = 256
     """Embeddings per SAE training step."""
     lr: float = 3e-3
     """Adam learning rate."""
@@ -119,7 +124,7 @@ class SAEConfig:
     """Gradient-norm clipping threshold; unset disables clipping."""
     lr_warmup_steps: int = 20
     """Steps of linear learning-rate warm-up from 0."""
-    lr_decay_frac: float = 0.2
+    lr_decay_frac: float = 0.5
     """Fraction of the training steps at the end over which the learning rate decays linearly to 0."""
     l1_warmup_frac: float = 0.05
     """Fraction of the training steps over which the sparsity coefficient ramps up from 0."""
@@ -356,6 +361,23 @@ def max_passes(cfg: SAEConfig) -> float:
     return math.inf if cfg.num_examples is not None else 1
 
 
+def matryoshka_widths(cfg: SAEConfig) -> list[int]:
+    """The nested prefix sizes of a matryoshka SAE (validated; the last is dict_size)."""
+    if cfg.matryoshka_widths is None:
+        widths = [cfg.dict_size // d for d in (16, 8, 4, 2) if cfg.dict_size // d > 0] + [cfg.dict_size]
+        return sorted(set(widths))
+    try:
+        widths = [int(part) for part in cfg.matryoshka_widths.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ConfigError(f"matryoshka_widths must be comma-separated integers, got '{cfg.matryoshka_widths}'") from None
+    if widths and widths[-1] != cfg.dict_size:
+        widths.append(cfg.dict_size)
+    if not widths or widths[0] <= 0 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != cfg.dict_size:
+        raise ConfigError(f"matryoshka_widths must increase from a positive size up to dict_size ({cfg.dict_size}), "
+                          f"got '{cfg.matryoshka_widths}'")
+    return widths
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -402,6 +424,8 @@ def validate(cfg: SAEConfig) -> None:
            f"batch_size ({cfg.batch_size}); raise num_batches_in_buffer to at least "
            f"{-(-cfg.batch_size // cfg.model_batch_size)}")
     _check(bool(cfg.text_column), "text_column must not be empty")
+    if cfg.sae_type == "matryoshka":
+        matryoshka_widths(cfg)
     from .embeddings import ENCODE_BACKENDS
 
     _check(cfg.encode_backend in ENCODE_BACKENDS,
@@ -435,10 +459,12 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
             f"embeddings; remove act_size or set it to {model_dim}"
         )
     cfg.act_size = model_dim
-    if cfg.l1_coeff is None:
-        from .sae import SAE_REGISTRY
+    from .sae import SAE_REGISTRY
 
+    if cfg.l1_coeff is None:
         cfg.l1_coeff = SAE_REGISTRY[cfg.sae_type].default_l1_coeff
+    if cfg.input_unit_norm is None:
+        cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
     if cfg.top_k_aux > cfg.dict_size:
         cfg.top_k_aux = cfg.dict_size
     if cfg.name is None:

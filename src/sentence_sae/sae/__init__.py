@@ -12,6 +12,8 @@ from .vanilla import VanillaSAE
 from .topk import TopKSAE
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
+from .matryoshka import MatryoshkaSAE
+from .gated import GatedSAE
 
 __all__ = [
     "BaseSAE",
@@ -22,4 +24,6 @@ __all__ = [
     "TopKSAE",
     "BatchTopKSAE",
     "JumpReLUSAE",
+    "MatryoshkaSAE",
+    "GatedSAE",
 ]

@@ -59,6 +59,8 @@ class BaseSAE(nn.Module):
     """Whether a per-feature ``threshold`` tensor is part of the saved weights."""
     default_l1_coeff: ClassVar[float] = 0.0
     """``l1_coeff`` when the config leaves it unset."""
+    default_input_unit_norm: ClassVar[bool] = False
+    """``input_unit_norm`` when the config leaves it unset."""
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -97,6 +99,12 @@ class BaseSAE(nn.Module):
         return self.W_dec.device
 
     @property
+    def input_unit_norm(self) -> bool:
+        """``cfg.input_unit_norm``, or this architecture's default when it is unset."""
+        unit = self.cfg.input_unit_norm
+        return self.default_input_unit_norm if unit is None else unit
+
+    @property
     def loss_dtype(self) -> torch.dtype:
         """Losses are summed in at least float32, whatever the parameters' precision."""
         return torch.promote_types(self.dtype, torch.float32)
@@ -104,6 +112,11 @@ class BaseSAE(nn.Module):
     def reconstruction_loss(self, x_hat: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
         """Squared error summed over dimensions, averaged over the batch."""
         return (x_hat - x_in).to(self.loss_dtype).pow(2).sum(-1).mean()
+
+    def training_reconstruction_loss(self, feature_acts: torch.Tensor, x_hat: torch.Tensor,
+                                     x_in: torch.Tensor) -> torch.Tensor:
+        """The reconstruction term of the training loss (Matryoshka adds its nested prefixes)."""
+        return self.reconstruction_loss(x_hat, x_in)
 
     @property
     def sparsity_coefficient(self) -> float:
@@ -115,7 +128,7 @@ class BaseSAE(nn.Module):
         """The SAE's input space: with ``input_unit_norm``, each embedding standardized over its
         dimensions (the layer_norm of SAELens), and the statistics to undo it."""
         x = x.to(self.dtype)
-        if not self.cfg.input_unit_norm:
+        if not self.input_unit_norm:
             return x, None
         mean = x.mean(dim=-1, keepdim=True)
         centered = x - mean
@@ -204,7 +217,7 @@ class BaseSAE(nn.Module):
         pre = self.pre_activations(x_in)
         feature_acts = self.activate(pre)
         x_hat = self.decode(feature_acts)
-        l2_loss = self.reconstruction_loss(x_hat, x_in)
+        l2_loss = self.training_reconstruction_loss(feature_acts, x_hat, x_in)
         sparsity = self.sparsity_loss(pre, feature_acts, coeff).to(self.loss_dtype)
         aux = self.auxiliary_loss(x_in, x_hat, pre).to(self.loss_dtype)
         if self.training:

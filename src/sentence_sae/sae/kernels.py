@@ -43,6 +43,15 @@ def selection_from_flat(flat_indices: torch.Tensor, batch: int, width: int) -> S
     return Selection(rows, cols, offsets, batch)
 
 
+def subselection(selection: Selection, mask: torch.Tensor) -> Selection:
+    """The entries of ``selection`` where ``mask`` holds, still row by row."""
+    rows = selection.rows[mask]
+    counts = torch.bincount(rows, minlength=selection.batch)
+    offsets = torch.zeros(selection.batch, dtype=torch.long, device=rows.device)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    return Selection(rows, selection.cols[mask], offsets, selection.batch)
+
+
 def selection_from_topk(indices: torch.Tensor) -> Selection:
     """A Selection from per-example top-k indices [batch, k]."""
     batch, k = indices.shape

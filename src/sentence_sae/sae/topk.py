@@ -26,6 +26,7 @@ class TopKSAE(BaseSAE):
     architecture = "topk"
     saelens_architecture = "topk"
     uses_auxk = True
+    default_input_unit_norm = True
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return keep_top_k(F.relu(pre), self.cfg.top_k)
@@ -46,7 +47,7 @@ class TopKSAE(BaseSAE):
         selection = self.select(pre)
         decoded, values = sparse_code(x_cent, self.W_enc, self.b_enc, self.W_dec, pre, selection)
         x_hat = decoded + self.b_dec
-        l2_loss = self.reconstruction_loss(x_hat, x_in)
+        l2_loss = self.sparse_reconstruction_loss(x_cent, x_in, x_hat, pre, selection)
         aux = self.sparse_auxiliary_loss(x_cent, x_in, x_hat, pre)
         active = values > 0
         fired = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
@@ -57,6 +58,11 @@ class TopKSAE(BaseSAE):
         return self._output(l2_loss, l2_loss.new_zeros(()), aux, x_hat, stats,
                             lambda: to_dense(values, selection, self.d_sae),
                             active.to(self.loss_dtype).sum() / n, values.to(self.loss_dtype).sum() / n)
+
+    def sparse_reconstruction_loss(self, x_cent: torch.Tensor, x_in: torch.Tensor, x_hat: torch.Tensor,
+                                   pre: torch.Tensor, selection: Selection) -> torch.Tensor:
+        """training_reconstruction_loss of the sparse path."""
+        return self.reconstruction_loss(x_hat, x_in)
 
     def sparse_auxiliary_loss(self, x_cent: torch.Tensor, x_in: torch.Tensor, x_hat: torch.Tensor,
                               pre: torch.Tensor) -> torch.Tensor:

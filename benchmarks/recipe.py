@@ -1,0 +1,126 @@
+"""Finding the default recipe, and held-out FVU against L0 for every sae_type (issue: beyond the four).
+
+WordNet definitions: train on the first 100,000, evaluate on the other 17,659, 300,000 examples seen.
+
+    python benchmarks/recipe.py study   # one change at a time from the base recipe, TopK, 3,072 features, k 32
+    python benchmarks/recipe.py table   # FVU against L0 (16, 32, 64) for every sae_type at 3,072 and 12,288 features
+
+Every run prints one JSON line (and appends it to --log). The table uses the default recipe of
+SAEConfig for everything but the size, the sparsity setting and the training length; topk,
+batchtopk and matryoshka reach their L0 through top_k, vanilla, jumprelu and gated through a
+coefficient, so their rows show the L0 they reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+
+from sentence_sae import EmbeddingStore, SAEConfig, create_sae, embed, load_embeddings  # noqa: E402
+from sentence_sae.training import Trainer  # noqa: E402
+
+N_TRAIN = 100_000
+EXAMPLES = 300_000
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+
+# Each entry changes the base recipe (batch 256, lr 3e-3, 20 warm-up steps, linear decay over the
+# last 20%, dead window 20,000, b_dec = mean, no input normalization) in one respect.
+STUDY = {
+    "base": {},
+    "lr 1e-3": {"lr": 1e-3},
+    "lr 1e-2": {"lr": 1e-2},
+    "batch 128": {"batch_size": 128},
+    "batch 512": {"batch_size": 512},
+    "batch 1024": {"batch_size": 1024},
+    "no decay": {"lr_decay_frac": 0.0},
+    "decay over last 50%": {"lr_decay_frac": 0.5},
+    "no warm-up": {"lr_warmup_steps": 0},
+    "warm-up 200 steps": {"lr_warmup_steps": 200},
+    "dead window 5,000": {"dead_feature_window": 5_000},
+    "dead window 100,000": {"dead_feature_window": 100_000},
+    "b_dec geometric median": {"b_dec_init": "geometric_median"},
+    "b_dec zeros": {"b_dec_init": "zeros"},
+    "input_unit_norm": {"input_unit_norm": True},
+    "12,288 features, lr 3e-3": {"dict_size": 12_288},
+    "12,288 features, lr 1.5e-3 (1/sqrt scaling)": {"dict_size": 12_288, "lr": 1.5e-3},
+    # second round: the changes that helped, together; and the spread between seeds
+    "base, seed 1": {"seed": 1},
+    "base, seed 2": {"seed": 2},
+    "input_unit_norm + decay 50%": {"input_unit_norm": True, "lr_decay_frac": 0.5},
+    "input_unit_norm + decay 50% + lr 2e-3": {"input_unit_norm": True, "lr_decay_frac": 0.5, "lr": 2e-3},
+    "input_unit_norm + decay 50% + lr 5e-3": {"input_unit_norm": True, "lr_decay_frac": 0.5, "lr": 5e-3},
+    "input_unit_norm + decay 100%": {"input_unit_norm": True, "lr_decay_frac": 1.0},
+    "input_unit_norm + decay 50%, seed 1": {"input_unit_norm": True, "lr_decay_frac": 0.5, "seed": 1},
+    "input_unit_norm + decay 50%, 12,288 features": {"input_unit_norm": True, "lr_decay_frac": 0.5,
+                                                      "dict_size": 12_288},
+}
+STUDY_BASE = {"batch_size": 256, "lr": 3e-3, "lr_warmup_steps": 20, "lr_decay_frac": 0.2,
+              "dead_feature_window": 20_000, "b_dec_init": "mean", "input_unit_norm": False}
+
+# Sparsity settings aimed at L0 16, 32 and 64 (coefficients from trial runs at 3,072 features).
+TARGETS = {
+    "topk": [{"top_k": 16}, {"top_k": 32}, {"top_k": 64}],
+    "batchtopk": [{"top_k": 16}, {"top_k": 32}, {"top_k": 64}],
+    "matryoshka": [{"top_k": 16}, {"top_k": 32}, {"top_k": 64}],
+    "vanilla": [{"l1_coeff": 0.2}, {"l1_coeff": 0.115}, {"l1_coeff": 0.067}],
+    "jumprelu": [{"l1_coeff": 0.0048}, {"l1_coeff": 0.0023}, {"l1_coeff": 0.0011}],
+    "gated": [{"l1_coeff": 0.31}, {"l1_coeff": 0.18}, {"l1_coeff": 0.1}],
+}
+
+
+def wordnet(data: Path):
+    folder = embed({"dataset_path": str(data), "num_examples": None, "wandb_mode": "disabled"})["cache_dir"]
+    whole = load_embeddings(folder)
+    return torch.from_numpy(whole[:N_TRAIN]), torch.from_numpy(whole[N_TRAIN:])
+
+
+def run(train, held_out, changes: dict, label: str, log: Path) -> dict:
+    cfg = SAEConfig(num_examples=EXAMPLES, num_epochs=None, dict_size=3072, top_k=32, perf_log_freq=0,
+                    checkpoint_freq=0, device="cpu", act_size=384, output_dir=tempfile.mkdtemp(), name="recipe")
+    for key, value in changes.items():
+        cfg[key] = value
+    sae = create_sae(cfg)
+    started = time.perf_counter()
+    result = Trainer(sae, EmbeddingStore(train, cfg, held_out=held_out), cfg).train()
+    row = {"label": label, **changes, "fvu": round(result.metrics["fvu"], 4), "l0": round(result.metrics["l0"], 2),
+           "dead_frac": round(result.metrics["dead_frac"], 4), "cos": round(result.metrics["cos"], 4),
+           "seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(row), flush=True)
+    with open(log, "a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=["study", "table"])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--log", type=Path, default=Path("/tmp/recipe.jsonl"))
+    parser.add_argument("--sizes", type=int, nargs="*", default=[3072, 12_288])
+    parser.add_argument("--types", nargs="*", default=list(TARGETS))
+    parser.add_argument("--skip", type=int, default=0, help="study: start at this entry")
+    args = parser.parse_args()
+    train, held_out = wordnet(args.data)
+    if args.part == "study":
+        for label, changes in list(STUDY.items())[args.skip:]:
+            run(train, held_out, {"sae_type": "topk", **STUDY_BASE, **changes}, label, args.log)
+        return
+    for size in args.sizes:
+        for sae_type in args.types:
+            for sparsity in TARGETS[sae_type]:
+                run(train, held_out, {"sae_type": sae_type, "dict_size": size, **sparsity},
+                    f"{sae_type} {size}", args.log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
