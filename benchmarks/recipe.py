@@ -115,11 +115,17 @@ def main() -> None:
         for label, changes in list(STUDY.items())[args.skip:]:
             run(train, held_out, {"sae_type": "topk", **STUDY_BASE, **changes}, label, args.log)
         return
+    done = set()  # rows already in the log: an interrupted table resumes where it stopped
+    if args.log.exists():
+        for line in args.log.read_text().splitlines():
+            row = json.loads(line)
+            done.add((row["label"], row.get("top_k"), row.get("l1_coeff")))
     for size in args.sizes:
         for sae_type in args.types:
             for sparsity in TARGETS[sae_type]:
-                run(train, held_out, {"sae_type": sae_type, "dict_size": size, **sparsity},
-                    f"{sae_type} {size}", args.log)
+                label = f"{sae_type} {size}"
+                if (label, sparsity.get("top_k"), sparsity.get("l1_coeff")) not in done:
+                    run(train, held_out, {"sae_type": sae_type, "dict_size": size, **sparsity}, label, args.log)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """WordNet figures: each SAE variant trained on the first 100,000 definitions and judged on the
 other 17,659 (issues: core figures, evaluation and explanation).
 
-For each variant (dict_size 8 x 384; topk and batchtopk with k = 32; vanilla and jumprelu with a
-sparsity coefficient chosen for L0 near 32), 300,000 training examples, batch 256, lr 3e-3:
-held-out FVU, L0, dead fraction and training seconds, then every `sentence-sae eval` metric on the
-held-out lines with their WordNet category as the label. As a baseline measured in the same run, a
-TopK SAE with the earlier research script's settings (lr 3e-4, batch 1,024, input_unit_norm, no
-warm-up or decay, zero decoder bias, dead after 5 batches). Then `explain` on the held-out lines
-for the TopK SAE: seconds per 10,000 texts and how often a feature's keyword label names its texts'
-WordNet category (see label_match below), against shuffled labels and a most-frequent-word labeler.
+Each variant with the default recipe of SAEConfig (batch 256, lr 3e-3, 20 warm-up steps, linear
+decay over the last half, each architecture's default sparsity coefficient or k = 32) at
+dict_size 8 x 384, 300,000 training examples: held-out FVU, L0, dead fraction and training
+seconds, then every `sentence-sae eval` metric on the held-out lines with their WordNet category
+as the label. As a baseline measured in the same run, a TopK SAE with the earlier research
+script's settings (lr 3e-4, batch 1,024, input_unit_norm, no warm-up or decay, zero decoder bias,
+dead after 5 batches). Then `explain` on the held-out lines for the TopK SAE: seconds per 10,000
+texts and how often a feature's keyword label names its texts' WordNet category (see label_match
+below), against shuffled labels and a most-frequent-word labeler.
 
     python benchmarks/wordnet.py [--data ../shared/data/wordnet_glosses.jsonl.gz] [--only topk ...]
 
@@ -44,12 +45,14 @@ from sentence_sae.training import Trainer  # noqa: E402
 N_TRAIN = 100_000
 EXAMPLES = 300_000
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
-RECIPE = {"dict_size": 8 * 384, "top_k": 32, "batch_size": 256, "lr": 3e-3, "num_examples": EXAMPLES}
+RECIPE = {"dict_size": 8 * 384, "top_k": 32, "num_examples": EXAMPLES}
 VARIANTS = {
-    "vanilla": {"sae_type": "vanilla", "l1_coeff": 0.115},
+    "vanilla": {"sae_type": "vanilla"},
     "topk": {"sae_type": "topk"},
     "batchtopk": {"sae_type": "batchtopk"},
-    "jumprelu": {"sae_type": "jumprelu", "l1_coeff": 0.0025},
+    "jumprelu": {"sae_type": "jumprelu"},
+    "matryoshka": {"sae_type": "matryoshka"},
+    "gated": {"sae_type": "gated"},
     "earlier-script settings (topk)": {
         "sae_type": "topk", "lr": 3e-4, "batch_size": 1024, "input_unit_norm": True, "b_dec_init": "zeros",
         "lr_warmup_steps": 0, "lr_decay_frac": 0.0, "dead_feature_window": 5 * 1024, "max_grad_norm": 1e5,

@@ -23,7 +23,7 @@ def trained(tmp_path_factory, model, docs_split):
     runs = {}
     for sae_type in VARIANTS:
         tmp = tmp_path_factory.mktemp(sae_type)
-        cfg = make_cfg(tmp, model, sae_type=sae_type, dict_size=1024, num_examples=60_000, perf_log_freq=200)
+        cfg = make_cfg(tmp, model, sae_type=sae_type, dict_size=1024, num_examples=60_000, perf_log_freq=100)
         sae = create_sae(cfg)
         store = EmbeddingStore(train, cfg, held_out=held_out)
         result = Trainer(sae, store, cfg).train()
@@ -49,10 +49,10 @@ def test_each_variant_beats_the_best_linear_code_of_its_size(trained, docs_split
 def test_training_serves_the_planned_examples_and_evaluates_on_held_out_only(trained, docs_split):
     _, result, store = trained["topk"]
     assert result.examples == store.examples_served == 60_000
-    assert result.steps == -(-60_000 // 128)
+    assert result.steps == -(-60_000 // store.cfg.batch_size)
     rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [row for row in rows if "eval/fvu" in row]
-    assert [row["step"] for row in evals][:2] == [200, 400]
+    assert [row["step"] for row in evals][:2] == [100, 200]
     assert evals[-1]["step"] == result.steps and evals[-1]["eval/fvu"] == pytest.approx(result.metrics["fvu"])
     assert all("train/loss" in row for row in rows[:-1])
     assert rows[-2]["train/lr"] < rows[len(rows) // 2]["train/lr"]  # decayed at the end
