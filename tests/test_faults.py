@@ -3,7 +3,6 @@ writes, datasets that fail part-way, models of the wrong width."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import resource

@@ -24,7 +24,7 @@ def randomized(sae_type: str, seed: int = 0, **overrides):
     sae = create_sae(tiny_cfg(sae_type, **overrides))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in sae.named_parameters():
+        for param in sae.parameters():
             param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
         if sae_type == "jumprelu":
             sae.log_threshold.copy_(torch.full((D_SAE,), np.log(0.2)))
