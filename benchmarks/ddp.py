@@ -1,6 +1,6 @@
 """1 process against 2 torchrun processes (gloo, CPU) on the same cached data (issue: scale-out).
 
-Trains the same TopK SAE (dict_size 3,072, k 32, batch 256 in all, 300,000 examples) on WordNet
+Trains the same default (BatchTopK) SAE (dict_size 3,072, k 32, batch 256 in all, 300,000 examples) on WordNet
 definitions from a complete embedding cache, once in one process and once with
 `torchrun --nproc_per_node 2`, and prints whole-process seconds, examples/s and held-out FVU.
 
@@ -38,7 +38,7 @@ def main() -> None:
     train = ["train", "--dataset_path", source, "--num_examples", str(args.examples), "--dict_size", "3072",
              "--top_k", "32", "--batch_size", "256", "--num_eval_examples", "5000", "--output_dir", "/tmp/ddp-bench",
              "--checkpoint_freq", "0"]
-    print(f"{args.examples} examples of {Path(source).name}, TopK 384 -> 3072, k 32, batch 256 in all")
+    print(f"{args.examples} examples of {Path(source).name}, BatchTopK 384 -> 3072, k 32, batch 256 in all")
     results = {}
     for n in (1, 2):
         launcher = [sys.executable, "-m", "sentence_sae"] if n == 1 else [

@@ -101,6 +101,38 @@ def run(train, held_out, changes: dict, label: str, log: Path) -> dict:
     return row
 
 
+def print_study(rows: list[dict]) -> None:
+    print("| change from the base recipe | held-out FVU | L0 | dead | s |\n|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['label']} | {row['fvu']:.4f} | {row['l0']:.1f} | {row['dead_frac']:.3f} | {row['seconds']:.0f} |")
+
+
+def print_table(rows: list[dict], sizes: list[int]) -> None:
+    """FVU (L0 reached) per sae_type and sparsity setting; the lowest FVU in each column in bold."""
+    for size in sizes:
+        by_type = {}
+        for row in rows:
+            if row["dict_size"] == size:
+                by_type.setdefault(row["sae_type"], []).append(row)
+        if not by_type:
+            continue
+        print(f"\ndict_size {size}: held-out FVU (L0 reached) at the settings aimed at L0 16 / 32 / 64\n")
+        print("| sae_type | setting | L0 ~ 16 | L0 ~ 32 | L0 ~ 64 |\n|---|---|---|---|---|")
+        columns = list(zip(*[sorted(r, key=lambda row: row["l0"]) for r in by_type.values()], strict=True))
+        best = [min(row["fvu"] for row in column) for column in columns]
+        for sae_type, cells in by_type.items():
+            cells = sorted(cells, key=lambda row: row["l0"])
+            setting = "top_k 16 / 32 / 64" if "top_k" in cells[0] else "l1_coeff " + " / ".join(
+                f"{row['l1_coeff']:g}" for row in cells)
+            shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low else f"{row['fvu']:.4f}") + f" ({row['l0']:.1f})"
+                     for row, low in zip(cells, best, strict=True)]
+            print(f"| {sae_type} | {setting} | " + " | ".join(shown) + " |")
+
+
+def read_log(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", choices=["study", "table"])
@@ -114,18 +146,17 @@ def main() -> None:
     if args.part == "study":
         for label, changes in list(STUDY.items())[args.skip:]:
             run(train, held_out, {"sae_type": "topk", **STUDY_BASE, **changes}, label, args.log)
+        print_study(read_log(args.log))
         return
-    done = set()  # rows already in the log: an interrupted table resumes where it stopped
-    if args.log.exists():
-        for line in args.log.read_text().splitlines():
-            row = json.loads(line)
-            done.add((row["label"], row.get("top_k"), row.get("l1_coeff")))
+    # rows already in the log are not run again: an interrupted table resumes where it stopped
+    done = {(row["label"], row.get("top_k"), row.get("l1_coeff")) for row in read_log(args.log)}
     for size in args.sizes:
         for sae_type in args.types:
             for sparsity in TARGETS[sae_type]:
                 label = f"{sae_type} {size}"
                 if (label, sparsity.get("top_k"), sparsity.get("l1_coeff")) not in done:
                     run(train, held_out, {"sae_type": sae_type, "dict_size": size, **sparsity}, label, args.log)
+    print_table(read_log(args.log), args.sizes)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ dict_size 8 x 384, 300,000 training examples: held-out FVU, L0, dead fraction an
 seconds, then every `sentence-sae eval` metric on the held-out lines with their WordNet category
 as the label. As a baseline measured in the same run, a TopK SAE with the earlier research
 script's settings (lr 3e-4, batch 1,024, input_unit_norm, no warm-up or decay, zero decoder bias,
-dead after 5 batches). Then `explain` on the held-out lines for the TopK SAE: seconds per 10,000
+dead after 5 batches). Then `explain` on the held-out lines for the default (BatchTopK) SAE: seconds per 10,000
 texts and how often a feature's keyword label names its texts' WordNet category (see label_match
 below), against shuffled labels and a most-frequent-word labeler.
 
@@ -181,13 +181,13 @@ def main() -> None:
     if base and "topk" in rows:
         print(f"\nTopK FVU / earlier-script-settings FVU: {rows['topk']['fvu'] / base['fvu']:.2f}; label majority "
               f"share {base['label_majority_share']:.3f} over {base['label_classes']} classes")
-    if args.skip_explain or "topk" not in runs:
+    if args.skip_explain or "batchtopk" not in runs:
         return
-    summary = explain_run(runs["topk"], dataset_path=str(held_out_path), model=model)
+    summary = explain_run(runs["batchtopk"], dataset_path=str(held_out_path), model=model)
     features = [json.loads(line) for line in Path(summary["features"]).read_text().splitlines()]
     labels_of_rows = [json.loads(line)["label"] for line in held_out_path.read_text().splitlines()]
     match = label_match(features, labels_of_rows, model)
-    print(f"\nexplain (topk) on {summary['texts']} held-out texts: {summary['seconds']:.1f} s, "
+    print(f"\nexplain (batchtopk) on {summary['texts']} held-out texts: {summary['seconds']:.1f} s, "
           f"{summary['seconds_per_10k_texts']:.1f} s per 10,000 texts; {summary['alive']} live features, "
           f"{summary['n_families']} families")
     print(f"label match over {match['features_judged']} features with a majority category: "

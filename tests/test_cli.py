@@ -18,7 +18,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
     config = tmp_path / "cfg.yaml"
-    config.write_text("dict_size: 128\ntop_k: 8\nnum_eval_examples: 10\n")
+    config.write_text("sae_type: topk\ndict_size: 128\ntop_k: 8\nnum_eval_examples: 10\n")
     proc = run_cli("train", "--config", str(config), "--dataset_path", str(jsonl_file), "--num_epochs", "2",
                    "--num_examples", "none", "--batch_size", "16", "--model_batch_size", "16",
                    "--output_dir", str(tmp_path / "runs"), "--top_k", "4")

@@ -15,7 +15,7 @@ def test_defaults_finalize_with_values_derived_from_the_model(model):
     cfg = post_init_cfg(get_default_cfg(), model)
     assert cfg.act_size == 384
     assert cfg.device == "cpu"
-    assert cfg.name == "topk_all-MiniLM-L6-v2_1536_k32"
+    assert cfg.name == "batchtopk_all-MiniLM-L6-v2_1536_k32"
     assert cfg.wandb_mode in {"online", "offline", "disabled"}
     assert post_init_cfg(cfg, model) == cfg  # finalizing twice changes nothing
 

@@ -105,6 +105,7 @@ def test_input_unit_norm_metrics_are_on_the_original_embeddings(tmp_path, model,
     cfg = make_cfg(tmp_path, model, dict_size=512, num_examples=20_000, input_unit_norm=True)
     sae = create_sae(cfg)
     result = Trainer(sae, EmbeddingStore(train, cfg, held_out=held_out), cfg).train()
+    sae.eval()  # the held-out evaluation codes with the BatchTopK threshold, as in inference
     x = held_out.double()
     reconstruction = sae.reconstruct(held_out).detach().double()
     fvu = ((reconstruction - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()

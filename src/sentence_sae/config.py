@@ -40,7 +40,7 @@ class SAEConfig:
     """Everything that defines a training run. Unset derived values are filled by post_init_cfg."""
 
     # --- SAE architecture ---
-    sae_type: str = "topk"
+    sae_type: str = "batchtopk"
     """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu,
     matryoshka, gated, ...)."""
     dict_size: int = 1536
