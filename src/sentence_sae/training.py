@@ -122,7 +122,7 @@ class Trainer:
         self.step = 0
         self.total_steps: int | None = None
         self.history: list[dict[str, float]] = []
-        self.started = time.perf_counter()
+        self.started = time.perf_counter()  # the run's seconds include waiting for the first embeddings
         self.last_checkpoint: Path | None = None
         self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -252,7 +252,6 @@ class Trainer:
     # -------------------------------------------------------------- the run, batch by batch
     def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
-        self.started = time.perf_counter()
         if self.resumed:
             return
         if planned is not None:
