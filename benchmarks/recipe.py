@@ -79,6 +79,10 @@ MATCHED = {
     # a stronger AuxK loss for the 40% of features that die at 12,288
     "batchtopk 12288, aux_penalty 0.125, top_k_aux 384": {"sae_type": "batchtopk", "dict_size": 12_288,
                                                           "top_k": 32, "aux_penalty": 0.125, "top_k_aux": 384},
+    # JumpReLU trains on raw embeddings; and a lower rate for the larger dictionary
+    "batchtopk 12288, input_unit_norm false": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32,
+                                                "input_unit_norm": False},
+    "batchtopk 12288, lr 2e-3": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "lr": 2e-3},
 }
 
 # Sparsity settings aimed at L0 16, 32 and 64 (coefficients from trial runs at 3,072 features).
