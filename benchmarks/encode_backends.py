@@ -26,7 +26,8 @@ from sentence_sae.config import DEFAULT_MODEL  # noqa: E402
 from sentence_sae.data import python_docs_paragraphs  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+from _wordnet import DEFAULT_DATA  # noqa: E402
+
 
 
 def load_texts(path: Path | None, n: int) -> tuple[list[str], str]:

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _process import run_process  # noqa: E402
+from _wordnet import DEFAULT_DATA  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
 BATCH = 32
 ENV = {"TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
 

@@ -28,12 +28,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 
-from sentence_sae import EmbeddingStore, SAEConfig, create_sae, embed, load_embeddings  # noqa: E402
+from sentence_sae import EmbeddingStore, SAEConfig, create_sae  # noqa: E402
 from sentence_sae.training import Trainer  # noqa: E402
 
-N_TRAIN = 100_000
-EXAMPLES = 300_000
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 
 # Each entry changes the base recipe (batch 256, lr 3e-3, 20 warm-up steps, linear decay over the
 # last 20%, dead window 20,000, b_dec = mean, no input normalization) in one respect.
@@ -97,8 +95,7 @@ TARGETS = {
 
 
 def wordnet(data: Path):
-    folder = embed({"dataset_path": str(data), "num_examples": None, "wandb_mode": "disabled"})["cache_dir"]
-    whole = load_embeddings(folder)
+    whole = whole_embeddings(data)
     return torch.from_numpy(whole[:N_TRAIN]), torch.from_numpy(whole[N_TRAIN:])
 
 
@@ -126,28 +123,28 @@ def print_study(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict], sizes: list[int]) -> None:
-    """FVU (L0 reached) per sae_type and sparsity setting. In bold, the lowest FVU of each column
-    among the rows whose L0 lies within 10% of the column's target: FVU falls fast with L0, so a
-    row that overshot its target is not comparable."""
+    """FVU (L0 reached) per sae_type and sparsity setting, and the held-out dead fraction at the
+    middle setting. In bold, the lowest FVU of each column among the rows whose L0 lies within 10%
+    of the column's target: FVU falls fast with L0, so a row that overshot its target is not comparable."""
     for size in sizes:
-        by_type = {}
+        by_type: dict[str, list[dict]] = {}
         for row in rows:
             if row["dict_size"] == size:
                 by_type.setdefault(row["sae_type"], []).append(row)
         if not by_type:
             continue
+        by_type = {sae_type: sorted(cells, key=lambda row: row["l0"]) for sae_type, cells in by_type.items()}
         print(f"\ndict_size {size}: held-out FVU (L0 reached) at the settings aimed at L0 16 / 32 / 64\n")
-        print("| sae_type | setting | L0 ~ 16 | L0 ~ 32 | L0 ~ 64 |\n|---|---|---|---|---|")
-        columns = list(zip(*[sorted(r, key=lambda row: row["l0"]) for r in by_type.values()], strict=True))
+        print("| sae_type | setting | L0 ~ 16 | L0 ~ 32 | L0 ~ 64 | dead at L0 ~ 32 |\n|---|---|---|---|---|---|")
+        columns = list(zip(*by_type.values(), strict=True))
         best = [min((row["fvu"] for row in column if abs(row["l0"] / target - 1) <= 0.1), default=None)
                 for column, target in zip(columns, (16, 32, 64), strict=True)]
         for sae_type, cells in by_type.items():
-            cells = sorted(cells, key=lambda row: row["l0"])
             setting = "top_k 16 / 32 / 64" if "top_k" in cells[0] else "l1_coeff " + " / ".join(
                 f"{row['l1_coeff']:g}" for row in cells)
             shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low else f"{row['fvu']:.4f}") + f" ({row['l0']:.1f})"
                      for row, low in zip(cells, best, strict=True)]
-            print(f"| {sae_type} | {setting} | " + " | ".join(shown) + " |")
+            print(f"| {sae_type} | {setting} | " + " | ".join(shown) + f" | {cells[1]['dead_frac']:.3f} |")
 
 
 def read_log(log: Path) -> list[dict]:

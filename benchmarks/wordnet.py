@@ -33,7 +33,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from sentence_sae import SAEConfig, create_sae, embed, load_embeddings, post_init_cfg  # noqa: E402
+from sentence_sae import SAEConfig, create_sae, post_init_cfg  # noqa: E402
 from sentence_sae.activation_store import EmbeddingStore  # noqa: E402
 from sentence_sae.analysis import explain_run  # noqa: E402
 from sentence_sae.analysis.keywords import STOP_WORDS, candidates  # noqa: E402
@@ -42,9 +42,8 @@ from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E
 from sentence_sae.evaluation import evaluate_run  # noqa: E402
 from sentence_sae.training import Trainer  # noqa: E402
 
-N_TRAIN = 100_000
-EXAMPLES = 300_000
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
+
 RECIPE = {"dict_size": 8 * 384, "top_k": 32, "num_examples": EXAMPLES}
 VARIANTS = {
     "vanilla": {"sae_type": "vanilla"},
@@ -151,7 +150,7 @@ def main() -> None:
     parser.add_argument("--skip-explain", action="store_true")
     args = parser.parse_args()
     model = load_sentence_model("sentence-transformers/all-MiniLM-L6-v2", "cpu")
-    whole = load_embeddings(embed({"dataset_path": str(args.data), "num_examples": None, "wandb_mode": "disabled"})["cache_dir"])
+    whole = whole_embeddings(args.data)
     train_path, held_out_path = split_files(args.data, args.out)
     prefill_cache(train_path, whole[:N_TRAIN], model)
     prefill_cache(held_out_path, whole[N_TRAIN:], model)

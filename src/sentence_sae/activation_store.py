@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .config import SAEConfig, max_passes
-from .corpus import Corpus
+from .corpus import Corpus, first_non_finite
 from .data import TextCounter
 from .embeddings import embedding_dim
 from .errors import DataError
@@ -253,7 +253,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         """Embeddings of the held-out texts."""
         return self._eval_embeddings
 
-    def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[torch.Tensor]:
+    def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
         # The first pass reads in dataset order whatever is cached, so that a run's example order
         # does not depend on how much of the cache an earlier run left; later passes read the
         # (then complete) cache in a new random chunk order each time.
@@ -329,10 +329,9 @@ class EmbeddingStore(ActivationStoreBase):
             if keep is None or keep(position):
                 start = int(starts[order[position]])
                 chunk = _as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))])
-                finite = torch.isfinite(chunk).all(dim=-1)
-                if not bool(finite.all()):
-                    row = start + int((~finite).nonzero()[0, 0])
-                    raise DataError(f"embedding row {row} is not finite (NaN or inf); remove or fix it")
+                offset = first_non_finite(chunk)
+                if offset is not None:
+                    raise DataError(f"embedding row {start + offset} is not finite (NaN or inf); remove or fix it")
                 yield position, chunk
 
 

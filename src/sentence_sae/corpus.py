@@ -30,6 +30,12 @@ ENCODE_CALL_TEXTS = 8192
 so large calls waste less time on padding)."""
 
 
+def first_non_finite(embeddings: torch.Tensor) -> int | None:
+    """Index of the first row holding a NaN or infinity, or None when every value is finite."""
+    finite = torch.isfinite(embeddings).all(dim=-1)
+    return None if bool(finite.all()) else int((~finite).nonzero()[0, 0])
+
+
 class Corpus:
     """The rows of ``cfg``'s dataset as texts and embeddings from ``model``."""
 
@@ -192,10 +198,9 @@ class Corpus:
     def _checked(self, embeddings: torch.Tensor, first_row: int, cached: bool,
                  texts: list[str] | None = None) -> torch.Tensor:
         """The embeddings, unless one is NaN or infinite: then an error naming its row."""
-        finite = torch.isfinite(embeddings).all(dim=-1)
-        if bool(finite.all()):
+        offset = first_non_finite(embeddings)
+        if offset is None:
             return embeddings.to(self.device)
-        offset = int((~finite).nonzero()[0, 0])
         row = first_row + offset
         if cached:
             raise DataError(f"row {row} of the embedding cache {self.cache.folder} is not finite (NaN or inf); "

@@ -178,11 +178,3 @@ def iter_dataset_rows(
                 continue
             counter.texts += 1
             yield text, {column: batch[column][index] for column in extras}
-
-
-def iter_dataset_texts(
-    dataset: Any, text_column: str, source: str, counter: TextCounter, batch_size: int = 1000
-) -> Iterator[str]:
-    """The non-empty texts of one pass over ``dataset``; empty or missing texts are counted."""
-    for text, _ in iter_dataset_rows(dataset, text_column, source, counter, batch_size=batch_size):
-        yield text

@@ -16,24 +16,7 @@ from typing import Any
 import torch
 
 from .sae import BaseSAE
-
-
-class _EvalMode:
-    """Puts a module in eval mode for a block and restores its previous mode afterwards."""
-
-    def __init__(self, module: torch.nn.Module):
-        self.module = module
-
-    def __enter__(self) -> None:
-        self.was_training = self.module.training
-        self.module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
-
-
-def eval_mode(module: torch.nn.Module) -> _EvalMode:
-    return _EvalMode(module)
+from .sae.base import eval_mode
 
 
 @torch.no_grad()
@@ -47,11 +30,14 @@ def encode_in_batches(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096,
+                           outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
     """FVU, explained variance, MSE, cosine, norm ratio, L0 and dead/dense fractions on ``embeddings``.
 
     FVU = sum of squared errors / sum of squared deviations from the mean of ``embeddings``;
     dead features never fire on these embeddings, dense ones fire on more than 10% of them.
+    With ``outputs``, each batch's (codes, reconstructions) is appended to it (float32, CPU), for
+    callers that need them too, so that the SAE runs over the embeddings once.
     """
     n = len(embeddings)
     if n == 0:
@@ -67,6 +53,8 @@ def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: i
         for start in range(0, n, batch_size):
             x = embeddings[start : start + batch_size].to(sae.device)
             feature_acts, x_hat = sae.encode_and_reconstruct(x)
+            if outputs is not None:
+                outputs.append((feature_acts.float().cpu(), x_hat.float().cpu()))
             x, x_hat = x.double(), x_hat.double()
             sq_error += (x_hat - x).pow(2).sum().item()
             cos_sum += torch.nn.functional.cosine_similarity(x_hat, x, dim=-1).sum().item()
@@ -88,19 +76,8 @@ def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: i
     }
 
 
-
-
 # ----------------------------------------------------------------------------------------------
 # What users of embeddings care about: neighbours and similarities after reconstruction
-
-
-@torch.no_grad()
-def reconstructions(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
-    chunks = [torch.empty(0, embeddings.shape[1], dtype=torch.float32)]
-    with eval_mode(sae):
-        for start in range(0, len(embeddings), batch_size):
-            chunks.append(sae.reconstruct(embeddings[start : start + batch_size].to(sae.device)).float().cpu())
-    return torch.cat(chunks)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -230,11 +207,12 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     if len(embeddings) < 2:
         raise DataError(f"dataset {run.cfg.dataset_path} has {len(embeddings)} texts to evaluate on; give more")
     sae = run.sae
-    metrics: dict[str, Any] = dict(reconstruction_metrics(sae, embeddings))
-    reconstructed = reconstructions(sae, embeddings)
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+    metrics: dict[str, Any] = dict(reconstruction_metrics(sae, embeddings, outputs=outputs))
+    codes = torch.cat([batch_codes for batch_codes, _ in outputs])
+    reconstructed = torch.cat([batch_reconstructed for _, batch_reconstructed in outputs])
     metrics["recall_at_10"] = neighbour_recall(embeddings, reconstructed, k=10)
     metrics["sim_spearman"] = similarity_spearman(embeddings, reconstructed)
-    codes = encode_in_batches(sae, embeddings).float().cpu()
     if label_column:
         metrics.update(label_metrics(codes, embeddings.cpu(), labels_raw, seed))
     densities = (codes > 0).double().mean(0).numpy()

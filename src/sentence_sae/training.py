@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from .activation_store import ActivationsStoreSBERT, EndOfData
-from .checkpoint import save_checkpoint_folder, save_sae
+from .checkpoint import atomic_write_text, save_checkpoint_folder, save_sae, saved_config
 from .config import SAEConfig, from_mapping, post_init_cfg
-from .embeddings import load_sentence_model
-from .errors import CheckpointError, DataError, TrainingStopped
+from .distributed import DistributedContext
+from .embeddings import embedding_dim, load_sentence_model
+from .errors import CheckpointError, ConfigError, DataError, ModelError, TrainingStopped
 from .evaluation import reconstruction_metrics
 from .sae import BaseSAE, create_sae
 from .tracking import RunLogger, progress_bar
@@ -96,8 +97,6 @@ def new_run_dir(cfg: SAEConfig) -> Path:
     try:
         run_dir.mkdir(parents=True)
     except OSError as exc:
-        from .errors import ConfigError
-
         raise ConfigError(f"cannot create the run folder {run_dir} ({exc.strerror or exc}); choose another "
                           "output_dir") from None
     return run_dir
@@ -388,9 +387,6 @@ def stop_on_signal(trainers: list[Trainer], signum: int) -> None:
 
 def train_sae(sae: BaseSAE, activation_store: Any, model: Any, cfg: SAEConfig) -> TrainResult:
     """Train ``sae`` on the embeddings ``activation_store`` serves (the earlier script's entry point)."""
-    from .embeddings import embedding_dim
-    from .errors import ModelError
-
     cfg = post_init_cfg(cfg, model)
     if sae.d_in != embedding_dim(model):
         raise ModelError(f"the SAE reads {sae.d_in}-dimensional embeddings, but the model gives "
@@ -403,8 +399,6 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
     held-out set plus num_examples), or the whole dataset when num_examples is unset."""
     cfg = post_init_cfg(cfg if isinstance(cfg, SAEConfig) else from_mapping(cfg))
     if not cfg.use_cache:
-        from .errors import ConfigError
-
         raise ConfigError("embed writes the embedding cache; drop use_cache=false")
     model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
     started = time.perf_counter()
@@ -422,17 +416,18 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
     """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results.
     Under torchrun (WORLD_SIZE > 1) the processes train one SAE data-parallel."""
-    from .distributed import DistributedContext
-
     if not isinstance(cfg, SAEConfig):
         cfg = from_mapping(cfg)
     with DistributedContext.from_environment() as context:
-        cfg = post_init_cfg(context.configure(cfg))  # validates before the model loads (cached)
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-        store = context.make_store(model, cfg)
-        sae = context.wrap(create_sae(cfg))
-        run_dir = context.run_dir(cfg)
-        return Trainer(sae, store, cfg, run_dir=run_dir, is_main=context.is_main).train()
+        cfg, store, sae = _set_up(context, cfg)
+        return Trainer(sae, store, cfg, run_dir=context.run_dir(cfg), is_main=context.is_main).train()
+
+
+def _set_up(context: DistributedContext, cfg: SAEConfig) -> tuple[SAEConfig, Any, BaseSAE]:
+    """This process's finalized config, activation store and SAE, for a new or a resumed run."""
+    cfg = post_init_cfg(context.configure(cfg))  # validates before the model loads (cached)
+    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    return cfg, context.make_store(model, cfg), context.wrap(create_sae(cfg))
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -456,23 +451,17 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
 def resume(run_dir: str | Path) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly where it stopped: same
     weights, optimizer, schedules, counters, random states and data position."""
-    from .checkpoint import saved_config
-    from .distributed import DistributedContext
-
     folder = Path(run_dir)
     if not folder.is_dir():
         raise CheckpointError(f"run folder {folder} does not exist")
     checkpoint = latest_checkpoint(folder)
     state = load_trainer_state(checkpoint)
     with DistributedContext.from_environment() as context:
-        cfg = post_init_cfg(context.configure(saved_config(checkpoint)))
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-        store = context.make_store(model, cfg)
         if len(state["stores"]) != context.world_size:
             raise CheckpointError(f"{checkpoint} was written by {len(state['stores'])} process(es); resume it "
                                   f"with as many, not {context.world_size}")
+        cfg, store, sae = _set_up(context, saved_config(checkpoint))
         store.load_state_dict(state["stores"][context.rank])
-        sae = context.wrap(create_sae(cfg))
         truncate_metrics(folder / "metrics.jsonl", int(state["step"]))
         print(f"Resuming {folder} from step {state['step']} ({checkpoint.name})", file=sys.stderr)
         return Trainer(sae, store, cfg, run_dir=folder, resume_state=state, is_main=context.is_main).train()
@@ -480,8 +469,6 @@ def resume(run_dir: str | Path) -> TrainResult:
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop the metrics of steps after ``step``: a resumed run logs them again."""
-    from .checkpoint import atomic_write_text
-
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]

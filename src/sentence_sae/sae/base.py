@@ -7,7 +7,8 @@ sparsity penalty it pays (``sparsity_loss``) and whether it uses AuxK.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+import contextlib
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,17 @@ class SAEOutput(dict):
 
     def get(self, key: str, default: Any = None) -> Any:
         return self[key] if key in self else default
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for a block, then the module's previous mode again."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 class BaseSAE(nn.Module):
@@ -183,12 +195,8 @@ class BaseSAE(nn.Module):
         if embedding_dim(model) != self.d_in:
             raise ModelError(f"this SAE reads {self.d_in}-dimensional embeddings, but the model gives "
                              f"{embedding_dim(model)}-dimensional ones; use the model it was trained with")
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.encode(encode_texts(model, list(texts), batch_size).to(self.device))
-        finally:
-            self.train(was_training)
 
     # ------------------------------------------------------------------ losses
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
