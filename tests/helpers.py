@@ -40,7 +40,20 @@ def pca_fvu(train: torch.Tensor, held_out: torch.Tensor, k: int) -> float:
 
 
 def read_wandb_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The history rows of the offline wandb run under ``run_dir``, read from its .wandb file.
+    """The history rows of the offline wandb run under ``run_dir``."""
+    return [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in read_wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
+
+
+def read_wandb_exit_code(run_dir: Path) -> int:
+    """The exit code the offline wandb run under ``run_dir`` was finished with."""
+    exits = [record.exit for record in read_wandb_records(run_dir) if record.WhichOneof("record_type") == "exit"]
+    assert exits, f"the wandb run under {run_dir} was never finished"
+    return exits[-1].exit_code
+
+
+def read_wandb_records(run_dir: Path) -> list[Any]:
+    """The ``Record`` protobufs of the offline wandb run under ``run_dir``, read from its .wandb file.
 
     The file is a LevelDB-style log (7-byte header, 32 KiB blocks of records with a 7-byte
     checksum/length/type header) of wandb ``Record`` protobufs.
@@ -71,11 +84,9 @@ def read_wandb_history(run_dir: Path) -> list[dict[str, Any]]:
             partial += chunk
         elif kind == 4:
             records.append(partial + chunk)
-    rows = []
+    parsed = []
     for raw in records:
         record = pb.Record()
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                         for item in record.history.item})
-    return rows
+        parsed.append(record)
+    return parsed

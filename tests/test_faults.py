@@ -3,6 +3,7 @@ writes, datasets that fail part-way, models of the wrong width."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import resource
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_cfg, write_jsonl
+from helpers import make_cfg, read_wandb_exit_code, write_jsonl
 from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import open_cache
@@ -126,7 +127,8 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
     (folder / "b.jsonl").write_text('{"text": "fine"}\n{this line is broken\n')
     cfg = make_cfg(tmp_path, model, dataset_path=str(folder), use_cache=False, dict_size=64, top_k=4,
                    batch_size=16, model_batch_size=16, num_batches_in_buffer=2, num_eval_examples=10,
-                   num_examples=5000, checkpoint_freq=10, cache_shard_size=64)  # 64 texts per model call
+                   num_examples=5000, checkpoint_freq=10, cache_shard_size=64,  # 64 texts per model call
+                   wandb_mode="offline", perf_log_freq=5)
     store = ActivationsStoreSBERT(model, cfg)
     with pytest.raises(DataError) as failure:
         train_sae(create_sae(cfg), store, model, cfg)
@@ -136,6 +138,9 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
     run_dir = next((tmp_path / "runs").iterdir())
     checkpoint = sorted((run_dir / "checkpoints").iterdir())[-1]
     assert load_sae(checkpoint).d_sae == 64
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged and logged[-1]["step"] >= int(checkpoint.name.split("_")[1])
+    assert read_wandb_exit_code(run_dir) == 1  # the wandb run is closed and marked failed
 
 
 def test_sae_and_model_of_different_widths(tmp_path, model, jsonl_file):

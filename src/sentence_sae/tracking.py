@@ -51,14 +51,15 @@ class RunLogger:
         artifact.add_dir(str(folder))
         self.wandb_run.log_artifact(artifact)
 
-    def finish(self, summary: dict[str, Any]) -> None:
+    def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
+        """Close metrics.jsonl and the wandb run; a non-zero ``exit_code`` marks the run failed."""
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
         if self.wandb_run is not None:
             for key, value in summary.items():
                 self.wandb_run.summary[key] = value
-            self.wandb_run.finish()
+            self.wandb_run.finish(exit_code=exit_code)
             self.wandb_run = None
 
 

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -314,7 +315,7 @@ def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
     planned = store.planned_examples()
     end_reason = "stopped"
     main = trainers[0].is_main
-    with contextlib.closing(store), StopOnSignals() as signals:
+    with contextlib.closing(store), StopOnSignals() as signals, _close_logs_on_error(trainers):
         sample = store.initial_sample()
         for trainer in trainers:
             trainer.prepare(planned, sample)
@@ -337,7 +338,7 @@ def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
                                     FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
                 if signals.received is not None:
                     stop_on_signal(trainers, signals.received)
-    results = [trainer.finish(end_reason) for trainer in trainers]
+        results = [trainer.finish(end_reason) for trainer in trainers]
     skipped = store.counter.skipped_empty
     if main:
         print(
@@ -347,6 +348,17 @@ def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
             file=sys.stderr,
         )
     return results
+
+
+@contextlib.contextmanager
+def _close_logs_on_error(trainers: list[Trainer]) -> Iterator[None]:
+    """A run that stops on an error still leaves a complete metrics.jsonl and a wandb run marked failed."""
+    try:
+        yield
+    except BaseException:
+        for trainer in trainers:
+            trainer.logger.finish({}, exit_code=1)
+        raise
 
 
 def gather_store_states(store: Any, sae: BaseSAE) -> list[dict[str, Any]]:
