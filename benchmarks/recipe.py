@@ -5,7 +5,8 @@ WordNet definitions: train on the first 100,000, evaluate on the other 17,659, 3
     python benchmarks/recipe.py study   # one change at a time from the base recipe, TopK, 3,072 features, k 32
     python benchmarks/recipe.py table   # FVU against L0 (16, 32, 64) for every sae_type at 1,536 (the default),
                                         # 3,072 and 12,288 features
-    python benchmarks/recipe.py matched # the L0-32 column again where a row missed L0 32, and another seed
+    python benchmarks/recipe.py matched # the L0-32 column again where a row missed L0 32, and other seeds
+    python benchmarks/recipe.py warmup  # the top_k warm-up against its neighbours (BatchTopK, 12,288 features)
 
 Every run prints one JSON line (and appends it to --log). The table uses the default recipe of
 SAEConfig for everything but the size, the sparsity setting and the training length; topk,
@@ -34,7 +35,7 @@ from sentence_sae.training import Trainer  # noqa: E402
 from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 
 # Each entry changes the base recipe (batch 256, lr 3e-3, 20 warm-up steps, linear decay over the
-# last 20%, dead window 20,000, b_dec = mean, no input normalization) in one respect.
+# last 20%, dead window 20,000, b_dec = mean, no input normalization, no top_k warm-up) in one respect.
 STUDY = {
     "base": {},
     "lr 1e-3": {"lr": 1e-3},
@@ -64,23 +65,36 @@ STUDY = {
     "input_unit_norm + decay 50%, 12,288 features": {"input_unit_norm": True, "lr_decay_frac": 0.5,
                                                       "dict_size": 12_288},
 }
-STUDY_BASE = {"batch_size": 256, "lr": 3e-3, "lr_warmup_steps": 20, "lr_decay_frac": 0.2,
+STUDY_BASE = {"top_k_warmup_frac": 0.0, "batch_size": 256, "lr": 3e-3, "lr_warmup_steps": 20, "lr_decay_frac": 0.2,
               "dead_feature_window": 20_000, "b_dec_init": "mean", "input_unit_norm": False}
 
 # The default trains at L0 32, so that column decides: where a coefficient-based row lands near but
 # not at the default's L0, it is run again with a coefficient that matches it, and the default is
-# repeated with another seed to show the noise.
+# repeated with other seeds to show the noise. The rows with top_k_warmup_frac 0 are the recipe
+# before the top_k warm-up, and what was tried on it to close the gap to JumpReLU at 12,288.
+NO_WARMUP = {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "top_k_warmup_frac": 0.0}
 MATCHED = {
     "jumprelu 12288, l1_coeff 0.0022": {"sae_type": "jumprelu", "dict_size": 12_288, "l1_coeff": 0.0022},
     "batchtopk 12288, seed 1": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "seed": 1},
+    "batchtopk 12288, seed 2": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "seed": 2},
     "batchtopk 3072, seed 1": {"sae_type": "batchtopk", "dict_size": 3072, "top_k": 32, "seed": 1},
+    "batchtopk 12288, no top_k warm-up": NO_WARMUP,
+    "batchtopk 12288, no top_k warm-up, seed 1": {**NO_WARMUP, "seed": 1},
     # a stronger AuxK loss for the 40% of features that die at 12,288
-    "batchtopk 12288, aux_penalty 0.125, top_k_aux 384": {"sae_type": "batchtopk", "dict_size": 12_288,
-                                                          "top_k": 32, "aux_penalty": 0.125, "top_k_aux": 384},
+    "batchtopk 12288, no top_k warm-up, aux_penalty 0.125, top_k_aux 384": {**NO_WARMUP, "aux_penalty": 0.125,
+                                                                            "top_k_aux": 384},
     # JumpReLU trains on raw embeddings; and a lower rate for the larger dictionary
-    "batchtopk 12288, input_unit_norm false": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32,
-                                                "input_unit_norm": False},
-    "batchtopk 12288, lr 2e-3": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "lr": 2e-3},
+    "batchtopk 12288, no top_k warm-up, input_unit_norm false": {**NO_WARMUP, "input_unit_norm": False},
+    "batchtopk 12288, no top_k warm-up, lr 2e-3": {**NO_WARMUP, "lr": 2e-3},
+}
+
+# The top_k warm-up (k falls from top_k_warmup_factor x top_k to top_k over the first
+# top_k_warmup_frac of training; default 8 and 5%) against its neighbours, BatchTopK, 12,288 features.
+WARMUP = {
+    "factor 4, 5%": {"top_k_warmup_factor": 4.0},
+    "factor 16, 5%": {"top_k_warmup_factor": 16.0},
+    "factor 8, 2%": {"top_k_warmup_frac": 0.02},
+    "factor 8, 20%": {"top_k_warmup_frac": 0.2},
 }
 
 # Sparsity settings aimed at L0 16, 32 and 64 (coefficients from trial runs at 3,072 features).
@@ -133,7 +147,8 @@ def print_table(rows: list[dict], sizes: list[int]) -> None:
                 by_type.setdefault(row["sae_type"], []).append(row)
         if not by_type:
             continue
-        by_type = {sae_type: sorted(cells, key=lambda row: row["l0"]) for sae_type, cells in by_type.items()}
+        by_type = {sae_type: sorted(by_type[sae_type], key=lambda row: row["l0"]) for sae_type in TARGETS
+                   if sae_type in by_type}
         print(f"\ndict_size {size}: held-out FVU (L0 reached) at the settings aimed at L0 16 / 32 / 64\n")
         print("| sae_type | setting | L0 ~ 16 | L0 ~ 32 | L0 ~ 64 | dead at L0 ~ 32 |\n|---|---|---|---|---|---|")
         columns = list(zip(*by_type.values(), strict=True))
@@ -153,7 +168,7 @@ def read_log(log: Path) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["study", "table", "matched"])
+    parser.add_argument("part", choices=["study", "table", "matched", "warmup"])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--log", type=Path, default=Path("/tmp/recipe.jsonl"))
     parser.add_argument("--sizes", type=int, nargs="*", default=[1536, 3072, 12_288])
@@ -161,9 +176,12 @@ def main() -> None:
     parser.add_argument("--skip", type=int, default=0, help="study: start at this entry")
     args = parser.parse_args()
     train, held_out = wordnet(args.data)
-    if args.part == "matched":
+    if args.part in ("matched", "warmup"):
         done = {row["label"] for row in read_log(args.log)}
-        for label, changes in MATCHED.items():
+        runs = MATCHED if args.part == "matched" else {
+            f"batchtopk 12288, top_k warm-up {label}": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32,
+                                                         **changes} for label, changes in WARMUP.items()}
+        for label, changes in runs.items():
             if label not in done:
                 run(train, held_out, changes, label, args.log)
         print_study(read_log(args.log))

@@ -64,6 +64,8 @@ def test_unknown_sae_type_lists_the_valid_ones(model):
         ({"wandb_mode": "sometimes"}, "wandb_mode 'sometimes' is not valid"),
         ({"batch_size": 4096}, "shuffle buffer .* is smaller than batch_size"),
         ({"device": "gpu"}, "device 'gpu' is not valid"),
+        ({"top_k_warmup_factor": 0.5}, r"top_k_warmup_factor must be at least 1 \(1 turns the warm-up off\)"),
+        ({"top_k_warmup_frac": 1.5}, r"top_k_warmup_frac must lie in \[0, 1\]"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_fix(model, changes, message):

@@ -11,7 +11,7 @@ from helpers import make_cfg, pca_fvu, read_wandb_history
 from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.evaluation import reconstruction_metrics
-from sentence_sae.training import Trainer, lr_multiplier, sparsity_multiplier
+from sentence_sae.training import Trainer, lr_multiplier, sparsity_multiplier, warmup_top_k
 
 VARIANTS = ["vanilla", "topk", "batchtopk", "jumprelu", "matryoshka", "gated"]
 
@@ -122,6 +122,21 @@ def test_schedules():
     assert lr_multiplier(500, None, 10, 0.2) == 1.0
     assert sparsity_multiplier(0, 100, 0.1) == pytest.approx(0.1)
     assert sparsity_multiplier(50, 100, 0.1) == 1.0
+    assert [warmup_top_k(step, 100, 32, 0.05, 8) for step in (0, 1, 4, 5, 99)] == [256, 211, 77, 32, 32]
+    assert warmup_top_k(0, None, 32, 0.05, 8) == warmup_top_k(0, 100, 32, 0.0, 8) == 32
+
+
+def test_k_based_training_starts_dense_and_ends_at_top_k(tmp_path, model, docs_split):
+    train, held_out = docs_split
+    cfg = make_cfg(tmp_path, model, sae_type="topk", dict_size=256, top_k=8, num_examples=32 * 256,
+                   batch_size=256, perf_log_freq=1, top_k_warmup_frac=0.25, top_k_warmup_factor=4)
+    sae = create_sae(cfg)
+    result = Trainer(sae, EmbeddingStore(train, cfg, held_out=held_out), cfg).train()
+    l0 = [row["train/l0"] for row in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+          if "train/l0" in row]
+    assert len(l0) == 32 and 24 < l0[0] <= 32 and 14 < l0[4] <= 20  # k = 32, then 20 at step 4 of 8
+    assert all(7 < value <= 8 for value in l0[8:])
+    assert sae.training_k == 8 and 7 < result.metrics["l0"] <= 8  # inference uses top_k
 
 
 def test_train_sae_from_text_logs_to_a_wandb_offline_run(tmp_path, model, jsonl_file):

@@ -128,6 +128,11 @@ class SAEConfig:
     """Fraction of the training steps at the end over which the learning rate decays linearly to 0."""
     l1_warmup_frac: float = 0.05
     """Fraction of the training steps over which the sparsity coefficient ramps up from 0."""
+    top_k_warmup_frac: float = 0.05
+    """Fraction of the training steps over which k falls linearly from top_k_warmup_factor x top_k
+    to top_k (topk, batchtopk, matryoshka); 0 trains at top_k from the start."""
+    top_k_warmup_factor: float = 8.0
+    """How many times top_k the features active per example at the first step (see top_k_warmup_frac)."""
     seed: int = 42
     """Random seed for initialization and shuffling."""
     device: str | None = None
@@ -410,6 +415,9 @@ def validate(cfg: SAEConfig) -> None:
            f"max_grad_norm must be positive (or unset to disable clipping), got {cfg.max_grad_norm}")
     _check(0 <= cfg.lr_decay_frac <= 1, f"lr_decay_frac must lie in [0, 1], got {cfg.lr_decay_frac}")
     _check(0 <= cfg.l1_warmup_frac <= 1, f"l1_warmup_frac must lie in [0, 1], got {cfg.l1_warmup_frac}")
+    _check(0 <= cfg.top_k_warmup_frac <= 1, f"top_k_warmup_frac must lie in [0, 1], got {cfg.top_k_warmup_frac}")
+    _check(cfg.top_k_warmup_factor >= 1,
+           f"top_k_warmup_factor must be at least 1 (1 turns the warm-up off), got {cfg.top_k_warmup_factor}")
     _check(cfg.bandwidth > 0, f"bandwidth must be positive, got {cfg.bandwidth}")
     _check(cfg.jumprelu_init_threshold > 0,
            f"jumprelu_init_threshold must be positive, got {cfg.jumprelu_init_threshold}")

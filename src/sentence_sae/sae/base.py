@@ -73,6 +73,8 @@ class BaseSAE(nn.Module):
     """``l1_coeff`` when the config leaves it unset."""
     default_input_unit_norm: ClassVar[bool] = False
     """``input_unit_norm`` when the config leaves it unset."""
+    uses_top_k: ClassVar[bool] = False
+    """Whether ``top_k`` sets the sparsity (and the trainer anneals ``training_k`` towards it)."""
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

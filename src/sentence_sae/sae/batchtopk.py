@@ -37,13 +37,13 @@ class BatchTopKSAE(TopKSAE):
         if not self.training:
             return acts * (pre > self.threshold)
         flat = acts.flatten()
-        top = flat.topk(min(self.cfg.top_k * acts.shape[0], flat.numel()), sorted=False)
+        top = flat.topk(min(self.k * acts.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(acts)
 
     @torch.no_grad()
     def select(self, pre: torch.Tensor) -> Selection:
-        k_total = min(self.cfg.top_k * pre.shape[0], pre.numel())
-        flat = batch_top_k(pre, k_total, candidates_per_row=4 * self.cfg.top_k)
+        k_total = min(self.k * pre.shape[0], pre.numel())
+        flat = batch_top_k(pre, k_total, candidates_per_row=4 * self.k)
         return selection_from_flat(flat, pre.shape[0], pre.shape[1])
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import SAEConfig
 from .base import BaseSAE, SAEOutput
 from .kernels import Selection, selection_from_topk, sparse_code, to_dense
 from .registry import register_sae
@@ -26,16 +27,26 @@ class TopKSAE(BaseSAE):
     architecture = "topk"
     saelens_architecture = "topk"
     uses_auxk = True
+    uses_top_k = True
     default_input_unit_norm = True
 
+    def __init__(self, cfg: SAEConfig):
+        super().__init__(cfg)
+        self.training_k = cfg.top_k
+        """k in training mode; the trainer starts it higher (top_k_warmup_factor) and lowers it to top_k."""
+
+    @property
+    def k(self) -> int:
+        return self.training_k if self.training else self.cfg.top_k
+
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return keep_top_k(F.relu(pre), self.cfg.top_k)
+        return keep_top_k(F.relu(pre), self.k)
 
     @torch.no_grad()
     def select(self, pre: torch.Tensor) -> Selection:
         """The entries the training-mode activation keeps. (Top-k of pre rather than of ReLU(pre):
         it differs only in which zero activations are kept, and skips a pass over the matrix.)"""
-        return selection_from_topk(pre.topk(self.cfg.top_k, dim=-1, sorted=False).indices)
+        return selection_from_topk(pre.topk(self.k, dim=-1, sorted=False).indices)
 
     def forward(self, x: torch.Tensor, sparsity_coeff: float | None = None) -> SAEOutput:
         if not (self.training and self.cfg.sparse_kernel):
