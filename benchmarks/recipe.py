@@ -157,8 +157,9 @@ def print_table(rows: list[dict], sizes: list[int]) -> None:
         for sae_type, cells in by_type.items():
             setting = "top_k 16 / 32 / 64" if "top_k" in cells[0] else "l1_coeff " + " / ".join(
                 f"{row['l1_coeff']:g}" for row in cells)
-            shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low else f"{row['fvu']:.4f}") + f" ({row['l0']:.1f})"
-                     for row, low in zip(cells, best, strict=True)]
+            shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low and abs(row["l0"] / target - 1) <= 0.1
+                      else f"{row['fvu']:.4f}") + f" ({row['l0']:.1f})"
+                     for row, low, target in zip(cells, best, (16, 32, 64), strict=True)]
             print(f"| {sae_type} | {setting} | " + " | ".join(shown) + f" | {cells[1]['dead_frac']:.3f} |")
 
 

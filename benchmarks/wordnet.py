@@ -55,6 +55,7 @@ VARIANTS = {
     "earlier-script settings (topk)": {
         "sae_type": "topk", "lr": 3e-4, "batch_size": 1024, "input_unit_norm": True, "b_dec_init": "zeros",
         "lr_warmup_steps": 0, "lr_decay_frac": 0.0, "dead_feature_window": 5 * 1024, "max_grad_norm": 1e5,
+        "top_k_warmup_frac": 0.0,
     },
 }
 
