@@ -29,7 +29,6 @@ from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E
 from _wordnet import DEFAULT_DATA  # noqa: E402
 
 
-
 def load_texts(path: Path | None, n: int) -> tuple[list[str], str]:
     if path is not None and path.exists():
         with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as handle:

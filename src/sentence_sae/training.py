@@ -325,35 +325,12 @@ class StopOnSignals:
 def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
     """Feed every batch of ``store`` to each trainer; several SAEs share one pass of embeddings."""
     started = time.perf_counter()
-    planned = store.planned_examples()
-    end_reason = "stopped"
-    main = trainers[0].is_main
-    with contextlib.closing(store), StopOnSignals() as signals, _close_logs_on_error(trainers):
-        sample = store.initial_sample()
-        for trainer in trainers:
-            trainer.prepare(planned, sample)
-        label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
-        bar = progress_bar(planned, f"train {label}", initial=store.examples_served * trainers[0].world_size,
-                           **({} if main else {"disable": True}))
-        with bar:
-            while True:
-                try:
-                    batch = next_batch_everywhere(store, trainers[0].sae)
-                except DataError as exc:  # reading failed part-way: say what is safe
-                    raise DataError(f"{exc}{trainers[0]._checkpoint_note()}") from None
-                if batch is None:
-                    end_reason = store.end_reason or "no training examples left"
-                    break
-                metrics = [trainer.on_batch(batch) for trainer in trainers]
-                bar.update(len(batch) * trainers[0].world_size)
-                if len(trainers) == 1:
-                    bar.set_postfix(loss=f"{metrics[0]['train/loss']:.4f}", L0=f"{metrics[0]['train/l0']:.1f}",
-                                    FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
-                if signals.received is not None:
-                    stop_on_signal(trainers, signals.received)
+    with _close_logs_on_error(trainers):
+        end_reason = feed_batches(trainers, store)
+        # the store is closed by now: the final evaluation does not compete with its prefetching
         results = [trainer.finish(end_reason) for trainer in trainers]
     skipped = store.counter.skipped_empty
-    if main:
+    if trainers[0].is_main:
         print(
             f"Training stopped: {end_reason}; {store.examples_served * trainers[0].world_size} examples in "
             f"{trainers[0].step} steps, {time.perf_counter() - started:.1f}s"
@@ -361,6 +338,33 @@ def run_training(trainers: list[Trainer], store: Any) -> list[TrainResult]:
             file=sys.stderr,
         )
     return results
+
+
+def feed_batches(trainers: list[Trainer], store: Any) -> str:
+    """Train every trainer on each batch until the store has none left, then close it; returns why."""
+    planned = store.planned_examples()
+    with contextlib.closing(store), StopOnSignals() as signals:
+        sample = store.initial_sample()
+        for trainer in trainers:
+            trainer.prepare(planned, sample)
+        label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
+        bar = progress_bar(planned, f"train {label}", initial=store.examples_served * trainers[0].world_size,
+                           **({} if trainers[0].is_main else {"disable": True}))
+        with bar:
+            while True:
+                try:
+                    batch = next_batch_everywhere(store, trainers[0].sae)
+                except DataError as exc:  # reading failed part-way: say what is safe
+                    raise DataError(f"{exc}{trainers[0]._checkpoint_note()}") from None
+                if batch is None:
+                    return store.end_reason or "no training examples left"
+                metrics = [trainer.on_batch(batch) for trainer in trainers]
+                bar.update(len(batch) * trainers[0].world_size)
+                if len(trainers) == 1:
+                    bar.set_postfix(loss=f"{metrics[0]['train/loss']:.4f}", L0=f"{metrics[0]['train/l0']:.1f}",
+                                    FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
+                if signals.received is not None:
+                    stop_on_signal(trainers, signals.received)
 
 
 @contextlib.contextmanager
