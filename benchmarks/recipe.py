@@ -6,7 +6,8 @@ WordNet definitions: train on the first 100,000, evaluate on the other 17,659, 3
     python benchmarks/recipe.py table   # FVU against L0 (16, 32, 64) for every sae_type at 1,536 (the default),
                                         # 3,072 and 12,288 features
     python benchmarks/recipe.py matched # the L0-32 column again where a row missed L0 32, and other seeds
-    python benchmarks/recipe.py warmup  # the top_k warm-up against its neighbours (BatchTopK, 12,288 features)
+    python benchmarks/recipe.py warmup  # the top_k warm-up against its neighbours (BatchTopK, 12,288 features),
+                                        # and the rows it changed the most, without it
 
 Every run prints one JSON line (and appends it to --log). The table uses the default recipe of
 SAEConfig for everything but the size, the sparsity setting and the training length; topk,
@@ -72,12 +73,13 @@ STUDY_BASE = {"top_k_warmup_frac": 0.0, "batch_size": 256, "lr": 3e-3, "lr_warmu
 # not at the default's L0, it is run again with a coefficient that matches it, and the default is
 # repeated with other seeds to show the noise. The rows with top_k_warmup_frac 0 are the recipe
 # before the top_k warm-up, and what was tried on it to close the gap to JumpReLU at 12,288.
-NO_WARMUP = {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "top_k_warmup_frac": 0.0}
+BATCHTOPK_12288 = {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32}
+NO_WARMUP = {**BATCHTOPK_12288, "top_k_warmup_frac": 0.0}
 MATCHED = {
     "jumprelu 12288, l1_coeff 0.0022": {"sae_type": "jumprelu", "dict_size": 12_288, "l1_coeff": 0.0022},
-    "batchtopk 12288, seed 1": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "seed": 1},
-    "batchtopk 12288, seed 2": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32, "seed": 2},
-    "batchtopk 3072, seed 1": {"sae_type": "batchtopk", "dict_size": 3072, "top_k": 32, "seed": 1},
+    "batchtopk 12288, seed 1": {**BATCHTOPK_12288, "seed": 1},
+    "batchtopk 12288, seed 2": {**BATCHTOPK_12288, "seed": 2},
+    "batchtopk 3072, seed 1": {**BATCHTOPK_12288, "dict_size": 3072, "seed": 1},
     "batchtopk 12288, no top_k warm-up": NO_WARMUP,
     "batchtopk 12288, no top_k warm-up, seed 1": {**NO_WARMUP, "seed": 1},
     # a stronger AuxK loss for the 40% of features that die at 12,288
@@ -89,12 +91,17 @@ MATCHED = {
 }
 
 # The top_k warm-up (k falls from top_k_warmup_factor x top_k to top_k over the first
-# top_k_warmup_frac of training; default 8 and 5%) against its neighbours, BatchTopK, 12,288 features.
+# top_k_warmup_frac of training; default 8 and 5%) against its neighbours, BatchTopK, 12,288 features;
+# and, without it, the TopK and Matryoshka rows of the table that it changed the most.
 WARMUP = {
-    "factor 4, 5%": {"top_k_warmup_factor": 4.0},
-    "factor 16, 5%": {"top_k_warmup_factor": 16.0},
-    "factor 8, 2%": {"top_k_warmup_frac": 0.02},
-    "factor 8, 20%": {"top_k_warmup_frac": 0.2},
+    "batchtopk 12288, top_k warm-up factor 4, 5%": {**BATCHTOPK_12288, "top_k_warmup_factor": 4.0},
+    "batchtopk 12288, top_k warm-up factor 16, 5%": {**BATCHTOPK_12288, "top_k_warmup_factor": 16.0},
+    "batchtopk 12288, top_k warm-up factor 8, 2%": {**BATCHTOPK_12288, "top_k_warmup_frac": 0.02},
+    "batchtopk 12288, top_k warm-up factor 8, 20%": {**BATCHTOPK_12288, "top_k_warmup_frac": 0.2},
+    "topk 3072, no top_k warm-up": {**NO_WARMUP, "sae_type": "topk", "dict_size": 3072},
+    "matryoshka 1536, no top_k warm-up": {**NO_WARMUP, "sae_type": "matryoshka", "dict_size": 1536},
+    "matryoshka 3072, no top_k warm-up": {**NO_WARMUP, "sae_type": "matryoshka", "dict_size": 3072},
+    "matryoshka 12288, no top_k warm-up": {**NO_WARMUP, "sae_type": "matryoshka"},
 }
 
 # Sparsity settings aimed at L0 16, 32 and 64 (coefficients from trial runs at 3,072 features).
@@ -136,10 +143,18 @@ def print_study(rows: list[dict]) -> None:
         print(f"| {row['label']} | {row['fvu']:.4f} | {row['l0']:.1f} | {row['dead_frac']:.3f} | {row['seconds']:.0f} |")
 
 
+TARGET_L0S = (16, 32, 64)
+
+
+def near(row: dict, target: int) -> bool:
+    """Whether ``row`` reached within 10% of ``target`` L0: FVU falls fast with L0, so a row that
+    overshot its target is not comparable with the others of its column."""
+    return abs(row["l0"] / target - 1) <= 0.1
+
+
 def print_table(rows: list[dict], sizes: list[int]) -> None:
     """FVU (L0 reached) per sae_type and sparsity setting, and the held-out dead fraction at the
-    middle setting. In bold, the lowest FVU of each column among the rows whose L0 lies within 10%
-    of the column's target: FVU falls fast with L0, so a row that overshot its target is not comparable."""
+    middle setting. In bold, the lowest FVU of each column among the rows ``near`` its target."""
     for size in sizes:
         by_type: dict[str, list[dict]] = {}
         for row in rows:
@@ -152,14 +167,13 @@ def print_table(rows: list[dict], sizes: list[int]) -> None:
         print(f"\ndict_size {size}: held-out FVU (L0 reached) at the settings aimed at L0 16 / 32 / 64\n")
         print("| sae_type | setting | L0 ~ 16 | L0 ~ 32 | L0 ~ 64 | dead at L0 ~ 32 |\n|---|---|---|---|---|---|")
         columns = list(zip(*by_type.values(), strict=True))
-        best = [min((row["fvu"] for row in column if abs(row["l0"] / target - 1) <= 0.1), default=None)
-                for column, target in zip(columns, (16, 32, 64), strict=True)]
+        best = [min((row["fvu"] for row in column if near(row, target)), default=None)
+                for column, target in zip(columns, TARGET_L0S, strict=True)]
         for sae_type, cells in by_type.items():
             setting = "top_k 16 / 32 / 64" if "top_k" in cells[0] else "l1_coeff " + " / ".join(
                 f"{row['l1_coeff']:g}" for row in cells)
-            shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low and abs(row["l0"] / target - 1) <= 0.1
-                      else f"{row['fvu']:.4f}") + f" ({row['l0']:.1f})"
-                     for row, low, target in zip(cells, best, (16, 32, 64), strict=True)]
+            shown = [(f"**{row['fvu']:.4f}**" if row["fvu"] == low and near(row, target) else f"{row['fvu']:.4f}")
+                     + f" ({row['l0']:.1f})" for row, low, target in zip(cells, best, TARGET_L0S, strict=True)]
             print(f"| {sae_type} | {setting} | " + " | ".join(shown) + f" | {cells[1]['dead_frac']:.3f} |")
 
 
@@ -179,10 +193,7 @@ def main() -> None:
     train, held_out = wordnet(args.data)
     if args.part in ("matched", "warmup"):
         done = {row["label"] for row in read_log(args.log)}
-        runs = MATCHED if args.part == "matched" else {
-            f"batchtopk 12288, top_k warm-up {label}": {"sae_type": "batchtopk", "dict_size": 12_288, "top_k": 32,
-                                                         **changes} for label, changes in WARMUP.items()}
-        for label, changes in runs.items():
+        for label, changes in (MATCHED if args.part == "matched" else WARMUP).items():
             if label not in done:
                 run(train, held_out, changes, label, args.log)
         print_study(read_log(args.log))
