@@ -45,6 +45,23 @@ def read_wandb_history(run_dir: Path) -> list[dict[str, Any]]:
             for record in read_wandb_records(run_dir) if record.WhichOneof("record_type") == "history"]
 
 
+def read_wandb_summary(run_dir: Path) -> dict[str, Any]:
+    """The summary of the offline wandb run under ``run_dir`` (its updates, applied in order)."""
+    summary = {}
+    for record in read_wandb_records(run_dir):
+        if record.WhichOneof("record_type") == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+    return summary
+
+
+def wandb_warnings(run_dir: Path) -> str:
+    """The warning and error lines of wandb's own log of the run under ``run_dir``, for failure messages."""
+    lines = [line for log in run_dir.glob("wandb/offline-run-*/logs/debug-internal.log")
+             for line in log.read_text(errors="replace").splitlines() if '"level":"WARN' in line or '"level":"ERROR' in line]
+    return "\n".join(lines[-20:])
+
+
 def read_wandb_exit_code(run_dir: Path) -> int:
     """The exit code the offline wandb run under ``run_dir`` was finished with."""
     exits = [record.exit for record in read_wandb_records(run_dir) if record.WhichOneof("record_type") == "exit"]
