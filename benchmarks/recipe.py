@@ -31,7 +31,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from sentence_sae import EmbeddingStore, SAEConfig, create_sae  # noqa: E402
-from sentence_sae.training import Trainer  # noqa: E402
+from sentence_sae.trainer import Trainer  # noqa: E402
 
 from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 

@@ -23,6 +23,8 @@ import torch  # noqa: E402
 from sentence_sae import SAEConfig, create_sae  # noqa: E402
 from sentence_sae.data import python_docs_paragraphs  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
+from sentence_sae.sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad  # noqa: E402
+from sentence_sae.trainer import DeadFeatures  # noqa: E402
 
 
 def real_batch(batch: int) -> torch.Tensor:
@@ -35,16 +37,22 @@ def real_batch(batch: int) -> torch.Tensor:
 
 
 def timed_steps(sae, x: torch.Tensor, steps: int) -> list[float]:
+    """The trainer's step without its schedules and logging: dead-feature bookkeeping, running
+    statistics, backward, decoder constraint, Adam."""
     optimizer = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    dead = DeadFeatures(sae.d_sae, sae.cfg.dead_feature_window, sae.device)
     sae.train()
     times = []
     for _ in range(steps + 2):
         started = time.perf_counter()
-        sae(x)["loss"].backward()
-        sae.remove_parallel_decoder_grad()
+        output = sae(x, dead_mask=dead.mask)
+        dead.record(output.fired, len(x))
+        sae.update_running_stats(output.active_values)
+        output.loss.backward()
+        remove_parallel_decoder_grad(sae)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sae.normalize_decoder()
+        normalize_decoder(sae)
         times.append(time.perf_counter() - started)
     return times[2:]  # the first steps allocate Adam state
 
@@ -75,7 +83,7 @@ def main() -> None:
             cfg = SAEConfig(sae_type=sae_type, dict_size=args.dict, top_k=args.k, act_size=384, device="cpu",
                             sparse_kernel=sparse, dead_feature_window=10 * args.batch)
             sae = create_sae(cfg)
-            sae.initialize_b_dec(x)
+            initialize_b_dec(sae, x)
             medians[sparse] = statistics.median(timed_steps(sae, x, args.steps))
         bound = statistics.median(encoder_bound(sae, x, args.steps))
         print(f"{sae_type}: dense {medians[False] * 1e3:.0f} ms/step, sparse {medians[True] * 1e3:.0f} ms/step, "

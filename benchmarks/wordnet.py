@@ -40,7 +40,7 @@ from sentence_sae.analysis.keywords import STOP_WORDS, candidates  # noqa: E402
 from sentence_sae.cache import default_cache_root, open_cache  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
 from sentence_sae.evaluation import evaluate_run  # noqa: E402
-from sentence_sae.training import Trainer  # noqa: E402
+from sentence_sae.trainer import Trainer  # noqa: E402
 
 from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 

@@ -22,8 +22,9 @@ from sentence_sae.analysis.families import build_families
 from sentence_sae.analysis.keywords import candidates
 from sentence_sae.cache import open_cache
 from sentence_sae.errors import CheckpointError, DataError, ModelError
-from sentence_sae.evaluation import evaluate_run, similarity_spearman, spearman
-from sentence_sae.training import Trainer
+from sentence_sae.evaluation import evaluate_run
+from sentence_sae.metrics import similarity_spearman, spearman
+from sentence_sae.trainer import Trainer
 
 
 def docs_with_topics() -> list[dict]:
@@ -86,7 +87,7 @@ def test_retrieval_metrics_are_perfect_for_a_perfect_reconstruction(docs_embeddi
     x = docs_embeddings[:300]
     assert similarity_spearman(x, x) == pytest.approx(1.0)
     assert spearman(torch.arange(10.0), -torch.arange(10.0)) == pytest.approx(-1.0)
-    from sentence_sae.evaluation import neighbour_recall
+    from sentence_sae.metrics import neighbour_recall
 
     assert neighbour_recall(x, x, k=10) == 1.0
     assert neighbour_recall(x, x[torch.randperm(300, generator=torch.Generator().manual_seed(0))], k=10) < 0.2
@@ -143,19 +144,20 @@ def test_keyword_candidates_skip_stop_words():
 
 
 def test_encode_texts_uses_the_sae_model(labelled_run, model):
-    from sentence_sae import load_sae
+    from sentence_sae import load_sae, text_codes
     from sentence_sae.embeddings import encode_texts
 
     run_dir, _, _ = labelled_run
     sae = load_sae(run_dir)
     texts = ["The assert statement", "A for loop iterates over a sequence"]
-    torch.testing.assert_close(sae.encode_texts(texts, model), sae.encode(encode_texts(model, texts)))
+    torch.testing.assert_close(text_codes(sae, texts, model), sae.encode(encode_texts(model, texts)))
+    torch.testing.assert_close(text_codes(sae, texts), text_codes(sae, texts, model))  # the run's own model
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
     return subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=900)
 
 
 def test_features_and_plot_commands(labelled_run):

@@ -13,7 +13,7 @@ from helpers import write_jsonl
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     return subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+                          env=env, cwd=cwd, timeout=900)
 
 
 def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):

@@ -28,7 +28,7 @@ def torchrun(n: int, *args: str) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_addr",
                 "127.0.0.1", "--master_port", str(free_port())]
     return subprocess.run([*launcher, "-m", "sentence_sae", *args], capture_output=True, text=True, env=ENV,
-                          timeout=600)
+                          timeout=900)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_two_processes_reach_the_fvu_of_one(cached_corpus):
     args = ["train", "--dataset_path", "python-docs", "--cache_dir", str(cached_corpus / "cache"),
             "--output_dir", str(out), *COMMON]
     single = subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True,
-                            env=ENV, timeout=600)
+                            env=ENV, timeout=900)
     assert single.returncode == 0, single.stderr
     double = torchrun(2, *args)
     assert double.returncode == 0, double.stderr

@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_cfg, read_wandb_exit_code, write_jsonl
-from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, train_sae
+from helpers import make_cfg, write_jsonl
+from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, text_codes, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import open_cache
 from sentence_sae.checkpoint import save_checkpoint_folder
 from sentence_sae.errors import CheckpointError, DataError, ModelError, TrainingStopped
-from sentence_sae.training import Trainer, load_trainer_state
+from sentence_sae.trainer import Trainer
+from sentence_sae.training import load_trainer_state
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
 
@@ -102,8 +103,8 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, model):
     child = multiprocessing.get_context("fork").Process(target=_save_under_a_file_size_limit,
                                                          args=(str(folder), 384, queue))
     child.start()
-    child.join(60)
-    outcome = queue.get(timeout=5)
+    child.join(600)
+    outcome = queue.get(timeout=900)
     assert outcome.startswith("failed") and "File too large" in outcome, outcome
     loaded = load_sae(folder)
     torch.testing.assert_close(loaded.W_dec, original.W_dec)
@@ -115,7 +116,7 @@ def test_output_dir_that_cannot_be_created_is_one_clear_line(tmp_path, jsonl_fil
     blocker.write_text("a file where the output folder should go")
     proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--dataset_path", str(jsonl_file),
                            "--output_dir", str(blocker / "runs"), "--num_eval_examples", "5"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 2 and "cannot create the run folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -129,9 +130,9 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
                    batch_size=16, model_batch_size=16, num_batches_in_buffer=2, num_eval_examples=10,
                    num_examples=5000, checkpoint_freq=10, cache_shard_size=64,  # 64 texts per model call
                    wandb_mode="offline", perf_log_freq=5)
-    store = ActivationsStoreSBERT(model, cfg)
+    trainer = Trainer(create_sae(cfg), ActivationsStoreSBERT(model, cfg), cfg)
     with pytest.raises(DataError) as failure:
-        train_sae(create_sae(cfg), store, model, cfg)
+        trainer.train()
     message = str(failure.value)
     assert "gave up after 3 retries; 1000 texts had been read" in message
     assert "checkpoint" in message and "is intact" in message
@@ -140,7 +141,9 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
     assert load_sae(checkpoint).d_sae == 64
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged and logged[-1]["step"] >= int(checkpoint.name.split("_")[1])
-    assert read_wandb_exit_code(run_dir) == 1  # the wandb run is closed and marked failed
+    # the wandb run was finished, marked failed (exit code 1), and its folder is where 'wandb sync' looks
+    assert trainer.logger.exit_code == 1 and trainer.logger.wandb_run is None
+    assert list(run_dir.glob(f"wandb/offline-run-*-{trainer.logger.wandb_id}"))
 
 
 def test_sae_and_model_of_different_widths(tmp_path, model, jsonl_file):
@@ -149,4 +152,4 @@ def test_sae_and_model_of_different_widths(tmp_path, model, jsonl_file):
     with pytest.raises(ModelError, match="reads 768-dimensional embeddings, but the model gives 384"):
         train_sae(wide, ActivationsStoreSBERT(model, cfg), model, cfg)
     with pytest.raises(ModelError, match="768-dimensional"):
-        wide.encode_texts(["a text"], model)
+        text_codes(wide, ["a text"], model)

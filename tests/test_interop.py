@@ -14,7 +14,7 @@ from helpers import make_cfg
 from sentence_sae import create_sae, load_sae, save_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.hub import model_card
-from sentence_sae.training import Trainer
+from sentence_sae.trainer import Trainer
 
 sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (pip install -e '.[test]')")
 
@@ -72,7 +72,7 @@ def test_push_without_network_fails_with_one_line(tmp_path, model):
     save_sae(create_sae(cfg), tmp_path / "run")
     env = {**os.environ, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     proc = subprocess.run([sys.executable, "-m", "sentence_sae", "push", str(tmp_path / "run"), "someone/sae"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "could not upload" in lines[0] and "huggingface-cli login" in lines[0]

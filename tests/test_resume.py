@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 from helpers import write_jsonl
 
 ENV = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+SIGNAL_AT = Path(__file__).with_name("signal_at.py")
 
 
 @pytest.fixture(scope="module")
@@ -36,24 +36,18 @@ def train_args(data: Path, out: Path, cache: Path, use_cache: bool, sae_type: st
 
 
 def run_to_end(args: list[str]) -> Path:
-    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=600)
+    proc = subprocess.run(args, capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr
     return Path(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
 
 
-def start_and_stop(args: list[str], out: Path, sig: int, after_step: int) -> tuple[Path, subprocess.Popen]:
-    process = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert process.poll() is None, process.stderr.read()
-        found = list(out.glob(f"*/checkpoints/step_{after_step:07d}/trainer_state.pt"))
-        if found:
-            os.kill(process.pid, sig)
-            process.wait(timeout=120)
-            return found[0].parents[2], process
-        time.sleep(0.05)
-    process.kill()
-    raise AssertionError("no checkpoint appeared in time")
+def start_and_stop(args: list[str], out: Path, sig: int, after_step: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """Run ``args`` and send the process ``sig`` right after it writes the checkpoint of ``after_step``."""
+    command = [sys.executable, str(SIGNAL_AT), "checkpoint", str(after_step), signal.Signals(sig).name] + args[3:]
+    process = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=900)
+    found = list(out.glob(f"*/checkpoints/step_{after_step:07d}/trainer_state.pt"))
+    assert found, f"no checkpoint of step {after_step} was written:\n{process.stderr}"
+    return found[0].parents[2], process
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -70,7 +64,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_
     assert process.returncode == -signal.SIGKILL
     assert not (run_dir / "sae_weights.safetensors").exists(), "the run finished before it could be killed"
     resumed = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
-                             capture_output=True, text=True, env=ENV, timeout=600)
+                             capture_output=True, text=True, env=ENV, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming" in resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
@@ -88,14 +82,14 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_
 def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
     args = train_args(resume_data, tmp_path / "out", tmp_path / "cache", False)
     run_dir, process = start_and_stop(args, tmp_path / "out", sig, after_step=10)
-    stderr = process.stderr.read()
+    stderr = process.stderr
     assert process.returncode == 128 + sig, stderr
     name = signal.Signals(sig).name
     assert f"{name} received at step" in stderr and "--resume" in stderr and "Traceback" not in stderr
     step = int(stderr.split("received at step ")[1].split(";")[0])
     assert (run_dir / "checkpoints" / f"step_{step:07d}" / "trainer_state.pt").exists()
     resumed = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
-                             capture_output=True, text=True, env=ENV, timeout=600)
+                             capture_output=True, text=True, env=ENV, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["examples"] == 3 * 380
 
@@ -103,8 +97,8 @@ def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
 def test_resume_needs_a_checkpoint_and_refuses_other_options(tmp_path):
     (tmp_path / "run").mkdir()
     proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+                          capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 2 and "holds no checkpoint to resume from" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(tmp_path / "run"),
-                           "--lr", "0.1"], capture_output=True, text=True, env=ENV, timeout=120)
+                           "--lr", "0.1"], capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 2 and "drop --lr" in proc.stderr

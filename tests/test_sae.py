@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from sentence_sae import SAEConfig, create_sae
+from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
+from sentence_sae.trainer import Trainer
 
 D_IN, D_SAE, K = 24, 64, 4
 
@@ -30,7 +33,7 @@ def randomized(sae_type: str, seed: int = 0, **overrides):
             sae.log_threshold.copy_(torch.full((D_SAE,), np.log(0.2)))
         if sae_type in ("batchtopk", "matryoshka"):
             sae.threshold.fill_(0.3)
-        sae.normalize_decoder()
+        normalize_decoder(sae)
     return sae
 
 
@@ -151,12 +154,12 @@ def test_decoder_gradient_loses_its_parallel_part_and_rows_stay_unit_norm():
     x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(5))
     for _ in range(5):
         sae(x)["loss"].backward()
-        sae.remove_parallel_decoder_grad()
+        remove_parallel_decoder_grad(sae)
         parallel = (sae.W_dec.grad * sae.W_dec).sum(-1) / sae.W_dec.grad.norm(dim=-1).clamp_min(1e-12)
         np.testing.assert_allclose(parallel.detach().numpy(), 0.0, atol=1e-5)
         optimizer.step()
         optimizer.zero_grad()
-        sae.normalize_decoder()
+        normalize_decoder(sae)
         np.testing.assert_allclose(sae.W_dec.norm(dim=-1).detach().numpy(), 1.0, rtol=1e-5)
 
 
@@ -165,27 +168,31 @@ def test_initialization_ties_encoder_to_decoder_and_sets_b_dec_from_data():
     torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones(D_SAE))
     data = torch.randn(200, D_IN, generator=torch.Generator().manual_seed(6)) + 3
-    sae.initialize_b_dec(data, "mean")
+    initialize_b_dec(sae, data, "mean")
     torch.testing.assert_close(sae.b_dec.data, data.mean(0))
-    sae.initialize_b_dec(data, "geometric_median")
+    initialize_b_dec(sae, data, "geometric_median")
     median = sae.b_dec.detach().double()
     distances = lambda point: (data.double() - point).norm(dim=-1).sum()
     assert distances(median) <= distances(data.double().mean(0)) + 1e-9
 
 
-def test_dead_features_are_counted_in_examples_and_only_in_training():
-    sae = randomized("topk", dead_feature_window=100)
+def test_the_trainer_counts_dead_features_in_examples_and_evaluation_changes_nothing(tmp_path):
+    cfg = tiny_cfg("topk", dead_feature_window=100, lr=1e-12, wandb_mode="disabled", output_dir=str(tmp_path))
+    sae = randomized("topk")
     x = torch.randn(40, D_IN, generator=torch.Generator().manual_seed(7))
+    trainer = Trainer(sae, EmbeddingStore(torch.randn(300, D_IN), cfg), cfg, run_dir=tmp_path)
+    state = {name: tensor.clone() for name, tensor in sae.state_dict().items()}
     sae.eval()
     sae(x)
-    assert sae.examples_since_fired.sum() == 0  # evaluation changes nothing
-    sae.train()
-    sae(x)
+    for name, tensor in sae.state_dict().items():
+        torch.testing.assert_close(tensor, state[name], rtol=0, atol=0)  # evaluation changes nothing
     fired = (sae.encode(x) > 0).any(0)
-    assert (sae.examples_since_fired[~fired] == 40).all() and (sae.examples_since_fired[fired] == 0).all()
+    trainer.training_step(x)  # lr 1e-12: the same features fire at every step
+    since = trainer.dead_features.examples_since_fired
+    assert (since[~fired] == 40).all() and (since[fired] == 0).all()
     for _ in range(2):
-        sae(x)
-    assert sae.num_dead_features() == int((~fired).sum())  # 120 examples >= window of 100
+        trainer.training_step(x)
+    assert trainer.dead_features.count() == int((~fired).sum())  # 120 examples >= window of 100
 
 
 def test_auxk_loss_appears_once_features_are_dead():
@@ -193,23 +200,24 @@ def test_auxk_loss_appears_once_features_are_dead():
     sae.train()
     x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(8))
     assert sae(x)["aux_loss"].item() == 0.0
-    sae.examples_since_fired.fill_(1000)
-    out = sae(x)
+    assert sae(x, dead_mask=torch.zeros(D_SAE, dtype=torch.bool))["aux_loss"].item() == 0.0
+    out = sae(x, dead_mask=torch.ones(D_SAE, dtype=torch.bool))
     assert out["aux_loss"].item() > 0
     out["loss"].backward()
     assert sae.W_enc.grad.abs().sum(0).gt(0).sum() > K  # dead features get gradient through AuxK
 
 
-def test_eval_mode_leaves_batchtopk_threshold_alone():
+def test_batchtopk_threshold_moves_only_with_training_statistics():
     sae = randomized("batchtopk")
     x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(9))
-    sae.eval()
     before = sae.threshold.clone()
+    sae.eval()
     sae(x)
-    torch.testing.assert_close(sae.threshold, before)
     sae.train()
-    sae(x)
-    assert not torch.equal(sae.threshold, before)
+    out = sae(x)
+    torch.testing.assert_close(sae.threshold, before)  # forward passes never change it
+    sae.update_running_stats(out.active_values)
+    torch.testing.assert_close(sae.threshold, out.active_values.min().expand_as(before))  # the first update
 
 
 @pytest.mark.parametrize("sae_type", ["topk", "batchtopk", "matryoshka"])
@@ -222,10 +230,11 @@ def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm):
     for sparse in (False, True):
         sae = randomized(sae_type, dtype="float64", input_unit_norm=input_unit_norm, sparse_kernel=sparse,
                          dead_feature_window=10)
-        sae.examples_since_fired[: D_SAE // 2] = 100  # half the features dead: AuxK active
+        dead = torch.arange(D_SAE) < D_SAE // 2  # half the features dead: AuxK active
         sae.train()
-        out = sae(x)
+        out = sae(x, dead_mask=dead)
         out["loss"].backward()
+        sae.update_running_stats(out.active_values)
         results[sparse] = (out, {name: p.grad.clone() for name, p in sae.named_parameters()}, sae)
     (dense_out, dense_grads, dense_sae), (sparse_out, sparse_grads, sparse_sae) = results[False], results[True]
     assert dense_out["aux_loss"].item() > 0
@@ -235,7 +244,7 @@ def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm):
     for name, grad in dense_grads.items():
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-5, atol=1e-10, msg=name)
-    torch.testing.assert_close(sparse_sae.examples_since_fired, dense_sae.examples_since_fired)
+    torch.testing.assert_close(sparse_out.fired, dense_out.fired)
     if sae_type != "topk":
         torch.testing.assert_close(sparse_sae.threshold, dense_sae.threshold)
 

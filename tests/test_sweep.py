@@ -55,7 +55,7 @@ def test_sweep_command_prints_one_summary_line_per_sae(tmp_path, jsonl_file):
         [sys.executable, "-m", "sentence_sae", "sweep", "--grid", "top_k=4,8", "--dataset_path", str(jsonl_file),
          "--dict_size", "64", "--num_eval_examples", "10", "--num_examples", "100", "--batch_size", "16",
          "--output_dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, env=env, timeout=300)
+        capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert len(lines) == 2 and all(line["examples"] == 100 for line in lines)

@@ -1,25 +1,29 @@
 """sentence-sae: sparse autoencoders on Sentence-BERT embeddings.
 
-The pipeline, one module per stage: ``config`` -> ``data`` (text streams) -> ``embeddings``
-(models, encoding) -> ``activation_store`` (shuffled minibatches) -> ``sae`` (architectures) ->
-``training`` -> ``evaluation`` -> analysis. The names of the earlier research script
+The pipeline, one module per stage, each importing only from the stages before it (the README's
+module table gives the whole order; tests/test_architecture.py enforces it): ``config`` ->
+``data`` / ``embeddings`` -> ``cache`` / ``corpus`` / ``activation_store`` -> ``sae`` ->
+``finalize`` -> ``checkpoint`` -> ``trainer`` / ``training`` -> ``evaluation`` -> ``analysis`` -> ``cli``. The names of the earlier research script
 (``get_default_cfg``, ``post_init_cfg``, ``VanillaSAE``, ``TopKSAE``, ``BatchTopKSAE``,
 ``JumpReLUSAE``, ``ActivationsStoreSBERT``, ``train_sae``) work as before.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .version import __version__
 from .activation_store import ActivationsStoreSBERT, EmbeddingStore, EndOfData
 from .cache import load_embeddings
 from .checkpoint import load_sae, save_sae
-from .config import SAEConfig, get_default_cfg, post_init_cfg
+from .config import SAEConfig, get_default_cfg
 from .embeddings import load_sentence_model
-from .errors import CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError
-from .sae import SAE_REGISTRY, BaseSAE, BatchTopKSAE, JumpReLUSAE, TopKSAE, VanillaSAE, create_sae, register_sae
+from .errors import CacheError, CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError
+from .finalize import post_init_cfg
+from .runs import text_codes
+from .sae import *  # noqa: F403
+from .sae import __all__ as SAE_NAMES
 from .sweep import sweep
-from .training import TrainResult, embed, train, train_sae
+from .trainer import Trainer, TrainResult
+from .training import embed, resume, train, train_sae
 
 __all__ = [
     "__version__",
@@ -31,24 +35,21 @@ __all__ = [
     "EndOfData",
     "load_embeddings",
     "embed",
-    "BaseSAE",
-    "VanillaSAE",
-    "TopKSAE",
-    "BatchTopKSAE",
-    "JumpReLUSAE",
-    "SAE_REGISTRY",
-    "create_sae",
-    "register_sae",
+    *SAE_NAMES,  # the SAE classes, SAEOutput, eval_mode, the registry
     "train_sae",
     "train",
+    "resume",
+    "Trainer",
     "sweep",
     "TrainResult",
     "load_sae",
     "save_sae",
     "load_sentence_model",
+    "text_codes",
     "SentenceSAEError",
     "ConfigError",
     "DataError",
     "ModelError",
     "CheckpointError",
+    "CacheError",
 ]

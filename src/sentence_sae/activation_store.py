@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import queue
-import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +24,32 @@ from .corpus import Corpus, first_non_finite
 from .data import TextCounter
 from .embeddings import embedding_dim
 from .errors import DataError
+from .prefetch import Prefetcher
 from .tracking import progress_bar
+
+
+class DataShare(NamedTuple):
+    """This process's place in a data-parallel run: it serves the chunks at positions = rank mod N."""
+
+    rank: int
+    world_size: int
+
+
+class BatchSource(Protocol):
+    """What the trainer needs from a store of training embeddings."""
+
+    cfg: SAEConfig
+    examples_served: int
+    end_reason: str | None
+    counter: TextCounter
+
+    def planned_examples(self) -> int | None: ...
+    def initial_sample(self) -> torch.Tensor: ...
+    def next_batch(self) -> torch.Tensor: ...
+    def held_out_embeddings(self) -> torch.Tensor: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def close(self) -> None: ...
 
 
 class EndOfData(Exception):
@@ -41,7 +64,7 @@ class ActivationStoreBase:
     """The shuffle buffer. Subclasses provide ``_pass_chunks`` (the embeddings of one pass), the
     held-out embeddings and, when known, the planned number of training examples."""
 
-    def __init__(self, cfg: SAEConfig, d_in: int):
+    def __init__(self, cfg: SAEConfig, d_in: int, share: DataShare | None = None):
         self.cfg = cfg
         self.d_in = d_in
         self.device = torch.device(cfg.device or "cpu")
@@ -57,8 +80,8 @@ class ActivationStoreBase:
         self._consumed: tuple[int, int, int] = (0, 0, 0)
         self._pass_start_states: dict[int, torch.Tensor] = {}
         self._resume_from: tuple[tuple[int, int, int], torch.Tensor] | None = None
-        self.share: tuple[int, int] | None = None  # (rank, world size) of a data-parallel run
-        self.world_size = 1  # processes sharing the run (messages speak of the whole run)
+        self.share = share
+        self.world_size = 1 if share is None else share.world_size  # messages speak of the whole run
 
     # subclasses -----------------------------------------------------------------
     def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -68,6 +91,7 @@ class ActivationStoreBase:
         raise NotImplementedError
 
     def _keep(self) -> Callable[[int], bool] | None:
+        """Which chunk positions this process serves (None: all of them)."""
         if self.share is None:
             return None
         rank, world_size = self.share
@@ -186,11 +210,11 @@ class ActivationsStoreSBERT(ActivationStoreBase):
     read as text again. Encoding runs in a background thread while the SAE trains.
     """
 
-    def __init__(self, model: Any, cfg: SAEConfig, split: tuple[int, int] | None = None):
-        super().__init__(cfg, embedding_dim(model))
+    def __init__(self, model: Any, cfg: SAEConfig, share: DataShare | None = None, corpus: Corpus | None = None):
+        super().__init__(cfg, embedding_dim(model), share)
         self.model = model
         self.source = cfg.dataset_path
-        self.corpus = Corpus(model, cfg, self.device, split)
+        self.corpus = corpus or Corpus(model, cfg, self.device)
         self.cache = self.corpus.cache
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
@@ -258,8 +282,10 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         # does not depend on how much of the cache an earlier run left; later passes read the
         # (then complete) cache in a new random chunk order each time.
         generator = self._chunk_generator if pass_index > 0 else None
+        # A corpus that reads only this process's split of the dataset needs no further sharing.
+        keep = self._keep() if self.corpus.split is None else None
         yield from self.corpus.embedding_chunks(self.cfg.num_eval_examples, None, self.chunk_size, generator, skip,
-                                                self._keep())
+                                                keep)
         self.counter.skipped_empty = self.corpus.skipped_empty or self.counter.skipped_empty
 
     def close(self) -> None:
@@ -338,64 +364,6 @@ class EmbeddingStore(ActivationStoreBase):
 def _passes(cfg: SAEConfig, first: int = 0) -> Iterator[int]:
     """first, first + 1, ... for as many passes over the data as the config allows."""
     return itertools.takewhile(lambda index: index < max_passes(cfg), itertools.count(first))
-
-
-class Prefetcher:
-    """Runs an iterator in a background thread, ``depth`` items ahead of the consumer.
-
-    Exceptions of the producer are raised in the consumer; ``close`` stops the producer.
-    """
-
-    _DONE = object()
-
-    def __init__(self, iterator: Iterator[Any], depth: int = 2):
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._finished = False
-        self._thread = threading.Thread(target=self._produce, args=(iterator,), daemon=True,
-                                        name="sentence-sae-prefetch")
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _produce(self, iterator: Iterator[Any]) -> None:
-        try:
-            for item in iterator:
-                if not self._put(("item", item)):
-                    return
-            self._put(("done", None))
-        except BaseException as exc:  # handed to the consumer, which raises it
-            self._put(("error", exc))
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-
-    def __iter__(self) -> "Prefetcher":
-        return self
-
-    def __next__(self) -> Any:
-        if self._finished:
-            raise StopIteration
-        kind, value = self._queue.get()
-        if kind == "item":
-            return value
-        self._finished = True
-        self._thread.join()
-        if kind == "error":
-            raise value
-        raise StopIteration
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def _as_tensor(array: Any) -> torch.Tensor:

@@ -20,16 +20,18 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write, atomic_write_text
-from .errors import CheckpointError
+from .config import DEFAULT_SHARD_ROWS
+from .data import DatasetSource
+from .embeddings import backend_precision, embedding_dim
+from .errors import CacheError
+from .files import atomic_write, atomic_write_text
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-DEFAULT_SHARD_ROWS = 16_384
 
 
 def default_cache_root() -> Path:
@@ -67,25 +69,6 @@ def model_fingerprint(model: Any) -> str:
     return _weights_fingerprint(model)
 
 
-def dataset_fingerprint(dataset_path: str, revision: str | None = None) -> str:
-    """A hash of local data files' contents, the built-in corpus, or the hub revision."""
-    from .data import BUILTIN_CORPORA, LOCAL_BUILDERS, python_docs_paragraphs
-
-    if dataset_path in BUILTIN_CORPORA:
-        return hashlib.sha256("\n".join(python_docs_paragraphs()).encode()).hexdigest()
-    path = Path(dataset_path).expanduser()
-    if path.exists():
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        hasher = hashlib.sha256()
-        for file in files:
-            if path.is_dir() and not any(s in LOCAL_BUILDERS for s in (x.lower() for x in file.suffixes)):
-                continue
-            hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-            _sha256_file(file, hasher)
-        return hasher.hexdigest()
-    return f"hub:{dataset_path}@{revision or 'main'}"
-
-
 @dataclass(frozen=True)
 class CacheKey:
     """Everything that changes the embeddings of a dataset's texts."""
@@ -115,22 +98,17 @@ class CacheKey:
         return f"{slug(self.dataset_path)}-{slug(self.model_name)}-{self.backend}-{self.digest()[:16]}"
 
 
-def cache_key_for(cfg: Any, model: Any) -> CacheKey:
-    from .embeddings import backend_precision
-
-    dataset_path = cfg.dataset_path
-    local = Path(dataset_path).expanduser()
-    if local.exists():
-        dataset_path = str(local.resolve())
+def cache_key_for(cfg: Any, model: Any, source: DatasetSource | None = None) -> CacheKey:
+    source = source or DatasetSource.from_config(cfg)
     return CacheKey(
         model_name=cfg.model_name,
         model_weights=model_fingerprint(model),
         max_seq_length=getattr(model, "max_seq_length", None),
-        dataset_path=dataset_path,
+        dataset_path=source.path,
         dataset_name=cfg.dataset_name,
         split=cfg.split,
         dataset_revision=cfg.dataset_revision,
-        dataset_content=dataset_fingerprint(cfg.dataset_path, cfg.dataset_revision),
+        dataset_content=source.fingerprint,
         text_column=cfg.text_column,
         backend=cfg.encode_backend,
         precision=backend_precision(cfg.encode_backend, cfg.device),
@@ -172,10 +150,10 @@ class ShardedEmbeddings:
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
-                raise CheckpointError(f"cache shard {path} is corrupt or truncated ({exc}); delete the "
+                raise CacheError(f"cache shard {path} is corrupt or truncated ({exc}); delete the "
                                       f"cache folder {self.folder} to rebuild it") from None
             if array.shape != (self._rows[index], self.dim) or array.dtype != np.float32:
-                raise CheckpointError(f"cache shard {path} has shape {array.shape}, expected "
+                raise CacheError(f"cache shard {path} has shape {array.shape}, expected "
                                       f"{(int(self._rows[index]), self.dim)}; delete {self.folder} to rebuild it")
             self._maps[index] = array
         return self._maps[index]
@@ -249,20 +227,20 @@ class EmbeddingCache:
             manifest = json.loads(path.read_text())
             shards, dim = manifest["shards"], int(manifest["dim"])
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"cache manifest {path} is corrupt ({exc}); delete the folder "
+            raise CacheError(f"cache manifest {path} is corrupt ({exc}); delete the folder "
                                   f"{self.folder} to rebuild it") from None
         if self.key is not None and manifest.get("key") != self.key.__dict__:
-            raise CheckpointError(f"cache folder {self.folder} belongs to another dataset or model; delete it")
+            raise CacheError(f"cache folder {self.folder} belongs to another dataset or model; delete it")
         if dim != self.dim and self.dim:
-            raise CheckpointError(f"cache {self.folder} holds {dim}-dimensional embeddings, expected {self.dim}")
+            raise CacheError(f"cache {self.folder} holds {dim}-dimensional embeddings, expected {self.dim}")
         self.dim = dim
         for shard in shards:
             file = self.folder / shard["file"]
             expected = 128 + shard["rows"] * dim * 4  # a .npy header is at most 128 bytes here
             if not file.exists():
-                raise CheckpointError(f"cache shard {file} is missing; delete {self.folder} to rebuild it")
+                raise CacheError(f"cache shard {file} is missing; delete {self.folder} to rebuild it")
             if file.stat().st_size < shard["rows"] * dim * 4 or file.stat().st_size > expected:
-                raise CheckpointError(f"cache shard {file} is truncated or corrupt; delete {self.folder} to rebuild it")
+                raise CacheError(f"cache shard {file} is truncated or corrupt; delete {self.folder} to rebuild it")
         self.shards = shards
         self.complete = bool(manifest.get("complete"))
         self.skipped_texts = int(manifest.get("skipped_texts", 0))
@@ -291,15 +269,6 @@ class EmbeddingCache:
 
     def embeddings(self) -> ShardedEmbeddings:
         return ShardedEmbeddings(self.folder, self.shards, self.dim)
-
-    def verify(self) -> None:
-        """Check every shard against the checksum in the manifest (reads the whole cache)."""
-        for shard in self.shards:
-            hasher = hashlib.sha256()
-            _sha256_file(self.folder / shard["file"], hasher)
-            if hasher.hexdigest() != shard["sha256"]:
-                raise CheckpointError(f"cache shard {self.folder / shard['file']} is corrupt (checksum "
-                                      f"mismatch); delete {self.folder} to rebuild it")
 
     # writing ----------------------------------------------------------------------
     def acquire_writer(self) -> bool:
@@ -367,11 +336,9 @@ class EmbeddingCache:
         self.writable = False
 
 
-def open_cache(cfg: Any, model: Any) -> EmbeddingCache:
+def open_cache(cfg: Any, model: Any, source: DatasetSource | None = None) -> EmbeddingCache:
     """The cache folder for this config and model (created on first write)."""
-    from .embeddings import embedding_dim
-
-    key = cache_key_for(cfg, model)
+    key = cache_key_for(cfg, model, source)
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
     return EmbeddingCache(root / key.folder_name(), key, embedding_dim(model), cfg.cache_shard_size)
 
@@ -380,10 +347,5 @@ def load_embeddings(cache_dir: str | Path) -> ShardedEmbeddings:
     """The cached embeddings of a cache folder as one (N, d) memory-mapped array, in dataset order."""
     folder = Path(cache_dir)
     if not (folder / MANIFEST).exists():
-        raise CheckpointError(f"{folder} is not an embedding cache (no {MANIFEST}); run 'sentence-sae embed' first")
+        raise CacheError(f"{folder} is not an embedding cache (no {MANIFEST}); run 'sentence-sae embed' first")
     return EmbeddingCache(folder, None, 0).embeddings()
-
-
-def iter_cached_chunks(embeddings: ShardedEmbeddings, start: int, stop: int, size: int) -> Iterator[np.ndarray]:
-    for position in range(start, stop, size):
-        yield embeddings[position : min(position + size, stop)]

@@ -3,8 +3,8 @@
 A saved SAE is a folder with ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae],
 ``W_dec`` [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in], and ``threshold`` [d_sae] for
 thresholded SAEs). ``cfg.json`` holds the fields SAELens reads plus the full sentence-sae config
-under ``sentence_sae``. Every file is written to a temporary name and renamed into place, so a
-crash or a full disk never leaves a half-written checkpoint where a good one was.
+under ``sentence_sae``. Every file is written atomically (see files.py), and a checkpoint folder is
+staged under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
@@ -17,49 +17,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import SAEConfig, from_mapping
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
+from .files import atomic_write, atomic_write_text
 from .sae import SAE_REGISTRY, BaseSAE, create_sae
+from .version import __version__
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 FORMAT_VERSION = 1
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        try:
-            write(tmp)
-        except OSError:
-            raise
-        except Exception as exc:  # safetensors reports a full disk as its own error type
-            raise OSError(f"could not write {path}: {exc}") from exc
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def saelens_cfg(sae: BaseSAE) -> dict[str, Any]:
     """cfg.json contents: SAELens fields, plus our own config under ``sentence_sae``."""
-    from . import __version__
-
     cfg = sae.cfg
     saved = {
         "architecture": sae.saelens_architecture,
@@ -190,7 +159,7 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     try:
         tensors = load_file(str(weights_path), device=cfg.device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights_path} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{weights_path} is corrupt or truncated ({first_line(exc)})") from None
     sae = create_sae(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
     for name, shape in expected.items():

@@ -5,20 +5,17 @@ turns them into ``--help`` and the README's key table is generated from them. It
 the dict of the earlier research script (``cfg["top_k"] = 64``), but a key that does not exist is an
 error naming the nearest valid key instead of a silent new entry.
 
-:func:`post_init_cfg` finalizes a config: it fills derived values (``act_size`` from the model, the
-run ``name``, the device) and validates every value, so training never starts on a config that
-would fail later.
+Finalizing a config (validating it against the model and the registered architectures, filling
+derived values) is :mod:`sentence_sae.finalize`'s job: this module imports nothing above it.
 """
 
 from __future__ import annotations
 
 import ast
-import dataclasses
 import difflib
 import inspect
 import json
 import math
-import re
 import textwrap
 import types
 import typing
@@ -27,17 +24,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 WANDB_MODES = ("online", "offline", "disabled")
+DEFAULT_SHARD_ROWS = 16_384
+"""Embeddings per cache shard file, unless cache_shard_size says otherwise."""
 DTYPES = ("float32", "float64", "bfloat16", "float16")
 B_DEC_INITS = ("mean", "geometric_median", "zeros")
 
 
 @dataclass
 class SAEConfig:
-    """Everything that defines a training run. Unset derived values are filled by post_init_cfg."""
+    """Everything that defines a training run. Unset derived values are filled by finalize.post_init_cfg."""
 
     # --- SAE architecture ---
     sae_type: str = "batchtopk"
@@ -108,7 +107,7 @@ class SAEConfig:
     """Store embeddings on disk and reuse them: a corpus is encoded once per model and backend."""
     cache_dir: str | None = None
     """Embedding cache root; unset means $SENTENCE_SAE_CACHE or ~/.cache/sentence-sae."""
-    cache_shard_size: int = 16_384
+    cache_shard_size: int = DEFAULT_SHARD_ROWS
     """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
 
     # --- optimization ---
@@ -308,8 +307,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:  # the parsers raise many types; all mean "not valid syntax"
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {first_line}") from None
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:] or 'YAML'}: {first_line(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -324,38 +322,6 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 def get_default_cfg() -> SAEConfig:
     """The defaults: a TopK SAE on MiniLM embeddings of the built-in python-docs corpus."""
     return SAEConfig()
-
-
-def resolve_device(requested: str | None) -> str:
-    import torch
-
-    if requested is None or requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", requested):
-        raise ConfigError(f"device '{requested}' is not valid; use cpu, cuda, cuda:N or mps")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device '{requested}' asked for, but no CUDA GPU is available; use --device cpu")
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
-    return requested
-
-
-def resolve_wandb_mode(requested: str | None) -> str:
-    if requested is not None:
-        return requested
-    import os
-
-    if os.environ.get("WANDB_MODE") in WANDB_MODES:
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        if netrc.is_file() and "api.wandb.ai" in netrc.read_text():
-            return "online"
-    except OSError:
-        pass
-    return "offline"
 
 
 def max_passes(cfg: SAEConfig) -> float:
@@ -383,104 +349,6 @@ def matryoshka_widths(cfg: SAEConfig) -> list[int]:
     return widths
 
 
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def validate(cfg: SAEConfig) -> None:
-    """Check the ranges of every value (types are checked on assignment), naming the key and the fix."""
-    from .sae import SAE_REGISTRY
-
-    _check(
-        cfg.sae_type in SAE_REGISTRY,
-        f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
-    )
-    for key in ("dict_size", "top_k", "top_k_aux", "batch_size", "model_batch_size",
-                "num_batches_in_buffer", "dead_feature_window", "cache_shard_size"):
-        _check(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
-    _check(cfg.num_examples is None or cfg.num_examples > 0,
-           f"num_examples must be positive (or unset for whole epochs), got {cfg.num_examples}")
-    _check(cfg.num_epochs is None or cfg.num_epochs > 0,
-           f"num_epochs must be positive (or unset to repeat until num_examples), got {cfg.num_epochs}")
-    for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "lr_warmup_steps",
-                "aux_penalty"):
-        _check(getattr(cfg, key) >= 0, f"{key} must not be negative, got {getattr(cfg, key)}")
-    _check(cfg.l1_coeff is None or cfg.l1_coeff >= 0, f"l1_coeff must not be negative, got {cfg.l1_coeff}")
-    _check(cfg.top_k <= cfg.dict_size,
-           f"top_k ({cfg.top_k}) must not exceed dict_size ({cfg.dict_size})")
-    _check(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
-    _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must lie in [0, 1)")
-    _check(cfg.max_grad_norm is None or cfg.max_grad_norm > 0,
-           f"max_grad_norm must be positive (or unset to disable clipping), got {cfg.max_grad_norm}")
-    _check(0 <= cfg.lr_decay_frac <= 1, f"lr_decay_frac must lie in [0, 1], got {cfg.lr_decay_frac}")
-    _check(0 <= cfg.l1_warmup_frac <= 1, f"l1_warmup_frac must lie in [0, 1], got {cfg.l1_warmup_frac}")
-    _check(0 <= cfg.top_k_warmup_frac <= 1, f"top_k_warmup_frac must lie in [0, 1], got {cfg.top_k_warmup_frac}")
-    _check(cfg.top_k_warmup_factor >= 1,
-           f"top_k_warmup_factor must be at least 1 (1 turns the warm-up off), got {cfg.top_k_warmup_factor}")
-    _check(cfg.bandwidth > 0, f"bandwidth must be positive, got {cfg.bandwidth}")
-    _check(cfg.jumprelu_init_threshold > 0,
-           f"jumprelu_init_threshold must be positive, got {cfg.jumprelu_init_threshold}")
-    _check(cfg.dtype in DTYPES, f"dtype '{cfg.dtype}' is not supported; use one of {', '.join(DTYPES)}")
-    _check(cfg.b_dec_init in B_DEC_INITS,
-           f"b_dec_init '{cfg.b_dec_init}' is not valid; use one of {', '.join(B_DEC_INITS)}")
-    _check(cfg.wandb_mode is None or cfg.wandb_mode in WANDB_MODES,
-           f"wandb_mode '{cfg.wandb_mode}' is not valid; use one of {', '.join(WANDB_MODES)}")
-    buffer = cfg.model_batch_size * cfg.num_batches_in_buffer
-    _check(buffer >= cfg.batch_size,
-           f"the shuffle buffer (model_batch_size x num_batches_in_buffer = {buffer}) is smaller than "
-           f"batch_size ({cfg.batch_size}); raise num_batches_in_buffer to at least "
-           f"{-(-cfg.batch_size // cfg.model_batch_size)}")
-    _check(bool(cfg.text_column), "text_column must not be empty")
-    if cfg.sae_type == "matryoshka":
-        matryoshka_widths(cfg)
-    from .embeddings import ENCODE_BACKENDS
-
-    _check(cfg.encode_backend in ENCODE_BACKENDS,
-           f"encode_backend '{cfg.encode_backend}' is not valid; use one of {', '.join(ENCODE_BACKENDS)}")
-    _check(bool(cfg.dataset_path), "dataset_path must not be empty")
-
-
-def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEConfig:
-    """Finalize a config: validate every value and fill the derived ones.
-
-    ``act_size`` comes from ``model`` (a SentenceTransformer); without one, the model named by
-    ``cfg.model_name`` is loaded (once per process). Calling it again on a finalized config is
-    harmless.
-    """
-    if not isinstance(cfg, SAEConfig):
-        cfg = from_mapping(cfg)
-    else:
-        cfg = dataclasses.replace(cfg)
-    validate(cfg)
-    cfg.device = resolve_device(cfg.device)
-    cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
-
-    from .embeddings import embedding_dim, load_sentence_model
-
-    if model is None:
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    model_dim = embedding_dim(model)
-    if cfg.act_size is not None and cfg.act_size != model_dim:
-        raise ConfigError(
-            f"act_size is {cfg.act_size}, but model '{cfg.model_name}' gives {model_dim}-dimensional "
-            f"embeddings; remove act_size or set it to {model_dim}"
-        )
-    cfg.act_size = model_dim
-    from .sae import SAE_REGISTRY
-
-    if cfg.l1_coeff is None:
-        cfg.l1_coeff = SAE_REGISTRY[cfg.sae_type].default_l1_coeff
-    if cfg.input_unit_norm is None:
-        cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
-    if cfg.top_k_aux > cfg.dict_size:
-        cfg.top_k_aux = cfg.dict_size
-    if cfg.name is None:
-        model_short = Path(cfg.model_name.rstrip("/")).name
-        cfg.name = f"{cfg.sae_type}_{model_short}_{cfg.dict_size}_k{cfg.top_k}"
-    return cfg
-
-
 def config_table_markdown() -> str:
     """The README's table of config keys, straight from the dataclass."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
@@ -500,7 +368,6 @@ def config_table_markdown() -> str:
 __all__ = [
     "SAEConfig",
     "get_default_cfg",
-    "post_init_cfg",
     "from_mapping",
     "load_config_file",
     "coerce_value",

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig
-from .data import BUILTIN_CORPORA, TextCounter, iter_dataset_rows, open_dataset
+from .data import DatasetSource, TextCounter, iter_dataset_rows
 from .embeddings import embedding_dim, encode_texts
 from .errors import DataError, DataReadError
 
@@ -37,22 +36,28 @@ def first_non_finite(embeddings: torch.Tensor) -> int | None:
 
 
 class Corpus:
-    """The rows of ``cfg``'s dataset as texts and embeddings from ``model``."""
+    """The rows of ``cfg``'s dataset as texts and embeddings from ``model``.
+
+    ``source`` and ``cache`` may be given when the caller made them already (the cache is then not
+    opened again); ``split`` (rank, world size) reads only this process's split of the dataset.
+    """
 
     def __init__(self, model: Any, cfg: SAEConfig, device: torch.device | str = "cpu",
-                 split: tuple[int, int] | None = None):
+                 split: tuple[int, int] | None = None, source: DatasetSource | None = None,
+                 cache: EmbeddingCache | None = None):
         self.model = model
-        self.split = split  # (rank, world size): read only this process's split of the dataset
+        self.split = split
         self.cfg = cfg
         self.device = torch.device(device)
         self.dim = embedding_dim(model)
-        self.source = cfg.dataset_path
+        self.dataset_source = source or DatasetSource.from_config(cfg)
+        self.source = cfg.dataset_path  # as the user wrote it, for messages
         self.skipped_empty = 0
-        self.cache: EmbeddingCache | None = None
-        if cfg.use_cache:
-            self.cache = open_cache(cfg, model)
-            if not self.cache.complete:
-                self.cache.acquire_writer()  # if another process writes it, this one only reads
+        self.cache = cache
+        if cache is None and cfg.use_cache:
+            self.cache = open_cache(cfg, model, self.dataset_source)
+        if self.cache is not None and not self.cache.complete:
+            self.cache.acquire_writer()  # if another process writes it, this one only reads
         self._dataset: Any = None
 
     @property
@@ -63,7 +68,7 @@ class Corpus:
     def dataset(self) -> Any:
         """The text dataset, opened on first use (never, when every row needed is cached)."""
         if self._dataset is None:
-            self._dataset = open_dataset(self.cfg.dataset_path, self.cfg.dataset_name, self.cfg.split)
+            self._dataset = self.dataset_source.open()
             if self.split is not None:
                 from datasets.distributed import split_dataset_by_node
 
@@ -104,8 +109,7 @@ class Corpus:
         """Rows in the dataset, counted without encoding; None for hub streams of unknown size."""
         if self.fully_cached:
             return self.cache.rows
-        path = self.cfg.dataset_path
-        if path not in BUILTIN_CORPORA and not Path(path).expanduser().exists():
+        if not self.dataset_source.countable:
             return None
         return sum(1 for _ in self.texts_from(0))
 

@@ -8,12 +8,13 @@ is downloaded or held in memory as a whole.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import lru_cache
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .errors import DataError, DataReadError
+from .errors import DataError, DataReadError, first_line
 
 # File suffix -> datasets builder. Compressed files (.gz, .bz2, .xz, .zst) use their inner suffix.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -89,36 +90,101 @@ def _local_data_files(path: Path) -> tuple[str, list[str]]:
     return builders.pop(), [str(p) for p in files]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _fingerprint_files(path: Path) -> str:
+    """A hash of a local file's, or a folder's data files', names and contents."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    hasher = hashlib.sha256()
+    for file in files:
+        if path.is_dir() and not any(s in LOCAL_BUILDERS for s in (x.lower() for x in file.suffixes)):
+            continue
+        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """Where a dataset's texts come from, decided once: a built-in corpus, local files, or the hub.
+
+    Made once per run from the config and handed to the cache (its key), the corpus and the store,
+    so that no two places disagree on what ``dataset_path`` names.
+    """
+
+    path: str
+    """The built-in corpus's name, the absolute path of local files, or the hub id."""
+    kind: str
+    """builtin, local (files that exist), missing (a path that names no file) or hub."""
+    name: str | None = None
+    split: str = "train"
+    revision: str | None = None
+
+    @classmethod
+    def of(cls, dataset_path: str, dataset_name: str | None = None, split: str = "train",
+           revision: str | None = None) -> "DatasetSource":
+        if dataset_path in BUILTIN_CORPORA:
+            return cls(dataset_path, "builtin", dataset_name, split, revision)
+        local = Path(dataset_path).expanduser()
+        if local.exists():
+            return cls(str(local.resolve()), "local", dataset_name, split, revision)
+        if dataset_path.startswith((".", "/", "~")) or local.suffix.lower() in LOCAL_BUILDERS:
+            return cls(dataset_path, "missing", dataset_name, split, revision)
+        return cls(dataset_path, "hub", dataset_name, split, revision)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "DatasetSource":
+        return cls.of(cfg.dataset_path, cfg.dataset_name, cfg.split, cfg.dataset_revision)
+
+    @property
+    def countable(self) -> bool:
+        """Whether its rows can be counted by reading it (not a hub stream of unknown size)."""
+        return self.kind in ("builtin", "local")
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A hash of the built-in corpus or the local files' contents, or the hub revision."""
+        if self.kind == "builtin":
+            return hashlib.sha256("\n".join(python_docs_paragraphs()).encode()).hexdigest()
+        if self.kind == "local":
+            return _fingerprint_files(Path(self.path))
+        return f"hub:{self.path}@{self.revision or 'main'}"
+
+    def open(self) -> Any:
+        """A streaming ``datasets.IterableDataset`` of its rows."""
+        import datasets
+
+        if self.kind == "builtin":
+            return datasets.IterableDataset.from_generator(BUILTIN_CORPORA[self.path])
+        if self.kind == "missing":
+            raise DataError(f"dataset file {self.path} does not exist; check the path")
+        if self.kind == "local":
+            return _open_local(Path(self.path))
+        try:
+            return datasets.load_dataset(self.path, self.name, split=self.split, streaming=True)
+        except Exception as exc:
+            raise DataError(
+                f"could not open dataset '{self.path}' from the Hugging Face hub ({first_line(exc)}); "
+                f"check the id, name and split, your network, or give a local file or one of the built-in "
+                f"corpora: {', '.join(BUILTIN_CORPORA)}"
+            ) from None
+
+
+def _open_local(path: Path) -> Any:
+    import datasets
+
+    builder, files = _local_data_files(path)
+    if all(Path(file).stat().st_size == 0 for file in files):
+        raise DataError(f"dataset {path} holds no texts (its files are empty); give a file with texts")
+    try:
+        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+    except Exception as exc:  # datasets raises many types for unreadable files
+        raise DataError(f"cannot read {path} as {builder}: {first_line(exc)}") from None
 
 
 def open_dataset(dataset_path: str, dataset_name: str | None = None, split: str = "train") -> Any:
     """A streaming ``datasets.IterableDataset`` for a built-in corpus, local path or hub id."""
-    import datasets
-
-    if dataset_path in BUILTIN_CORPORA:
-        return datasets.IterableDataset.from_generator(BUILTIN_CORPORA[dataset_path])
-    path = Path(dataset_path).expanduser()
-    if path.exists():
-        builder, files = _local_data_files(path)
-        if all(Path(file).stat().st_size == 0 for file in files):
-            raise DataError(f"dataset {path} holds no texts (its files are empty); give a file with texts")
-        try:
-            return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
-        except Exception as exc:  # datasets raises many types for unreadable files
-            raise DataError(f"cannot read {path} as {builder}: {_first_line(exc)}") from None
-    if dataset_path.startswith((".", "/", "~")) or Path(dataset_path).suffix.lower() in LOCAL_BUILDERS:
-        raise DataError(f"dataset file {dataset_path} does not exist; check the path")
-    try:
-        return datasets.load_dataset(dataset_path, dataset_name, split=split, streaming=True)
-    except Exception as exc:
-        raise DataError(
-            f"could not open dataset '{dataset_path}' from the Hugging Face hub ({_first_line(exc)}); "
-            f"check the id, name and split, your network, or give a local file or one of the built-in "
-            f"corpora: {', '.join(BUILTIN_CORPORA)}"
-        ) from None
+    return DatasetSource.of(dataset_path, dataset_name, split).open()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +198,6 @@ class TextCounter:
     texts: int = 0
     skipped_empty: int = 0
     epochs_completed: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def iter_dataset_rows(
@@ -161,7 +226,7 @@ def iter_dataset_rows(
         except Exception as exc:  # corrupt rows surface here, from deep inside the reader
             raise DataReadError(
                 f"error while reading {source} after {counter.texts + counter.skipped_empty} rows: "
-                f"{_first_line(exc)}; check that the file is valid"
+                f"{first_line(exc)}; check that the file is valid"
             ) from None
         if not checked_columns:
             for column, option in wanted.items():

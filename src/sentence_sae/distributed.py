@@ -3,7 +3,9 @@
 `torchrun --nproc_per_node N -m sentence_sae train ...` starts N processes; each trains the same SAE
 on its own share of the data and gradients are averaged after every backward pass (gloo on CPU, nccl
 on GPU). Dead-feature counts and the BatchTopK threshold are combined across processes, every
-process stops at the same step, and only rank 0 evaluates, logs and saves.
+process stops at the same step, and only rank 0 evaluates, logs and saves. The trainer owns these
+collective operations (:class:`DataParallel`, or :class:`SingleProcess` whose operations do nothing);
+the SAE never sees them.
 
 ``batch_size`` and ``num_examples`` keep their meaning for the whole run: each of N processes takes
 batch_size / N examples per step and num_examples / N in all, so a run on N processes follows the
@@ -25,14 +27,45 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .activation_store import ActivationsStoreSBERT, DataShare
+from .cache import open_cache
 from .config import SAEConfig
+from .corpus import Corpus
+from .data import DatasetSource
 from .errors import ConfigError
-from .sae import BaseSAE
+from .files import new_run_dir
+
+
+class SingleProcess:
+    """The collective operations of a run of one process: each is the identity."""
+
+    world_size = 1
+
+    def all_reduce_gradients(self, module: torch.nn.Module) -> None:
+        pass
+
+    def any_fired(self, fired: torch.Tensor) -> torch.Tensor:
+        return fired
+
+    def total(self, value: int) -> int:
+        return value
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def all_true(self, flag: bool) -> bool:
+        return flag
+
+    def broadcast(self, module: torch.nn.Module) -> None:
+        pass
+
+    def gather(self, value: Any) -> list[Any]:
+        return [value]
 
 
 @dataclass
-class DataParallel:
-    """The collective operations an SAE needs when several processes train it."""
+class DataParallel(SingleProcess):
+    """The collective operations the trainer needs when several processes train one SAE."""
 
     world_size: int
 
@@ -65,6 +98,12 @@ class DataParallel:
     def broadcast(self, module: torch.nn.Module) -> None:
         for tensor in list(module.parameters()) + list(module.buffers()):
             dist.broadcast(tensor.data, src=0)
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value``, in rank order."""
+        values: list[Any] = [None] * self.world_size
+        dist.all_gather_object(values, value)
+        return values
 
 
 class DistributedContext:
@@ -124,33 +163,26 @@ class DistributedContext:
         return cfg.replace(batch_size=cfg.batch_size // self.world_size,
                            num_examples=None if cfg.num_examples is None else cfg.num_examples // self.world_size)
 
-    def make_store(self, model: Any, cfg: SAEConfig) -> Any:
-        from .activation_store import ActivationsStoreSBERT
-
+    def make_store(self, model: Any, cfg: SAEConfig) -> ActivationsStoreSBERT:
+        """This process's store: every N-th chunk of a complete cache, else its split of the dataset."""
         store_cfg = self.store_config(cfg)
         if not self.distributed:
             return ActivationsStoreSBERT(model, store_cfg)
-        from .cache import open_cache
+        share = DataShare(self.rank, self.world_size)
+        source = DatasetSource.from_config(store_cfg)
+        cache = open_cache(store_cfg, model, source) if store_cfg.use_cache else None
+        if cache is not None and cache.complete:
+            corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", source=source, cache=cache)
+        else:  # each process encodes its own split, and none writes the cache
+            store_cfg = store_cfg.replace(use_cache=False)
+            corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", split=share, source=source)
+        return ActivationsStoreSBERT(model, store_cfg, share=share, corpus=corpus)
 
-        complete = store_cfg.use_cache and open_cache(store_cfg, model).complete
-        if complete:
-            store = ActivationsStoreSBERT(model, store_cfg)
-            store.share = (self.rank, self.world_size)
-        else:
-            store = ActivationsStoreSBERT(model, store_cfg.replace(use_cache=False), split=(self.rank, self.world_size))
-        store.world_size = self.world_size
-        return store
-
-    def wrap(self, sae: BaseSAE) -> BaseSAE:
-        if self.distributed:
-            sae.data_parallel = DataParallel(self.world_size)
-            sae.data_parallel.broadcast(sae)
-        return sae
+    @property
+    def collectives(self) -> SingleProcess:
+        """The collective operations of this run, for its trainer."""
+        return DataParallel(self.world_size) if self.distributed else SingleProcess()
 
     def run_dir(self, cfg: SAEConfig) -> Path | None:
         """A new run folder, made by rank 0 (the others never write)."""
-        from .training import new_run_dir
-
-        if self.is_main:
-            return new_run_dir(cfg)
-        return None
+        return new_run_dir(cfg.output_dir, cfg.name) if self.is_main else None

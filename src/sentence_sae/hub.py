@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint import CFG_FILE, WEIGHTS_FILE, load_sae, saved_config
-from .errors import CheckpointError, SentenceSAEError
+from .errors import CheckpointError, SentenceSAEError, first_line
 
 UPLOADED = (CFG_FILE, WEIGHTS_FILE, "eval.json", "features.jsonl", "families.json", "density_histogram.png",
             "training_curves.png")
@@ -46,10 +46,10 @@ embeddings of `{cfg.model_name}`, trained with [sentence-sae](https://pypi.org/p
 
 ```python
 from huggingface_hub import snapshot_download
-from sentence_sae import load_sae
+from sentence_sae import load_sae, text_codes
 
 sae = load_sae(snapshot_download("{repo_id}"))
-codes = sae.encode_texts(["A sentence to look at."])   # loads {cfg.model_name}
+codes = text_codes(sae, ["A sentence to look at."])   # loads {cfg.model_name}
 ```
 
 With SAELens: `from sae_lens import SAE; sae = SAE.load_from_disk(snapshot_download("{repo_id}"))`
@@ -82,9 +82,8 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
             commit = api.upload_folder(folder_path=str(staging), repo_id=repo_id,
                                        commit_message="Upload SAE trained with sentence-sae")
         except Exception as exc:  # network, authentication and permission errors all end here
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SentenceSAEError(
-                f"could not upload {folder} to the Hugging Face hub as {repo_id} ({reason[:200]}); check your "
+                f"could not upload {folder} to the Hugging Face hub as {repo_id} ({first_line(exc)[:200]}); check your "
                 "network connection and log in with `huggingface-cli login` or set HF_TOKEN"
             ) from None
     return {"repo_id": repo_id, "url": getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo_id}",

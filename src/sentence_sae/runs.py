@@ -1,5 +1,5 @@
 """A finished run opened for analysis: its SAE, its config, the model that made its embeddings,
-and a corpus to read (the run's own dataset, or another one)."""
+and a corpus to read (the run's own dataset, or another one); and the codes of texts under an SAE."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .checkpoint import load_sae, saved_config
 from .config import SAEConfig
 from .corpus import Corpus
-from .embeddings import embedding_dim, load_sentence_model
-from .errors import CheckpointError, ModelError
-from .sae import BaseSAE
+from .embeddings import encode_texts, load_sentence_model, require_dim
+from .errors import CheckpointError
+from .sae import BaseSAE, eval_mode
 
 
 @dataclass
@@ -46,11 +48,16 @@ def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, 
     sae = load_sae(folder, device=cfg.device)
     if model is None:
         model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    width = embedding_dim(model)
-    if width != sae.d_in:
-        raise ModelError(
-            f"the SAE in {folder} reads {sae.d_in}-dimensional embeddings, but model '{cfg.model_name}' gives "
-            f"{width}-dimensional ones; use the model the SAE was trained with"
-        )
-    cfg.act_size = width
+    cfg.act_size = require_dim(model, sae.d_in, f"the SAE in {folder}", cfg.model_name)
     return Run(folder, sae, cfg, model, trained_on)
+
+
+@torch.no_grad()
+def text_codes(sae: BaseSAE, texts: list[str], model: Any = None, batch_size: int = 32) -> torch.Tensor:
+    """Feature activations of ``texts`` (len(texts), d_sae), in inference mode, embedded with ``model``
+    (by default the Sentence-BERT model the SAE was trained on, loaded once per process)."""
+    if model is None:
+        model = load_sentence_model(sae.cfg.model_name, str(sae.device), sae.cfg.encode_backend)
+    require_dim(model, sae.d_in)
+    with eval_mode(sae):
+        return sae.encode(encode_texts(model, list(texts), batch_size).to(sae.device))

@@ -8,11 +8,12 @@ import itertools
 from typing import Any, Mapping, Sequence
 
 from .activation_store import ActivationsStoreSBERT
-from .config import SAEConfig, coerce_value, from_mapping, post_init_cfg, unknown_key_message
+from .config import SAEConfig, coerce_value, from_mapping, unknown_key_message
 from .embeddings import load_sentence_model
 from .errors import ConfigError
+from .finalize import post_init_cfg
 from .sae import create_sae
-from .training import Trainer, TrainResult, run_training
+from .trainer import Trainer, TrainResult, run_training
 
 # Keys that shape the shared stream of embeddings: one value for the whole sweep.
 STREAM_KEYS = frozenset({

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SAEConfig
+from .errors import first_line
 
 
 class RunLogger:
@@ -25,12 +26,12 @@ class RunLogger:
         self.metrics_path = run_dir / "metrics.jsonl"
         self._metrics_file = open(self.metrics_path, "a") if enabled else None
         self.wandb_run: Any = None
+        self.exit_code: int | None = None
+        """The exit code the run was finished with (None while it runs)."""
         if enabled and cfg.wandb_mode != "disabled":
             self.wandb_run = _start_wandb(cfg, run_dir, resume_id)
-
-    @property
-    def wandb_id(self) -> str | None:
-        return None if self.wandb_run is None else self.wandb_run.id
+        self.wandb_id: str | None = None if self.wandb_run is None else self.wandb_run.id
+        """The wandb run's id (kept after it finishes): a resumed training run continues it."""
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
@@ -53,6 +54,7 @@ class RunLogger:
 
     def finish(self, summary: dict[str, Any], exit_code: int = 0) -> None:
         """Close metrics.jsonl and the wandb run; a non-zero ``exit_code`` marks the run failed."""
+        self.exit_code = exit_code
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
@@ -93,6 +95,6 @@ def _start_wandb(cfg: SAEConfig, run_dir: Path, resume_id: str | None = None) ->
             **({"id": resume_id, "resume": "allow"} if resume_id else {}),
         )
     except Exception as exc:  # a failed login or network must not cost the user the training run
-        print(f"warning: wandb could not start ({str(exc).splitlines()[0]}); logging to "
+        print(f"warning: wandb could not start ({first_line(exc)}); logging to "
               f"{run_dir / 'metrics.jsonl'} only", file=sys.stderr)
         return None

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoint import atomic_write_text
 from ..embeddings import load_sentence_model
 from ..errors import DataError
+from ..files import atomic_write_text
 from ..runs import open_run
 from ..tracking import progress_bar
 from .browser import write_browser

@@ -28,7 +28,7 @@ th{background:#f4f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums
 """
 
 
-def _page(title: str, body: str, depth: int = 0) -> str:
+def _page(title: str, body: str) -> str:
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 

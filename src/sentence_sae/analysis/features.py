@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..evaluation import encode_in_batches
+from ..metrics import encode_in_batches
 from ..sae import BaseSAE
 
 QUANTILES = (0.25, 0.5, 0.75)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..runs import open_run
+from ..runs import open_run, text_codes
 
 
 def feature_labels(run_dir: Path) -> dict[int, str]:
@@ -19,7 +19,7 @@ def feature_labels(run_dir: Path) -> dict[int, str]:
 
 def top_features(run_dir: str | Path, text: str, top: int = 10, device: str | None = None) -> dict[str, Any]:
     run = open_run(run_dir, device)
-    codes = run.sae.encode_texts([text], run.model)[0]
+    codes = text_codes(run.sae, [text], run.model)[0]
     values, ids = codes.topk(min(top, len(codes)))
     labels = feature_labels(run.folder)
     features = [{"id": int(i), "activation": float(v), "label": labels.get(int(i), "")}

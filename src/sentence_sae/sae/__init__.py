@@ -6,7 +6,7 @@ A new architecture subclasses :class:`BaseSAE`, sets ``architecture`` and decora
 
 from __future__ import annotations
 
-from .base import BaseSAE
+from .base import BaseSAE, SAEOutput, eval_mode
 from .registry import SAE_REGISTRY, create_sae, register_sae
 from .vanilla import VanillaSAE
 from .topk import TopKSAE
@@ -17,6 +17,8 @@ from .gated import GatedSAE
 
 __all__ = [
     "BaseSAE",
+    "SAEOutput",
+    "eval_mode",
     "SAE_REGISTRY",
     "create_sae",
     "register_sae",

@@ -8,6 +8,8 @@ threshold shared by all features, which is how SAELens stores it).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -32,33 +34,30 @@ class BatchTopKSAE(TopKSAE):
         self.register_buffer("threshold", torch.zeros(self.d_sae, dtype=self.dtype, device=self.device))
         self.register_buffer("threshold_updates", torch.zeros((), dtype=torch.long, device=self.device))
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         acts = F.relu(pre)
         if not self.training:
             return acts * (pre > self.threshold)
         flat = acts.flatten()
-        top = flat.topk(min(self.k * acts.shape[0], flat.numel()), sorted=False)
+        top = flat.topk(min((k or self.cfg.top_k) * acts.shape[0], flat.numel()), sorted=False)
         return torch.zeros_like(flat).scatter(0, top.indices, top.values).view_as(acts)
 
     @torch.no_grad()
-    def select(self, pre: torch.Tensor) -> Selection:
-        k_total = min(self.k * pre.shape[0], pre.numel())
-        flat = batch_top_k(pre, k_total, candidates_per_row=4 * self.k)
+    def select(self, pre: torch.Tensor, k: int) -> Selection:
+        k_total = min(k * pre.shape[0], pre.numel())
+        flat = batch_top_k(pre, k_total, candidates_per_row=4 * k)
         return selection_from_flat(flat, pre.shape[0], pre.shape[1])
 
     @torch.no_grad()
-    def update_running_stats(self, active_values: torch.Tensor) -> None:
+    def update_running_stats(self, active_values: torch.Tensor,
+                             mean: Callable[[torch.Tensor], torch.Tensor] = lambda value: value) -> None:
         if active_values.numel() == 0:
             return
-        batch_threshold = self.synchronize_threshold(active_values.min().to(self.dtype))
+        batch_threshold = mean(active_values.min().to(self.dtype))
         # A running mean over the first 1/rate batches, an EMA after: no bias towards the zero start.
         rate = max(THRESHOLD_EMA_RATE, 1.0 / float(self.threshold_updates + 1))
         self.threshold += rate * (batch_threshold - self.threshold)
         self.threshold_updates += 1
-
-    def synchronize_threshold(self, batch_threshold: torch.Tensor) -> torch.Tensor:
-        """The batch thresholds of all processes of a data-parallel run, averaged."""
-        return batch_threshold if self.data_parallel is None else self.data_parallel.mean(batch_threshold)
 
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         return {**super().weights_for_saving(), "threshold": self.threshold.detach()}

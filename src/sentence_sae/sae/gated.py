@@ -35,13 +35,14 @@ class GatedSAE(BaseSAE):
     def magnitude_pre_activations(self, pre: torch.Tensor) -> torch.Tensor:
         return (pre - self.b_enc) * self.r_mag.exp() + self.b_mag
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return (pre > 0).to(pre.dtype) * F.relu(self.magnitude_pre_activations(pre))
 
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
         return coeff * (F.relu(pre) * self.W_dec.norm(dim=-1)).to(self.loss_dtype).sum(-1).mean()
 
-    def auxiliary_loss(self, x_in: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    def auxiliary_loss(self, x_in: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor,
+                       dead_mask: torch.Tensor | None) -> torch.Tensor:
         if not self.training:
             return x_in.new_zeros(())
         via_gate = F.relu(pre) @ self.W_dec.detach() + self.b_dec.detach()

@@ -85,7 +85,7 @@ class JumpReLUSAE(BaseSAE):
     def threshold(self) -> torch.Tensor:
         return self.log_threshold.exp()
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
 
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
     from ..config import SAEConfig
     from .base import BaseSAE
@@ -21,8 +23,6 @@ def register_sae(cls: T) -> T:
 
 def create_sae(cfg: "SAEConfig") -> "BaseSAE":
     """A freshly initialized SAE of the type ``cfg.sae_type`` (cfg must be finalized)."""
-    from ..errors import ConfigError
-
     if cfg.sae_type not in SAE_REGISTRY:
         raise ConfigError(f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}")
     return SAE_REGISTRY[cfg.sae_type](cfg)

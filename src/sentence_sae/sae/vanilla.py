@@ -15,7 +15,7 @@ class VanillaSAE(BaseSAE):
     saelens_architecture = "standard"
     default_l1_coeff = 0.11
 
-    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+    def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return F.relu(pre)
 
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:

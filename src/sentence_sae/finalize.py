@@ -1,0 +1,139 @@
+"""Finalizing a config: every value validated, derived values filled.
+
+:func:`post_init_cfg` fills ``act_size`` from the model, the run ``name``, the device, the wandb
+mode and each architecture's defaults, and validates every value, so training never starts on a
+config that would fail later. It sits above the model loader and the SAE registry it consults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from .config import B_DEC_INITS, DTYPES, WANDB_MODES, SAEConfig, from_mapping, matryoshka_widths
+from .embeddings import ENCODE_BACKENDS, embedding_dim, load_sentence_model
+from .errors import ConfigError
+from .sae import SAE_REGISTRY
+
+
+def resolve_device(requested: str | None) -> str:
+    import torch
+
+    if requested is None or requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", requested):
+        raise ConfigError(f"device '{requested}' is not valid; use cpu, cuda, cuda:N or mps")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device '{requested}' asked for, but no CUDA GPU is available; use --device cpu")
+    if requested == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
+    return requested
+
+
+def resolve_wandb_mode(requested: str | None) -> str:
+    if requested is not None:
+        return requested
+    if os.environ.get("WANDB_MODE") in WANDB_MODES:
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        if netrc.is_file() and "api.wandb.ai" in netrc.read_text():
+            return "online"
+    except OSError:
+        pass
+    return "offline"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: SAEConfig) -> None:
+    """Check the ranges of every value (types are checked on assignment), naming the key and the fix."""
+    _check(
+        cfg.sae_type in SAE_REGISTRY,
+        f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
+    )
+    for key in ("dict_size", "top_k", "top_k_aux", "batch_size", "model_batch_size",
+                "num_batches_in_buffer", "dead_feature_window", "cache_shard_size"):
+        _check(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
+    _check(cfg.num_examples is None or cfg.num_examples > 0,
+           f"num_examples must be positive (or unset for whole epochs), got {cfg.num_examples}")
+    _check(cfg.num_epochs is None or cfg.num_epochs > 0,
+           f"num_epochs must be positive (or unset to repeat until num_examples), got {cfg.num_epochs}")
+    for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "lr_warmup_steps",
+                "aux_penalty"):
+        _check(getattr(cfg, key) >= 0, f"{key} must not be negative, got {getattr(cfg, key)}")
+    _check(cfg.l1_coeff is None or cfg.l1_coeff >= 0, f"l1_coeff must not be negative, got {cfg.l1_coeff}")
+    _check(cfg.top_k <= cfg.dict_size,
+           f"top_k ({cfg.top_k}) must not exceed dict_size ({cfg.dict_size})")
+    _check(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
+    _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must lie in [0, 1)")
+    _check(cfg.max_grad_norm is None or cfg.max_grad_norm > 0,
+           f"max_grad_norm must be positive (or unset to disable clipping), got {cfg.max_grad_norm}")
+    _check(0 <= cfg.lr_decay_frac <= 1, f"lr_decay_frac must lie in [0, 1], got {cfg.lr_decay_frac}")
+    _check(0 <= cfg.l1_warmup_frac <= 1, f"l1_warmup_frac must lie in [0, 1], got {cfg.l1_warmup_frac}")
+    _check(0 <= cfg.top_k_warmup_frac <= 1, f"top_k_warmup_frac must lie in [0, 1], got {cfg.top_k_warmup_frac}")
+    _check(cfg.top_k_warmup_factor >= 1,
+           f"top_k_warmup_factor must be at least 1 (1 turns the warm-up off), got {cfg.top_k_warmup_factor}")
+    _check(cfg.bandwidth > 0, f"bandwidth must be positive, got {cfg.bandwidth}")
+    _check(cfg.jumprelu_init_threshold > 0,
+           f"jumprelu_init_threshold must be positive, got {cfg.jumprelu_init_threshold}")
+    _check(cfg.dtype in DTYPES, f"dtype '{cfg.dtype}' is not supported; use one of {', '.join(DTYPES)}")
+    _check(cfg.b_dec_init in B_DEC_INITS,
+           f"b_dec_init '{cfg.b_dec_init}' is not valid; use one of {', '.join(B_DEC_INITS)}")
+    _check(cfg.wandb_mode is None or cfg.wandb_mode in WANDB_MODES,
+           f"wandb_mode '{cfg.wandb_mode}' is not valid; use one of {', '.join(WANDB_MODES)}")
+    buffer = cfg.model_batch_size * cfg.num_batches_in_buffer
+    _check(buffer >= cfg.batch_size,
+           f"the shuffle buffer (model_batch_size x num_batches_in_buffer = {buffer}) is smaller than "
+           f"batch_size ({cfg.batch_size}); raise num_batches_in_buffer to at least "
+           f"{-(-cfg.batch_size // cfg.model_batch_size)}")
+    _check(bool(cfg.text_column), "text_column must not be empty")
+    if cfg.sae_type == "matryoshka":
+        matryoshka_widths(cfg)
+    _check(cfg.encode_backend in ENCODE_BACKENDS,
+           f"encode_backend '{cfg.encode_backend}' is not valid; use one of {', '.join(ENCODE_BACKENDS)}")
+    _check(bool(cfg.dataset_path), "dataset_path must not be empty")
+
+
+def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEConfig:
+    """Finalize a config: validate every value and fill the derived ones.
+
+    ``act_size`` comes from ``model`` (a SentenceTransformer); without one, the model named by
+    ``cfg.model_name`` is loaded (once per process). Calling it again on a finalized config is
+    harmless.
+    """
+    if not isinstance(cfg, SAEConfig):
+        cfg = from_mapping(cfg)
+    else:
+        cfg = dataclasses.replace(cfg)
+    validate(cfg)
+    cfg.device = resolve_device(cfg.device)
+    cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
+
+    if model is None:
+        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    model_dim = embedding_dim(model)
+    if cfg.act_size is not None and cfg.act_size != model_dim:
+        raise ConfigError(
+            f"act_size is {cfg.act_size}, but model '{cfg.model_name}' gives {model_dim}-dimensional "
+            f"embeddings; remove act_size or set it to {model_dim}"
+        )
+    cfg.act_size = model_dim
+    if cfg.l1_coeff is None:
+        cfg.l1_coeff = SAE_REGISTRY[cfg.sae_type].default_l1_coeff
+    if cfg.input_unit_norm is None:
+        cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
+    if cfg.top_k_aux > cfg.dict_size:
+        cfg.top_k_aux = cfg.dict_size
+    if cfg.name is None:
+        model_short = Path(cfg.model_name.rstrip("/")).name
+        cfg.name = f"{cfg.sae_type}_{model_short}_{cfg.dict_size}_k{cfg.top_k}"
+    return cfg

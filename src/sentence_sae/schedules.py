@@ -1,0 +1,33 @@
+"""The schedules of a training run, as functions of the step: the learning rate, the sparsity
+coefficient and the k of the k-based SAEs."""
+
+from __future__ import annotations
+
+
+def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:
+    """Linear warm-up from 0 over ``warmup_steps``, constant, then linear decay to 0 over the last
+    ``decay_frac`` of ``total_steps`` (no decay when the length of training is unknown)."""
+    factor = 1.0
+    if warmup_steps > 0:
+        factor = min(factor, (step + 1) / warmup_steps)
+    if total_steps is not None and decay_frac > 0:
+        decay_steps = max(1, round(total_steps * decay_frac))
+        factor = min(factor, max(0.0, (total_steps - step) / decay_steps))
+    return factor
+
+
+def sparsity_multiplier(step: int, total_steps: int | None, warmup_frac: float) -> float:
+    """Linear warm-up of the sparsity coefficient over the first ``warmup_frac`` of training."""
+    if total_steps is None or warmup_frac <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / max(1.0, total_steps * warmup_frac))
+
+
+def warmup_top_k(step: int, total_steps: int | None, top_k: int, warmup_frac: float, factor: float) -> int:
+    """k at ``step``: from ``factor`` x top_k down to top_k, linearly, over the first ``warmup_frac``
+    of training. Starting dense gives every feature gradient before the code becomes sparse, as the
+    coefficient warm-up does for the L1/L0 variants; it lowers held-out FVU most for large dictionaries."""
+    if total_steps is None or warmup_frac <= 0 or factor <= 1:
+        return top_k
+    progress = min(1.0, step / max(1.0, total_steps * warmup_frac))
+    return max(top_k, round(top_k * (factor + (1 - factor) * progress)))

@@ -1,0 +1,383 @@
+"""The trainer: one SAE's training state (optimizer, schedules, dead features, step) and the loop
+that feeds it batches.
+
+The SAE is a model; everything that changes from step to step lives here and goes into the SAE's
+``forward`` as arguments: k during the top_k warm-up, the dead-feature mask for AuxK, and the
+sparsity coefficient during its warm-up. Collective operations of data-parallel runs go through
+``collectives`` (see distributed.py), never through the SAE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .activation_store import BatchSource, EndOfData
+from .checkpoint import save_checkpoint_folder, save_sae
+from .config import SAEConfig
+from .distributed import SingleProcess
+from .errors import CheckpointError, DataError, TrainingStopped
+from .files import new_run_dir
+from .metrics import reconstruction_metrics
+from .sae import BaseSAE
+from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
+from .schedules import lr_multiplier, sparsity_multiplier, warmup_top_k
+from .tracking import RunLogger, progress_bar
+
+KEEP_CHECKPOINTS = 2
+TRAINER_STATE = "trainer_state.pt"
+
+
+class DeadFeatures:
+    """How many training examples ago each feature last fired; dead after ``window`` of them."""
+
+    def __init__(self, d_sae: int, window: int, device: torch.device | str):
+        self.window = window
+        self.examples_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.examples_since_fired >= self.window
+
+    def count(self) -> int:
+        return int(self.mask.sum())
+
+    @torch.no_grad()
+    def record(self, fired: torch.Tensor, n_examples: int) -> None:
+        """After a batch of ``n_examples`` (over all processes) in which ``fired`` fired."""
+        self.examples_since_fired += n_examples
+        self.examples_since_fired[fired] = 0
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced: its folder and its held-out metrics."""
+
+    run_dir: Path
+    metrics: dict[str, float]
+    examples: int
+    steps: int
+    seconds: float
+    end_reason: str
+    skipped_texts: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON line the command line prints last."""
+        return {
+            "run_dir": str(self.run_dir),
+            "fvu": self.metrics.get("fvu"),
+            "l0": self.metrics.get("l0"),
+            "dead_frac": self.metrics.get("dead_frac"),
+            "cos": self.metrics.get("cos"),
+            "examples": self.examples,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+
+
+class Trainer:
+    """One training run of one SAE. Small methods, so that variants of the loop can reuse them."""
+
+    def __init__(self, sae: BaseSAE, store: BatchSource, cfg: SAEConfig, run_dir: Path | None = None,
+                 resume_state: dict[str, Any] | None = None, is_main: bool = True,
+                 collectives: SingleProcess | None = None):
+        self.sae = sae
+        self.store = store
+        self.cfg = cfg
+        self.is_main = is_main
+        self.collectives = collectives or SingleProcess()
+        self.collectives.broadcast(sae)  # data-parallel processes start from rank 0's weights
+        self.dead_features = DeadFeatures(sae.d_sae, cfg.dead_feature_window, sae.device)
+        self.run_dir = run_dir or (new_run_dir(cfg.output_dir, cfg.name) if is_main else Path(cfg.output_dir))
+        self.step = 0
+        self.total_steps: int | None = None
+        self.history: list[dict[str, float]] = []
+        self.started = time.perf_counter()  # the run's seconds include waiting for the first embeddings
+        self.last_checkpoint: Path | None = None
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
+        )
+        self.resumed = resume_state is not None
+        if resume_state is not None:
+            self.load_state_dict(resume_state)
+        self.logger = RunLogger(cfg, self.run_dir, enabled=is_main,
+                                resume_id=resume_state.get("wandb_id") if resume_state else None)
+
+    # -------------------------------------------------------------- one step
+    def sparsity_coeff(self) -> float:
+        return self.sae.sparsity_coefficient * sparsity_multiplier(self.step, self.total_steps, self.cfg.l1_warmup_frac)
+
+    def k(self) -> int | None:
+        """Features kept per example at this step (k-based SAEs), from the top_k warm-up."""
+        if not self.sae.uses_top_k:
+            return None
+        return min(self.sae.d_sae, warmup_top_k(self.step, self.total_steps, self.cfg.top_k,
+                                                self.cfg.top_k_warmup_frac, self.cfg.top_k_warmup_factor))
+
+    def training_step(self, batch: torch.Tensor) -> dict[str, float]:
+        sae, collectives = self.sae, self.collectives
+        sae.train()
+        coeff = self.sparsity_coeff()
+        output = sae(batch, k=self.k(), dead_mask=self.dead_features.mask, sparsity_coeff=coeff)
+        self.dead_features.record(collectives.any_fired(output.fired), collectives.total(len(batch)))
+        sae.update_running_stats(output.active_values, collectives.mean)
+        loss = output.loss.item()
+        if not math.isfinite(loss):
+            raise TrainingStopped(
+                f"the loss became {loss} at step {self.step + 1}; training stopped without saving the "
+                f"diverged SAE{self._checkpoint_note()}; lower lr or max_grad_norm", exit_code=1)
+        output.loss.backward()
+        collectives.all_reduce_gradients(sae)
+        remove_parallel_decoder_grad(sae)
+        grad_norm = (
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm).item()
+            if self.cfg.max_grad_norm is not None
+            else float("nan")
+        )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        normalize_decoder(sae)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.step += 1
+        with torch.no_grad():
+            x = batch.to(output.sae_out.dtype)
+            variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
+            fvu = ((output.sae_out - x).pow(2).sum() / variance).item()
+        return {
+            "train/loss": loss,
+            "train/l2_loss": output.l2_loss.item(),
+            "train/sparsity_loss": output.sparsity_loss.item(),
+            "train/aux_loss": output.aux_loss.item(),
+            "train/l0": output.l0_norm.item(),
+            "train/fvu": fvu,
+            "train/dead_frac": self.dead_features.count() / sae.d_sae,
+            "train/grad_norm": grad_norm,
+            "train/lr": lr,
+            "train/sparsity_coeff": coeff,
+            "train/examples": float(self.store.examples_served * self.world_size),
+        }
+
+    @property
+    def world_size(self) -> int:
+        return self.collectives.world_size
+
+    # -------------------------------------------------------------- evaluation and checkpoints
+    def evaluate(self) -> dict[str, float]:
+        held_out = self.store.held_out_embeddings()
+        if len(held_out) == 0:
+            return {}
+        return {f"eval/{key}": value for key, value in reconstruction_metrics(self.sae, held_out).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, the data position included."""
+        return {
+            "format_version": 2,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "sae": {name: tensor.detach().cpu().clone() for name, tensor in self.sae.state_dict().items()},
+            "dead_features": self.dead_features.examples_since_fired.cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "stores": self.collectives.gather(self.store.state_dict()),
+            "history": self.history,
+            "wandb_id": self.logger.wandb_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.total_steps = state["total_steps"]
+        weights = dict(state["sae"])
+        # Checkpoints of format 1 kept the dead-feature counters among the SAE's buffers.
+        since_fired = state.get("dead_features", weights.pop("examples_since_fired", None))
+        self.sae.load_state_dict(weights)
+        if since_fired is not None:
+            self.dead_features.examples_since_fired.copy_(since_fired)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = list(state.get("history", []))
+
+    def save_checkpoint(self) -> Path | None:
+        """checkpoints/step_NNNNNNN/: the SAE (SAELens layout) and trainer_state.pt, written under a
+        temporary name and renamed into place; the last KEEP_CHECKPOINTS are kept."""
+        state = self.state_dict()  # every process takes part: the data positions are gathered
+        if not self.is_main:
+            return None
+        folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        try:
+            save_checkpoint_folder(self.sae, folder, lambda staging: torch.save(state, staging / TRAINER_STATE))
+        except OSError as exc:
+            raise CheckpointError(
+                f"could not write the checkpoint {folder} ({exc.strerror or exc}){self._checkpoint_note()}"
+            ) from None
+        self.last_checkpoint = folder
+        self.logger.log_checkpoint(folder, f"{self.cfg.name}-checkpoint", self.step)
+        for stale in sorted((self.run_dir / "checkpoints").glob("step_*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(stale, ignore_errors=True)
+        return folder
+
+    def _checkpoint_note(self) -> str:
+        if self.last_checkpoint is None:
+            return ""
+        return (f"; the checkpoint {self.last_checkpoint} is intact: continue with "
+                f"'sentence-sae train --resume {self.run_dir}'")
+
+    def save_final(self) -> None:
+        if not self.is_main:
+            return
+        try:
+            save_sae(self.sae, self.run_dir)
+        except OSError as exc:
+            raise CheckpointError(f"could not save the SAE into {self.run_dir} ({exc.strerror or exc})"
+                                  f"{self._checkpoint_note()}") from None
+        self.logger.log_checkpoint(self.run_dir, f"{self.cfg.name}-final", self.step)
+
+    # -------------------------------------------------------------- the run, batch by batch
+    def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
+        """Plan the schedule and initialize the decoder bias from the first training buffer."""
+        if self.resumed:
+            return
+        if planned is not None:
+            self.total_steps = max(1, math.ceil(planned / self.store.cfg.batch_size))
+        initialize_b_dec(self.sae, sample)
+        self.collectives.broadcast(self.sae)  # data-parallel processes start from rank 0's decoder bias
+
+    def on_batch(self, batch: torch.Tensor) -> dict[str, float]:
+        """One step, plus the held-out evaluation and checkpoint when they are due."""
+        metrics = self.training_step(batch)
+        if self.is_main and self.cfg.perf_log_freq and self.step % self.cfg.perf_log_freq == 0:
+            metrics.update(self.evaluate())
+            self.history.append({"step": self.step, **metrics})
+        self.logger.log(metrics, self.step)
+        if self.cfg.checkpoint_freq and self.step % self.cfg.checkpoint_freq == 0:
+            self.save_checkpoint()
+        return metrics
+
+    def finish(self, end_reason: str) -> TrainResult:
+        """Final held-out evaluation, final save, and the result."""
+        final = self.evaluate() if self.is_main else {}
+        self.logger.log(final, self.step)
+        self.save_final()
+        seconds = time.perf_counter() - self.started
+        metrics = {key.removeprefix("eval/"): value for key, value in final.items()}
+        result = TrainResult(self.run_dir, metrics, self.store.examples_served * self.world_size, self.step,
+                             seconds, end_reason, self.store.counter.skipped_empty, self.history)
+        self.logger.finish({f"final/{k}": v for k, v in metrics.items()})
+        return result
+
+    def train(self) -> TrainResult:
+        return run_training([self], self.store)[0]
+
+
+class StopOnSignals:
+    """Turns SIGINT and SIGTERM into a request the training loop answers at the next step."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "StopOnSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def run_training(trainers: list[Trainer], store: BatchSource) -> list[TrainResult]:
+    """Feed every batch of ``store`` to each trainer; several SAEs share one pass of embeddings."""
+    started = time.perf_counter()
+    with _close_logs_on_error(trainers):
+        end_reason = feed_batches(trainers, store)
+        # the store is closed by now: the final evaluation does not compete with its prefetching
+        results = [trainer.finish(end_reason) for trainer in trainers]
+    skipped = store.counter.skipped_empty
+    if trainers[0].is_main:
+        print(
+            f"Training stopped: {end_reason}; {store.examples_served * trainers[0].world_size} examples in "
+            f"{trainers[0].step} steps, {time.perf_counter() - started:.1f}s"
+            + (f"; skipped {skipped} empty texts" if skipped else ""),
+            file=sys.stderr,
+        )
+    return results
+
+
+def feed_batches(trainers: list[Trainer], store: BatchSource) -> str:
+    """Train every trainer on each batch until the store has none left, then close it; returns why."""
+    planned = store.planned_examples()
+    with contextlib.closing(store), StopOnSignals() as signals:
+        sample = store.initial_sample()
+        for trainer in trainers:
+            trainer.prepare(planned, sample)
+        label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
+        bar = progress_bar(planned, f"train {label}", initial=store.examples_served * trainers[0].world_size,
+                           **({} if trainers[0].is_main else {"disable": True}))
+        with bar:
+            while True:
+                try:
+                    batch = next_batch_everywhere(store, trainers[0].collectives)
+                except DataError as exc:  # reading failed part-way: say what is safe
+                    raise DataError(f"{exc}{trainers[0]._checkpoint_note()}") from None
+                if batch is None:
+                    return store.end_reason or "no training examples left"
+                metrics = [trainer.on_batch(batch) for trainer in trainers]
+                bar.update(len(batch) * trainers[0].world_size)
+                if len(trainers) == 1:
+                    bar.set_postfix(loss=f"{metrics[0]['train/loss']:.4f}", L0=f"{metrics[0]['train/l0']:.1f}",
+                                    FVU=f"{metrics[0]['train/fvu']:.3f}", refresh=False)
+                if signals.received is not None:
+                    stop_on_signal(trainers, signals.received)
+
+
+@contextlib.contextmanager
+def _close_logs_on_error(trainers: list[Trainer]) -> Iterator[None]:
+    """A run that stops on an error still leaves a complete metrics.jsonl and a wandb run marked failed."""
+    try:
+        yield
+    except BaseException:
+        for trainer in trainers:
+            trainer.logger.finish({}, exit_code=1)
+        raise
+
+
+def next_batch_everywhere(store: BatchSource, collectives: SingleProcess) -> torch.Tensor | None:
+    """The next batch, or None when this process, or any other of a data-parallel run, has none."""
+    try:
+        batch = store.next_batch()
+    except EndOfData:
+        batch = None
+    if not collectives.all_true(batch is not None):
+        return None
+    return batch
+
+
+def stop_on_signal(trainers: list[Trainer], signum: int) -> None:
+    saved = [trainer.save_checkpoint() for trainer in trainers]
+    name = signal.Signals(signum).name
+    where = ", ".join(str(folder) for folder in saved if folder) or "nowhere (not the main process)"
+    raise TrainingStopped(
+        f"{name} received at step {trainers[0].step}; checkpoint written to {where}; continue with "
+        f"'sentence-sae train --resume {trainers[0].run_dir}'", exit_code=128 + signum)
