@@ -160,6 +160,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=900)
 
 
+@pytest.mark.slow
 def test_features_and_plot_commands(labelled_run):
     run_dir, _, _ = labelled_run
     proc = run_cli("features", str(run_dir), "The assert statement raises AssertionError", "--top", "5")
@@ -173,6 +174,7 @@ def test_features_and_plot_commands(labelled_run):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_clear_line(labelled_run, tmp_path, model):
     run_dir, data, _ = labelled_run
     proc = run_cli("eval", str(tmp_path / "nope"))
@@ -250,6 +252,7 @@ def test_feature_browser_in_headless_chromium(labelled_run, model):
         driver.quit()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sae_type", ["matryoshka", "gated"])
 def test_new_architectures_work_with_every_command(tmp_path, jsonl_file, sae_type):
     """train, sweep, eval and explain, run as commands, for the architectures beyond the four."""

@@ -78,6 +78,7 @@ def test_cache_key_changes_with_everything_that_changes_embeddings(tmp_path, mod
     assert cache_key_for(base, model).folder_name() != folder
 
 
+@pytest.mark.slow
 def test_killed_embed_leaves_a_valid_cache_that_the_next_run_resumes(tmp_path, docs_embeddings):
     cache_root = tmp_path / "cache"
     args = [sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", "python-docs", "--num_examples",

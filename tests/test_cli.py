@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd, timeout=900)
 
 
+@pytest.mark.slow
 def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
     config = tmp_path / "cfg.yaml"
     config.write_text("sae_type: topk\ndict_size: 128\ntop_k: 8\nnum_eval_examples: 10\n")
@@ -44,12 +47,14 @@ def test_mistyped_option_names_the_nearest_key():
     assert "unknown config key 'dict_szie'; did you mean 'dict_size'?" in line
 
 
+@pytest.mark.slow
 def test_bad_values_give_one_clear_line(tmp_path):
     assert "valid types: batchtopk, gated, jumprelu, matryoshka, topk, vanilla" in one_error_line(run_cli("train", "--sae_type", "topp"))
     assert "'top_k' needs an int" in one_error_line(run_cli("train", "--top_k", "many"))
     assert "top_k (5000) must not exceed dict_size" in one_error_line(run_cli("train", "--top_k", "5000"))
 
 
+@pytest.mark.slow
 def test_wrong_column_gives_one_line_and_writes_nothing(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": "a text"}, {"sentence": "another text"}])
     out = tmp_path / "runs"

@@ -44,6 +44,7 @@ def cached_corpus(tmp_path_factory, model, docs_embeddings):
     return folder
 
 
+@pytest.mark.slow
 def test_two_processes_reach_the_fvu_of_one(cached_corpus):
     out = cached_corpus / "runs"
     args = ["train", "--dataset_path", "python-docs", "--cache_dir", str(cached_corpus / "cache"),
@@ -64,6 +65,7 @@ def test_two_processes_reach_the_fvu_of_one(cached_corpus):
     assert "Training stopped: reached num_examples=40000" in double.stderr
 
 
+@pytest.mark.slow
 def test_two_processes_stream_their_own_split_without_a_cache(tmp_path, docs_texts):
     data = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in sorted(set(docs_texts), key=len)[:300]])
     proc = torchrun(2, "train", "--dataset_path", str(data), "--use_cache", "false", "--num_epochs", "2",

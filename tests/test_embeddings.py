@@ -23,6 +23,7 @@ def test_default_model_loads_offline_from_the_package(model):
     assert embedding_dim(model) == 384
 
 
+@pytest.mark.slow
 def test_fast_backend_keeps_cosine_to_fp32(model, docs_texts):
     texts = docs_texts[:200]
     fast = load_sentence_model(DEFAULT_MODEL, "cpu", "fast")

@@ -111,6 +111,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, model):
     assert sorted(p.name for p in folder.parent.iterdir()) == ["step_0000010"]  # no half-written leftovers
 
 
+@pytest.mark.slow
 def test_output_dir_that_cannot_be_created_is_one_clear_line(tmp_path, jsonl_file):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the output folder should go")
@@ -120,6 +121,7 @@ def test_output_dir_that_cannot_be_created_is_one_clear_line(tmp_path, jsonl_fil
     assert proc.returncode == 2 and "cannot create the run folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, docs_texts):
     folder = tmp_path / "data"
     folder.mkdir()

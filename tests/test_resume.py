@@ -55,6 +55,7 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {row["step"]: row["train/loss"] for row in rows if "train/loss" in row}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_cache", [False, True], ids=["from-raw-text", "with-cache"])
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_data, use_cache):
     reference = run_to_end(train_args(resume_data, tmp_path / "reference", tmp_path / "cache-a", use_cache,
@@ -78,6 +79,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_
     assert summary["fvu"] == pytest.approx(expected["eval/fvu"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
     args = train_args(resume_data, tmp_path / "out", tmp_path / "cache", False)

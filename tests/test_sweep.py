@@ -49,6 +49,7 @@ def test_grid_rejects_stream_keys_and_unknown_keys(tmp_path, model):
     assert parse_grid(["top_k=16,32", "lr=1e-3"]) == {"top_k": [16, 32], "lr": [1e-3]}
 
 
+@pytest.mark.slow
 def test_sweep_command_prints_one_summary_line_per_sae(tmp_path, jsonl_file):
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
     proc = subprocess.run(

@@ -160,3 +160,22 @@ def test_train_sae_from_text_logs_to_a_wandb_offline_run(tmp_path, model, jsonl_
     checkpoints = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
     assert checkpoints == ["step_0000004", "step_0000006"]  # every 2 steps, the last two kept
     assert load_sae(result.run_dir / "checkpoints" / "step_0000006").d_sae == 256
+
+
+def test_resume_state_holds_the_trainers_dead_feature_counts_and_reads_the_older_format(tmp_path, model, docs_split):
+    """Dead-feature counts belong to the trainer's state; a checkpoint of format 1 kept them among the
+    SAE's buffers (``examples_since_fired``) and still resumes with them."""
+    train, held_out = docs_split
+    cfg = make_cfg(tmp_path, model, sae_type="topk", dict_size=256, top_k=8, batch_size=64)
+    trainer = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg)
+    for start in range(0, 256, 64):
+        trainer.training_step(train[start : start + 64])
+    state = trainer.state_dict()
+    assert "examples_since_fired" not in state["sae"] and state["dead_features"].max() > 0
+    old = {**state, "format_version": 1, "sae": {**state["sae"], "examples_since_fired": state["dead_features"]}}
+    del old["dead_features"]
+    for saved in (state, old):
+        resumed = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg,
+                          run_dir=trainer.run_dir, resume_state=saved)
+        torch.testing.assert_close(resumed.dead_features.examples_since_fired, state["dead_features"])
+        assert resumed.step == 4
