@@ -63,6 +63,7 @@ def labelled_run(tmp_path_factory, model, docs_texts, docs_embeddings):
     return result.run_dir, data, cfg
 
 
+@pytest.mark.slow
 def test_eval_reports_every_metric_and_writes_eval_json(labelled_run, model):
     run_dir, _, cfg = labelled_run
     report = evaluate_run(run_dir, label_column="topic", num_examples=1500, model=model)

@@ -129,6 +129,7 @@ def anonymous_memory_mb() -> float:
     pytest.skip("RssAnon not reported by this kernel")
 
 
+@pytest.mark.slow
 def test_training_from_a_large_cache_does_not_hold_it_in_memory(tmp_path, model):
     rows, dim = 400_000, 384  # 614 MB of float32 on disk
     cache = EmbeddingCache(tmp_path / "big", None, dim, shard_rows=65_536)

@@ -42,6 +42,7 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_mistyped_option_names_the_nearest_key():
     line = one_error_line(run_cli("train", "--dict_szie", "10"))
     assert "unknown config key 'dict_szie'; did you mean 'dict_size'?" in line
@@ -63,6 +64,7 @@ def test_wrong_column_gives_one_line_and_writes_nothing(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_help_lists_every_config_key_with_its_docstring():
     proc = run_cli("train", "--help")
     assert proc.returncode == 0

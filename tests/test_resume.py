@@ -96,6 +96,7 @@ def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["examples"] == 3 * 380
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint_and_refuses_other_options(tmp_path):
     (tmp_path / "run").mkdir()
     proc = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(tmp_path / "run")],

@@ -90,6 +90,7 @@ def test_batchtopk_codes_are_batch_independent_after_training(trained, docs_spli
     assert 0.6 * 32 <= result.metrics["l0"] <= 1.5 * 32, result.metrics["l0"]
 
 
+@pytest.mark.slow
 def test_larger_jumprelu_coefficient_gives_lower_l0(tmp_path, model, docs_split):
     train, held_out = docs_split
     l0 = {}
