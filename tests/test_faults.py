@@ -7,6 +7,7 @@ import json
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +18,17 @@ import pytest
 import torch
 
 from helpers import make_cfg, write_jsonl
-from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae, text_codes, train_sae
+from sentence_sae import ActivationsStoreSBERT, create_sae, load_embeddings, load_sae, save_sae, text_codes, train, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import open_cache
-from sentence_sae.checkpoint import save_checkpoint_folder
-from sentence_sae.errors import CheckpointError, DataError, ModelError, TrainingStopped
+from sentence_sae.checkpoint import saelens_cfg, save_checkpoint_folder
+from sentence_sae.analysis import explain_run
+from sentence_sae.analysis.lookup import top_features
+from sentence_sae.data import DatasetSource
+from sentence_sae.errors import (CacheError, CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError,
+                                 TrainingStopped)
+from sentence_sae.evaluation import evaluate_run
+from sentence_sae.tracking import read_metrics
 from sentence_sae.trainer import Trainer
 from sentence_sae.training import load_trainer_state
 
@@ -70,13 +77,23 @@ def test_corrupt_or_truncated_checkpoints_are_named(tmp_path, model):
     save_checkpoint_folder(create_sae(cfg), folder, lambda staging: torch.save({"step": 1}, staging / "trainer_state.pt"))
     weights = folder / "sae_weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    with pytest.raises(CheckpointError, match="sae_weights.safetensors is corrupt or truncated"):
-        load_sae(folder)
     (folder / "trainer_state.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="trainer_state.pt is corrupt or truncated"):
-        load_trainer_state(folder)
     (folder / "cfg.json").write_text("{")
-    with pytest.raises(CheckpointError, match="cfg.json is corrupt"):
+    for checked in (True, False):  # caught by the checksums, and by the readers themselves without them
+        with pytest.raises(CheckpointError, match="trainer_state.pt is corrupt"):
+            load_trainer_state(folder)
+        with pytest.raises(CheckpointError, match="cfg.json is corrupt"):
+            load_sae(folder)
+        if checked:
+            (folder / "cfg.json").write_text(json.dumps(saelens_cfg(create_sae(cfg))))
+            (folder / "cfg.json.sha256").unlink()
+            with pytest.raises(CheckpointError, match="sae_weights.safetensors is corrupt: its contents do not match"):
+                load_sae(folder)
+            (folder / "cfg.json").write_text("{")
+            for sidecar in folder.glob("*.sha256"):
+                sidecar.unlink()
+    with pytest.raises(CheckpointError, match="sae_weights.safetensors is corrupt or truncated"):
+        (folder / "cfg.json").write_text(json.dumps(saelens_cfg(create_sae(cfg))))
         load_sae(folder)
 
 
@@ -155,3 +172,149 @@ def test_sae_and_model_of_different_widths(tmp_path, model, jsonl_file):
         train_sae(wide, ActivationsStoreSBERT(model, cfg), model, cfg)
     with pytest.raises(ModelError, match="768-dimensional"):
         text_codes(wide, ["a text"], model)
+
+
+def _flip_one_byte(path: Path, rng: np.random.Generator) -> None:
+    data = bytearray(path.read_bytes())
+    data[int(rng.integers(len(data)))] ^= int(rng.integers(1, 256))
+    path.write_bytes(bytes(data))
+
+
+def _read_as_the_next_command_would(path: Path, run_dir: Path) -> object:
+    """What the next command that reads ``path`` gets from it (raises SentenceSAEError when it refuses)."""
+    if path.parent.name.startswith("step_") or path.parent == run_dir:
+        if path.name.startswith(("metrics.jsonl",)):
+            return read_metrics(run_dir / "metrics.jsonl")
+        if path.name.startswith("trainer_state.pt"):
+            state = load_trainer_state(path.parent)
+            return {key: state[key] for key in ("step", "total_steps", "sae", "dead_features")}
+        sae = load_sae(path.parent)
+        return {name: tensor.clone() for name, tensor in sae.state_dict().items()} | {"cfg": sae.cfg.to_dict()}
+    return load_embeddings(path.parent)[:]  # the cache: manifest and shards
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (torch.Tensor, np.ndarray)):
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    return a == b
+
+
+@pytest.mark.slow
+def test_one_flipped_byte_in_any_file_a_run_writes_is_refused_by_name_or_changes_nothing(tmp_path, model, jsonl_file):
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), dict_size=64, top_k=4, batch_size=8,
+                   model_batch_size=8, num_batches_in_buffer=4, num_eval_examples=10, num_examples=200,
+                   checkpoint_freq=10, perf_log_freq=10, cache_shard_size=16)
+    run_dir = train(cfg).run_dir
+    cache_folder = next(Path(cfg.cache_dir).iterdir())
+    files = [p for folder in (run_dir, cache_folder) for p in sorted(folder.rglob("*")) if p.is_file() and p.stat().st_size]
+    kinds = {p.name.split(".")[0].split("_")[0] for p in files}
+    assert {"cfg", "sae", "trainer", "metrics", "manifest", "shard"} <= kinds, kinds
+    rng = np.random.default_rng(0)
+    refused = 0
+    for path in files:
+        clean_bytes = path.read_bytes()
+        clean = _read_as_the_next_command_would(path, run_dir)
+        for _ in range(3):
+            _flip_one_byte(path, rng)
+            try:
+                result = _read_as_the_next_command_would(path, run_dir)
+            except SentenceSAEError as exc:
+                assert path.name in str(exc) or path.parent.name in str(exc), f"{path}: {exc}"
+                assert len(str(exc).splitlines()) == 1
+                refused += 1
+            else:
+                assert _same(result, clean), f"a flipped byte in {path} changed what is read, silently"
+            path.write_bytes(clean_bytes)
+    assert refused >= 2 * len(files)  # nearly every flip is caught; the rest fall on bytes nobody reads
+
+
+def test_a_folder_without_checksums_loads_with_a_note(tmp_path, model, capsys):
+    cfg = make_cfg(tmp_path, model, dict_size=64, top_k=4)
+    save_sae(create_sae(cfg), tmp_path / "sae")
+    load_sae(tmp_path / "sae")
+    assert "loaded unchecked" not in capsys.readouterr().err
+    for sidecar in (tmp_path / "sae").glob("*.sha256"):
+        sidecar.unlink()
+    load_sae(tmp_path / "sae")
+    assert "has no checksum" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, model, docs_texts) -> tuple[Path, Path]:
+    """(run folder, its dataset file): a small SAE trained on 120 distinct paragraphs, with checkpoints."""
+    folder = tmp_path_factory.mktemp("tiny-run")
+    data = write_jsonl(folder / "texts.jsonl", [{"text": t} for t in list(dict.fromkeys(docs_texts))[:120]])
+    cfg = make_cfg(folder, model, dataset_path=str(data), dict_size=64, top_k=4, batch_size=16, num_eval_examples=20,
+                   num_examples=400, checkpoint_freq=10)
+    return train(cfg).run_dir, data
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda run: top_features(run, ""), "the text is empty"),
+    (lambda run: top_features(run, "   "), "the text is empty"),
+    (lambda run: top_features(run, "a text", top=-3), "top must be a positive number, got -3"),
+    (lambda run: explain_run(run, top_n=0), "top_n must be a positive number, got 0"),
+    (lambda run: evaluate_run(run, num_examples=0), "num_examples must be a positive number"),
+    (lambda run: evaluate_run(run, num_examples=-5), "num_examples must be a positive number"),
+], ids=["empty-text", "spaces", "negative-top", "top_n-0", "eval-0", "eval-negative"])
+def test_counts_and_texts_that_make_no_sense_are_refused(tiny_run, call, message):
+    with pytest.raises(ConfigError, match=message):
+        call(tiny_run[0])
+
+
+def test_held_out_follows_the_data_not_how_its_path_is_written(tiny_run, model, tmp_path, monkeypatch):
+    run_dir, data = tiny_run
+    assert evaluate_run(run_dir, model=model)["held_out"]
+    monkeypatch.chdir(data.parent)
+    assert evaluate_run(run_dir, dataset_path=data.name, num_examples=20, model=model)["held_out"]
+    monkeypatch.chdir(tmp_path)  # the run's config stores its dataset's absolute path: eval works from anywhere
+    assert json.loads((run_dir / "cfg.json").read_text())["sentence_sae"]["config"]["dataset_path"] == str(data)
+    assert evaluate_run(run_dir, num_examples=20, model=model)["held_out"]
+    # A SAELens folder says nothing of its training data: nothing it is evaluated on counts as held out.
+    saelens = tmp_path / "saelens"
+    shutil.copytree(run_dir, saelens, ignore=shutil.ignore_patterns("checkpoints", "*.sha256"))
+    cfg = json.loads((saelens / "cfg.json").read_text())
+    del cfg["sentence_sae"]
+    (saelens / "cfg.json").write_text(json.dumps(cfg))
+    assert not evaluate_run(saelens, dataset_path="python-docs", num_examples=20, model=model)["held_out"]
+
+
+def test_a_run_stopped_before_its_final_save_points_at_its_checkpoint(tiny_run, tmp_path):
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tiny_run[0] / "checkpoints", stopped / "checkpoints")
+    with pytest.raises(CheckpointError, match="stopped before its final save; use its last checkpoint .*step_"):
+        evaluate_run(stopped)
+
+
+def test_identical_texts_are_reported_not_a_nan_fvu(tmp_path, model):
+    data = write_jsonl(tmp_path / "same.jsonl", [{"text": "the same sentence"}] * 400)
+    cfg = make_cfg(tmp_path, model, dataset_path=str(data), dict_size=64, top_k=4, num_examples=200)
+    with pytest.raises(DataError, match="all identical"):
+        train(cfg)
+
+
+def test_a_missing_file_of_an_unknown_type_is_named_missing_not_sent_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for path in ("data/x.tsv", "data/notes.md", str(tmp_path / "nothing.jsonl")):
+        with pytest.raises(DataError, match="does not exist"):
+            DatasetSource.of(path).open()
+
+
+def test_a_cache_dir_that_cannot_be_written_is_one_clear_line(tmp_path, model, jsonl_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), cache_dir=str(blocker / "cache"), dict_size=64,
+                   top_k=4, num_examples=100, num_eval_examples=10)
+    with pytest.raises(CacheError, match="cannot write the embedding cache .*set cache_dir"):
+        train(cfg)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_saes_are_refused_on_the_cpu_with_the_reason(tmp_path, model, dtype):
+    with pytest.raises(ConfigError, match=f"dtype {dtype} is not supported for SAEs on the CPU"):
+        make_cfg(tmp_path, model, dtype=dtype)

@@ -49,6 +49,13 @@ def test_grid_rejects_stream_keys_and_unknown_keys(tmp_path, model):
     assert parse_grid(["top_k=16,32", "lr=1e-3"]) == {"top_k": [16, 32], "lr": [1e-3]}
 
 
+def test_a_sweeps_name_prefixes_every_grid_point(tmp_path, model):
+    unnamed = [c.name for c in grid_configs(make_cfg(tmp_path, model), {"top_k": [8, 16]})]
+    assert unnamed == ["batchtopk_all-MiniLM-L6-v2_1536_k8-top_k8", "batchtopk_all-MiniLM-L6-v2_1536_k16-top_k16"]
+    named = [c.name for c in grid_configs(make_cfg(tmp_path, model, name="mine"), {"top_k": [8, 16]})]
+    assert named == ["mine-top_k8", "mine-top_k16"]
+
+
 @pytest.mark.slow
 def test_sweep_command_prints_one_summary_line_per_sae(tmp_path, jsonl_file):
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}

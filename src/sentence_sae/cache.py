@@ -28,7 +28,7 @@ from .config import DEFAULT_SHARD_ROWS
 from .data import DatasetSource
 from .embeddings import backend_precision, embedding_dim
 from .errors import CacheError
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, sha256_file
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -46,10 +46,31 @@ def default_cache_root() -> Path:
 # Fingerprints: what identifies a model and a dataset
 
 
-def _sha256_file(path: Path, hasher: Any) -> None:
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            hasher.update(block)
+_VERIFIED_SHARDS: set[tuple[str, str, int, int]] = set()
+"""(path, sha256, size, mtime) of the shard files this process has checked: each is hashed once per
+process, and again if it is replaced or rewritten."""
+
+
+def _identity(path: Path, sha256: str) -> tuple[str, str, int, int]:
+    stat = path.stat()
+    return (str(path), sha256, stat.st_size, stat.st_mtime_ns)
+
+
+def verify_shard(path: Path, sha256: str, folder: Path) -> None:
+    """Check a shard against the checksum its manifest lists, the first time this process reads it."""
+    identity = _identity(path, sha256)
+    if identity in _VERIFIED_SHARDS:
+        return
+    if sha256_file(path) != sha256:
+        raise CacheError(f"cache shard {path} is corrupt (its checksum does not match {MANIFEST}); delete the "
+                         f"cache folder {folder} to encode the dataset again")
+    _VERIFIED_SHARDS.add(identity)
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """A checksum of the manifest's own content (every key but ``checksum``)."""
+    content = {key: value for key, value in manifest.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 @lru_cache(maxsize=8)
@@ -130,6 +151,7 @@ class ShardedEmbeddings:
         self.folder = folder
         self.dim = dim
         self._files = [folder / shard["file"] for shard in shards]
+        self._checksums = [shard.get("sha256") for shard in shards]
         self._rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
@@ -147,6 +169,8 @@ class ShardedEmbeddings:
     def _shard(self, index: int) -> np.ndarray:
         if index not in self._maps:
             path = self._files[index]
+            if self._checksums[index]:
+                verify_shard(path, self._checksums[index], self.folder)
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
@@ -226,9 +250,12 @@ class EmbeddingCache:
         try:
             manifest = json.loads(path.read_text())
             shards, dim = manifest["shards"], int(manifest["dim"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise CacheError(f"cache manifest {path} is corrupt ({exc}); delete the folder "
-                                  f"{self.folder} to rebuild it") from None
+                             f"{self.folder} to rebuild it") from None
+        if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
+            raise CacheError(f"cache manifest {path} is corrupt (its checksum does not match its content); delete "
+                             f"the folder {self.folder} to rebuild it")
         if self.key is not None and manifest.get("key") != self.key.__dict__:
             raise CacheError(f"cache folder {self.folder} belongs to another dataset or model; delete it")
         if dim != self.dim and self.dim:
@@ -255,6 +282,7 @@ class EmbeddingCache:
             "skipped_texts": self.skipped_texts,
             "shards": self.shards,
         }
+        manifest["checksum"] = manifest_checksum(manifest)
         atomic_write_text(self.folder / MANIFEST, json.dumps(manifest, indent=1))
 
     @property
@@ -275,8 +303,12 @@ class EmbeddingCache:
         """Become the one process allowed to extend this cache; False if another holds it."""
         import fcntl
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / ".lock", "w")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            handle = open(self.folder / ".lock", "w")
+        except OSError as exc:
+            raise CacheError(f"cannot write the embedding cache {self.folder} ({exc.strerror or exc}); set cache_dir "
+                             "to a folder you can write, or use_cache false") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -322,10 +354,15 @@ class EmbeddingCache:
             with open(tmp, "wb") as handle:
                 np.save(handle, block)
 
-        atomic_write(self.folder / name, write)
-        hasher = hashlib.sha256()
-        _sha256_file(self.folder / name, hasher)
-        self.shards.append({"file": name, "rows": int(len(block)), "sha256": hasher.hexdigest()})
+        try:
+            atomic_write(self.folder / name, write)
+        except OSError as exc:
+            raise CacheError(f"could not write {name} into the embedding cache {self.folder} ({exc.strerror or exc}); "
+                             f"the cache stays valid up to row {self.rows}: free disk space, or set cache_dir "
+                             "elsewhere") from None
+        digest = sha256_file(self.folder / name)
+        _VERIFIED_SHARDS.add(_identity(self.folder / name, digest))  # this process wrote it
+        self.shards.append({"file": name, "rows": int(len(block)), "sha256": digest})
         self._write_manifest()
 
     def close(self) -> None:

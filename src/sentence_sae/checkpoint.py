@@ -3,8 +3,9 @@
 A saved SAE is a folder with ``cfg.json`` and ``sae_weights.safetensors`` (``W_enc`` [d_in, d_sae],
 ``W_dec`` [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in], and ``threshold`` [d_sae] for
 thresholded SAEs). ``cfg.json`` holds the fields SAELens reads plus the full sentence-sae config
-under ``sentence_sae``. Every file is written atomically (see files.py), and a checkpoint folder is
-staged under a temporary name and renamed into place.
+under ``sentence_sae``. Every file is written atomically with a SHA-256 checksum beside it (see
+files.py) that loading checks; a checkpoint folder is staged under a temporary name and renamed into
+place. A folder without checksums (SAELens's own) loads unchecked, with a note.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import SAEConfig, from_mapping
 from .errors import CheckpointError, ConfigError, first_line
-from .files import atomic_write, atomic_write_text
+from .files import CHECKSUM_SUFFIX, atomic_write_checked, checksum_path, verify_checksum, write_checksum
 from .sae import SAE_REGISTRY, BaseSAE, create_sae
 from .version import __version__
 
@@ -57,8 +59,9 @@ def save_sae(sae: BaseSAE, folder: str | Path) -> Path:
 
     folder = Path(folder)
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.weights_for_saving().items()}
-    atomic_write(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_text(folder / CFG_FILE, json.dumps(saelens_cfg(sae), indent=2))
+    atomic_write_checked(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    text = json.dumps(saelens_cfg(sae), indent=2)
+    atomic_write_checked(folder / CFG_FILE, lambda tmp: tmp.write_text(text))
     return folder
 
 
@@ -70,6 +73,9 @@ def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], N
         save_sae(sae, staging)
         if extra is not None:
             extra(staging)
+            for file in staging.iterdir():  # what extra wrote gets a checksum too
+                if file.suffix != CHECKSUM_SUFFIX and not checksum_path(file).exists():
+                    write_checksum(file)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(staging, folder)
@@ -83,10 +89,23 @@ def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], N
 # Loading
 
 
+CORRUPT_FIX = "use an earlier checkpoint (checkpoints/step_*) or train again"
+
+
+def verified(path: Path) -> bool:
+    """Whether ``path`` matched its checksum (False: it has none); a mismatch is a CheckpointError."""
+    return verify_checksum(path, CheckpointError, CORRUPT_FIX)
+
+
 def _read_cfg(folder: Path) -> dict[str, Any]:
     cfg_path = folder / CFG_FILE
     if not cfg_path.is_file():
+        saved = sorted(folder.glob(f"checkpoints/step_*/{CFG_FILE}"))
+        if saved:
+            raise CheckpointError(f"{cfg_path} is missing: the run stopped before its final save; use its last "
+                                  f"checkpoint {saved[-1].parent}, or finish it with 'sentence-sae train --resume {folder}'")
         raise CheckpointError(f"{cfg_path} is missing; give a run folder or a saved SAE folder")
+    verified(cfg_path)
     try:
         data = json.loads(cfg_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -156,6 +175,9 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{weights_path} is missing; the checkpoint is incomplete")
+    if not verified(weights_path):
+        print(f"note: {weights_path} has no checksum ({WEIGHTS_FILE}{CHECKSUM_SUFFIX}; a SAELens folder, or one "
+              "saved before sentence-sae wrote them): it is loaded unchecked", file=sys.stderr)
     try:
         tensors = load_file(str(weights_path), device=cfg.device)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -181,6 +203,11 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     sae.load_saved_weights(weights)
     sae.eval()
     return sae
+
+
+def written_by_sentence_sae(path: str | Path) -> bool:
+    """Whether a saved SAE's cfg.json holds our config (and so where it was trained), not only SAELens's."""
+    return "sentence_sae" in _read_cfg(Path(path))
 
 
 def saved_config(path: str | Path) -> SAEConfig:

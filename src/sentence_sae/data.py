@@ -104,6 +104,17 @@ def _fingerprint_files(path: Path) -> str:
     return hasher.hexdigest()
 
 
+DATA_FILE_SUFFIXES = {*LOCAL_BUILDERS, *COMPRESSION_SUFFIXES, ".tsv", ".xml", ".arrow", ".zip", ".tar", ".xlsx"}
+
+
+def _looks_local(dataset_path: str) -> bool:
+    """Whether a path that does not exist names a local file (so the error says it is missing)
+    rather than a hub dataset id (owner/name, without a file suffix)."""
+    path = Path(dataset_path).expanduser()
+    return (dataset_path.startswith((".", "/", "~")) or path.suffix.lower() in DATA_FILE_SUFFIXES
+            or (bool(path.suffix) and path.parent != Path(".") and path.parent.is_dir()))
+
+
 @dataclass(frozen=True)
 class DatasetSource:
     """Where a dataset's texts come from, decided once: a built-in corpus, local files, or the hub.
@@ -128,7 +139,7 @@ class DatasetSource:
         local = Path(dataset_path).expanduser()
         if local.exists():
             return cls(str(local.resolve()), "local", dataset_name, split, revision)
-        if dataset_path.startswith((".", "/", "~")) or local.suffix.lower() in LOCAL_BUILDERS:
+        if _looks_local(dataset_path):
             return cls(dataset_path, "missing", dataset_name, split, revision)
         return cls(dataset_path, "hub", dataset_name, split, revision)
 

@@ -47,3 +47,12 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line errors."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_positive(name: str, value: int | None, unset: str | None = None) -> None:
+    """A ConfigError naming ``name`` unless ``value`` is positive (or None, when ``unset`` says what that means)."""
+    if value is None and unset is not None:
+        return
+    if value is None or value < 1:
+        also = f" (or unset for {unset})" if unset else ""
+        raise ConfigError(f"{name} must be a positive number{also}, got {value}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from .errors import DataError
+from .errors import DataError, check_positive
 from .files import atomic_write_text
 from .metrics import label_purity, linear_probe_accuracy, neighbour_recall, reconstruction_metrics, similarity_spearman
 from .plots import density_histogram
@@ -23,8 +23,9 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     """Evaluate the SAE of ``run_dir`` on the first ``num_examples`` texts of a dataset (by default
     the run's own held-out texts); write ``eval.json`` and ``density_histogram.png`` into the run
     folder and return the metrics."""
+    check_positive("num_examples", num_examples, unset="the run's held-out texts")
     run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
-    n = num_examples or run.cfg.num_eval_examples
+    n = run.cfg.num_eval_examples if num_examples is None else num_examples
     corpus = run.corpus()
     try:
         labels_raw: list[Any] = []

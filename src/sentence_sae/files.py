@@ -1,18 +1,23 @@
-"""Files on disk: atomic writes and new run folders.
+"""Files on disk: atomic writes, checksums and new run folders.
 
 Every file the package writes goes to a temporary name beside its target, is fsynced and renamed
-into place, so a crash or a full disk never leaves a half-written file where a good one was.
+into place, so a crash or a full disk never leaves a half-written file where a good one was. Files
+whose bytes a later command trusts (SAE weights, cfg.json, trainer state, metrics.jsonl) get a
+SHA-256 checksum file beside them (``<name>.sha256``, in ``sha256sum`` format) that readers check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .errors import ConfigError
+from .errors import ConfigError, SentenceSAEError
+
+CHECKSUM_SUFFIX = ".sha256"
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -44,6 +49,43 @@ def _umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksum(path: Path) -> None:
+    """Write ``<path>.sha256`` for the file as it is now."""
+    atomic_write_text(checksum_path(path), f"{sha256_file(path)}  {path.name}\n")
+
+
+def atomic_write_checked(path: Path, write: Callable[[Path], None]) -> None:
+    """``atomic_write`` and a checksum beside it. The old checksum goes first, so a crash in between
+    leaves a file without a checksum (read unchecked), never one with a wrong checksum."""
+    checksum_path(path).unlink(missing_ok=True)
+    atomic_write(path, write)
+    write_checksum(path)
+
+
+def verify_checksum(path: Path, error: type[SentenceSAEError], fix: str) -> bool:
+    """Check ``path`` against ``<path>.sha256``: True when it matches, False when there is no
+    checksum to check, and ``error`` (naming the file and ``fix``) when it does not match."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        return False
+    expected = sidecar.read_text(errors="replace").split(" ", 1)[0].strip()
+    if sha256_file(path) != expected:
+        raise error(f"{path} is corrupt: its contents do not match the checksum in {sidecar.name}; {fix}")
+    return True
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:

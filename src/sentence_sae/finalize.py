@@ -13,7 +13,15 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import B_DEC_INITS, DTYPES, WANDB_MODES, SAEConfig, from_mapping, matryoshka_widths
+from .config import (
+    B_DEC_INITS,
+    DTYPES,
+    WANDB_MODES,
+    SAEConfig,
+    from_mapping,
+    matryoshka_widths,
+)
+from .data import DatasetSource
 from .embeddings import ENCODE_BACKENDS, embedding_dim, load_sentence_model
 from .errors import ConfigError
 from .sae import SAE_REGISTRY
@@ -103,6 +111,21 @@ def validate(cfg: SAEConfig) -> None:
     _check(bool(cfg.dataset_path), "dataset_path must not be empty")
 
 
+def default_run_name(cfg: SAEConfig) -> str:
+    """The run name when none is given: architecture, model, size and k."""
+    return f"{cfg.sae_type}_{Path(cfg.model_name.rstrip('/')).name}_{cfg.dict_size}_k{cfg.top_k}"
+
+
+def _make_paths_absolute(cfg: SAEConfig) -> None:
+    """Local paths become absolute, so a saved run's config still names them from any folder."""
+    source = DatasetSource.from_config(cfg)
+    if source.kind == "local":
+        cfg.dataset_path = source.path
+    cfg.output_dir = str(Path(cfg.output_dir).expanduser().absolute())
+    if cfg.cache_dir:
+        cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
+
+
 def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEConfig:
     """Finalize a config: validate every value and fill the derived ones.
 
@@ -116,6 +139,12 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
         cfg = dataclasses.replace(cfg)
     validate(cfg)
     cfg.device = resolve_device(cfg.device)
+    if cfg.dtype in ("float16", "bfloat16") and cfg.device == "cpu":
+        # Measured on CPU: the sparse kernels have no half-precision sampled matmul, and the dense
+        # float16 path gives a non-finite loss at step 2 at any lr.
+        raise ConfigError(f"dtype {cfg.dtype} is not supported for SAEs on the CPU (its sparse kernels have no "
+                          "half-precision support, and float16 training diverges there); use float32 or float64")
+    _make_paths_absolute(cfg)
     cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
 
     if model is None:
@@ -134,6 +163,5 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
     if cfg.top_k_aux > cfg.dict_size:
         cfg.top_k_aux = cfg.dict_size
     if cfg.name is None:
-        model_short = Path(cfg.model_name.rstrip("/")).name
-        cfg.name = f"{cfg.sae_type}_{model_short}_{cfg.dict_size}_k{cfg.top_k}"
+        cfg.name = default_run_name(cfg)
     return cfg

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from .errors import DataError
 from .sae import BaseSAE, eval_mode
 
 
@@ -57,7 +58,10 @@ def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: i
             fired = feature_acts > 0
             l0_sum += fired.sum().item()
             fire_counts += fired.sum(0).double()
-    fvu = sq_error / variance if variance > 0 else float("nan")
+    if variance <= 0:
+        raise DataError(f"the {n} embeddings to evaluate on are all identical (no variance), so FVU is "
+                        "undefined; evaluate on distinct texts")
+    fvu = sq_error / variance
     density = fire_counts / n
     return {
         "fvu": fvu,

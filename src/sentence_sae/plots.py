@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CheckpointError
+from .tracking import METRICS_FILE, read_metrics
 
 
 def _pyplot():
@@ -47,15 +46,7 @@ CURVES = [("train/loss", "loss"), ("eval/fvu", "held-out FVU"), ("train/l0", "L0
 
 def training_curves(run_dir: Path, path: Path | None = None) -> Path:
     """Loss, held-out FVU, L0 and dead fraction against training examples, from metrics.jsonl."""
-    metrics_file = Path(run_dir) / "metrics.jsonl"
-    if not metrics_file.is_file():
-        raise CheckpointError(f"{metrics_file} is missing; give a run folder written by sentence-sae train")
-    rows = []
-    for number, line in enumerate(metrics_file.read_text().splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{metrics_file} line {number} is not valid JSON") from None
+    rows = read_metrics(Path(run_dir) / METRICS_FILE)
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     last_examples = 0.0

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_sae, saved_config
+from .checkpoint import load_sae, saved_config, written_by_sentence_sae
 from .config import SAEConfig
 from .corpus import Corpus
+from .data import DatasetSource
 from .embeddings import encode_texts, load_sentence_model, require_dim
 from .errors import CheckpointError
 from .sae import BaseSAE, eval_mode
@@ -23,13 +24,13 @@ class Run:
     sae: BaseSAE
     cfg: SAEConfig
     model: Any
-    trained_on: tuple[str, str | None, str]
-    """(dataset_path, dataset_name, split) of the training data."""
+    trained_on: DatasetSource | None
+    """The training data, or None when unknown (a SAELens folder)."""
 
     @property
     def own_dataset(self) -> bool:
-        """Whether the corpus is the dataset the SAE was trained on."""
-        return self.trained_on == (self.cfg.dataset_path, self.cfg.dataset_name, self.cfg.split)
+        """Whether the corpus is the dataset the SAE was trained on (paths compared resolved)."""
+        return self.trained_on is not None and self.trained_on == DatasetSource.from_config(self.cfg)
 
     def corpus(self) -> Corpus:
         return Corpus(self.model, self.cfg)
@@ -42,7 +43,7 @@ def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, 
     if not folder.is_dir():
         raise CheckpointError(f"run folder {folder} does not exist; give the folder a train run printed as run_dir")
     cfg = saved_config(folder)
-    trained_on = (cfg.dataset_path, cfg.dataset_name, cfg.split)
+    trained_on = DatasetSource.from_config(cfg) if written_by_sentence_sae(folder) else None
     changes = {key: value for key, value in overrides.items() if value is not None}
     cfg = cfg.replace(**changes, device=device or "cpu")
     sae = load_sae(folder, device=cfg.device)

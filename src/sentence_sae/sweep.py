@@ -11,7 +11,7 @@ from .activation_store import ActivationsStoreSBERT
 from .config import SAEConfig, coerce_value, from_mapping, unknown_key_message
 from .embeddings import load_sentence_model
 from .errors import ConfigError
-from .finalize import post_init_cfg
+from .finalize import default_run_name, post_init_cfg
 from .sae import create_sae
 from .trainer import Trainer, TrainResult, run_training
 
@@ -48,9 +48,12 @@ def grid_configs(base: SAEConfig, grid: Mapping[str, Sequence[Any]]) -> list[SAE
     configs = []
     for values in itertools.product(*grid.values()):
         changes = dict(zip(grid, values))
-        cfg = post_init_cfg(base.replace(**changes, name=None))  # named after its own architecture and size
+        # Each SAE is named after its grid values, behind the name given to the sweep or, without one,
+        # its own architecture and size.
+        cfg = post_init_cfg(base.replace(**changes, name=None))
         suffix = "-".join(f"{key}{value}" for key, value in changes.items())
-        configs.append(cfg.replace(name=f"{cfg.name}-{suffix}"))
+        given = base.name if base.name not in (None, default_run_name(base)) else None
+        configs.append(cfg.replace(name=f"{given or cfg.name}-{suffix}"))
     return configs
 
 

@@ -14,7 +14,28 @@ from pathlib import Path
 from typing import Any
 
 from .config import SAEConfig
-from .errors import first_line
+from .errors import CheckpointError, first_line
+from .files import checksum_path, verify_checksum, write_checksum
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl, checked against its checksum when the run wrote one."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing; give a run folder written by sentence-sae train")
+    verify_checksum(path, CheckpointError, "train the run again, or delete the checksum file to read it unchecked")
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise CheckpointError(f"{path} line {number} is not a metrics record; delete that line or train again")
+        rows.append(row)
+    return rows
 
 
 class RunLogger:
@@ -23,7 +44,9 @@ class RunLogger:
     def __init__(self, cfg: SAEConfig, run_dir: Path, enabled: bool = True, resume_id: str | None = None):
         self.run_dir = run_dir
         self.enabled = enabled
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.metrics_path = run_dir / METRICS_FILE
+        if enabled:  # the file grows again: its checksum is written when the run finishes
+            checksum_path(self.metrics_path).unlink(missing_ok=True)
         self._metrics_file = open(self.metrics_path, "a") if enabled else None
         self.wandb_run: Any = None
         self.exit_code: int | None = None
@@ -58,6 +81,7 @@ class RunLogger:
         if self._metrics_file is not None:
             self._metrics_file.close()
             self._metrics_file = None
+            write_checksum(self.metrics_path)
         if self.wandb_run is not None:
             for key, value in summary.items():
                 self.wandb_run.summary[key] = value

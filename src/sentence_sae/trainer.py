@@ -28,7 +28,7 @@ from .checkpoint import save_checkpoint_folder, save_sae
 from .config import SAEConfig
 from .distributed import SingleProcess
 from .errors import CheckpointError, DataError, TrainingStopped
-from .files import new_run_dir
+from .files import atomic_write_checked, new_run_dir
 from .metrics import reconstruction_metrics
 from .sae import BaseSAE
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
@@ -220,7 +220,8 @@ class Trainer:
             return None
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
         try:
-            save_checkpoint_folder(self.sae, folder, lambda staging: torch.save(state, staging / TRAINER_STATE))
+            save_checkpoint_folder(self.sae, folder, lambda staging: atomic_write_checked(
+                staging / TRAINER_STATE, lambda tmp: torch.save(state, tmp)))
         except OSError as exc:
             raise CheckpointError(
                 f"could not write the checkpoint {folder} ({exc.strerror or exc}){self._checkpoint_note()}"
@@ -252,6 +253,9 @@ class Trainer:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
         if self.resumed:
             return
+        if len(sample) > 1 and not bool((sample != sample[0]).any()):
+            raise DataError(f"the first {len(sample)} training embeddings are all identical (no variance): the "
+                            "texts are probably all the same; give a dataset of distinct texts")
         if planned is not None:
             self.total_steps = max(1, math.ceil(planned / self.store.cfg.batch_size))
         initialize_b_dec(self.sae, sample)

@@ -19,9 +19,10 @@ from .config import SAEConfig, from_mapping
 from .distributed import DistributedContext
 from .embeddings import load_sentence_model, require_dim
 from .errors import CheckpointError, ConfigError, first_line
-from .files import atomic_write_text
+from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
 from .sae import BaseSAE, create_sae
+from .tracking import read_metrics
 from .trainer import TRAINER_STATE, Trainer, TrainResult
 
 
@@ -80,6 +81,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:
     path = folder / TRAINER_STATE
+    verify_checksum(path, CheckpointError, "resume from an earlier checkpoint by deleting this folder")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or corrupt pickles
@@ -111,5 +113,5 @@ def truncate_metrics(path: Path, step: int) -> None:
     """Drop the metrics of steps after ``step``: a resumed run logs them again."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    kept = [row for row in read_metrics(path) if row["step"] <= step]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..embeddings import load_sentence_model
-from ..errors import DataError
+from ..errors import DataError, check_positive
 from ..files import atomic_write_text
 from ..runs import open_run
 from ..tracking import progress_bar
@@ -31,6 +31,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
                 text_column: str | None = None, top_n: int = 10, label_texts: int = 8,
                 device: str | None = None, model: Any = None, family_min_weight: float = 0.5) -> dict[str, Any]:
     """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset)."""
+    check_positive("num_examples", num_examples, unset="the whole dataset")
+    check_positive("top_n", top_n)
     started = time.perf_counter()
     run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
     corpus = run.corpus()

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, check_positive
 from ..runs import open_run, text_codes
 
 
@@ -18,6 +19,9 @@ def feature_labels(run_dir: Path) -> dict[int, str]:
 
 
 def top_features(run_dir: str | Path, text: str, top: int = 10, device: str | None = None) -> dict[str, Any]:
+    if not text.strip():
+        raise ConfigError("the text is empty or only spaces; give the text whose features you want")
+    check_positive("top", top)
     run = open_run(run_dir, device)
     codes = text_codes(run.sae, [text], run.model)[0]
     values, ids = codes.topk(min(top, len(codes)))
