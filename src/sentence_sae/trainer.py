@@ -86,8 +86,6 @@ class TrainResult:
         }
 
 
-
-
 class Trainer:
     """One training run of one SAE. Small methods, so that variants of the loop can reuse them."""
 
