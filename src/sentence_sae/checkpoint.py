@@ -73,7 +73,8 @@ def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], N
         save_sae(sae, staging)
         if extra is not None:
             extra(staging)
-            for file in staging.iterdir():  # what extra wrote gets a checksum too
+            # The folder is staged and renamed whole, so what extra wrote needs only its checksum.
+            for file in staging.iterdir():
                 if file.suffix != CHECKSUM_SUFFIX and not checksum_path(file).exists():
                     write_checksum(file)
         if folder.exists():
@@ -205,12 +206,14 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     return sae
 
 
-def written_by_sentence_sae(path: str | Path) -> bool:
-    """Whether a saved SAE's cfg.json holds our config (and so where it was trained), not only SAELens's."""
-    return "sentence_sae" in _read_cfg(Path(path))
-
-
 def saved_config(path: str | Path) -> SAEConfig:
     """The config of a saved SAE without loading its weights."""
+    return saved_config_and_provenance(path)[0]
+
+
+def saved_config_and_provenance(path: str | Path) -> tuple[SAEConfig, bool]:
+    """The config of a saved SAE, and whether its cfg.json holds our config (and so where it was
+    trained) rather than only SAELens's fields."""
     folder = Path(path)
-    return config_from_saved(_read_cfg(folder), folder)
+    data = _read_cfg(folder)
+    return config_from_saved(data, folder), "sentence_sae" in data

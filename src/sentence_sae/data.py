@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from .errors import DataError, DataReadError, first_line
+from .files import hash_file
 
 # File suffix -> datasets builder. Compressed files (.gz, .bz2, .xz, .zst) use their inner suffix.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -98,9 +99,7 @@ def _fingerprint_files(path: Path) -> str:
         if path.is_dir() and not any(s in LOCAL_BUILDERS for s in (x.lower() for x in file.suffixes)):
             continue
         hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                hasher.update(block)
+        hash_file(file, hasher)
     return hasher.hexdigest()
 
 

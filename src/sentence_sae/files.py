@@ -13,7 +13,7 @@ import os
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import ConfigError, SentenceSAEError
 
@@ -51,11 +51,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
+def hash_file(path: Path, hasher: Any) -> None:
+    """Feed a file's bytes to ``hasher``, a megabyte at a time."""
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             hasher.update(block)
+
+
+def sha256_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    hash_file(path, hasher)
     return hasher.hexdigest()
 
 

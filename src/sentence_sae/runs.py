@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import load_sae, saved_config, written_by_sentence_sae
+from .checkpoint import load_sae, saved_config_and_provenance
 from .config import SAEConfig
 from .corpus import Corpus
 from .data import DatasetSource
@@ -42,8 +42,8 @@ def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, 
     folder = Path(run_dir)
     if not folder.is_dir():
         raise CheckpointError(f"run folder {folder} does not exist; give the folder a train run printed as run_dir")
-    cfg = saved_config(folder)
-    trained_on = DatasetSource.from_config(cfg) if written_by_sentence_sae(folder) else None
+    cfg, ours = saved_config_and_provenance(folder)
+    trained_on = DatasetSource.from_config(cfg) if ours else None
     changes = {key: value for key, value in overrides.items() if value is not None}
     cfg = cfg.replace(**changes, device=device or "cpu")
     sae = load_sae(folder, device=cfg.device)

@@ -28,7 +28,7 @@ from .checkpoint import save_checkpoint_folder, save_sae
 from .config import SAEConfig
 from .distributed import SingleProcess
 from .errors import CheckpointError, DataError, TrainingStopped
-from .files import atomic_write_checked, new_run_dir
+from .files import new_run_dir
 from .metrics import reconstruction_metrics
 from .sae import BaseSAE
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
@@ -218,8 +218,7 @@ class Trainer:
             return None
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
         try:
-            save_checkpoint_folder(self.sae, folder, lambda staging: atomic_write_checked(
-                staging / TRAINER_STATE, lambda tmp: torch.save(state, tmp)))
+            save_checkpoint_folder(self.sae, folder, lambda staging: torch.save(state, staging / TRAINER_STATE))
         except OSError as exc:
             raise CheckpointError(
                 f"could not write the checkpoint {folder} ({exc.strerror or exc}){self._checkpoint_note()}"
