@@ -143,8 +143,12 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
     folder = tmp_path / "data"
     folder.mkdir()
     good = sorted(set(docs_texts), key=len)[:1200]  # rows are read 1,000 at a time: fail in the 2nd batch
-    write_jsonl(folder / "a.jsonl", [{"text": t} for t in good])
-    (folder / "b.jsonl").write_text('{"text": "fine"}\n{this line is broken\n')
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": good}), folder / "a.parquet")
+    # not line-based, so no line to point at: the read is retried, as a flaky network stream would be
+    (folder / "b.parquet").write_bytes(b"PAR1" + b"broken" * 100 + b"PAR1")
     cfg = make_cfg(tmp_path, model, dataset_path=str(folder), use_cache=False, dict_size=64, top_k=4,
                    batch_size=16, model_batch_size=16, num_batches_in_buffer=2, num_eval_examples=10,
                    num_examples=5000, checkpoint_freq=10, cache_shard_size=64,  # 64 texts per model call
@@ -318,3 +322,59 @@ def test_a_cache_dir_that_cannot_be_written_is_one_clear_line(tmp_path, model, j
 def test_half_precision_saes_are_refused_on_the_cpu_with_the_reason(tmp_path, model, dtype):
     with pytest.raises(ConfigError, match=f"dtype {dtype} is not supported for SAEs on the CPU"):
         make_cfg(tmp_path, model, dtype=dtype)
+
+
+def _bad_line_message(dataset: Path, model, tmp_path: Path) -> str:
+    cfg = make_cfg(tmp_path, model, dataset_path=str(dataset), use_cache=False, num_eval_examples=2)
+    with pytest.raises(DataError) as failure:
+        list(ActivationsStoreSBERT(model, cfg).corpus.texts_from(0))
+    return str(failure.value)
+
+
+def test_a_bad_line_past_the_readers_first_block_is_named_by_its_line(tmp_path, model):
+    rows = [json.dumps({"text": f"text {i} " + "x" * 40_000}) for i in range(400)]
+    rows[289] = '{"text": "broken'  # 11 MB in: the reader's own message says "row 5" and "after 0 rows"
+    import gzip
+
+    for name, write in (("big.jsonl", lambda p, b: p.write_bytes(b)), ("big.jsonl.gz", gzip.open)):
+        path = tmp_path / name
+        data = ("\n".join(rows) + "\n").encode()
+        if name.endswith(".gz"):
+            with gzip.open(path, "wb") as handle:
+                handle.write(data)
+        else:
+            path.write_bytes(data)
+        message = _bad_line_message(path, model, tmp_path)
+        assert f"line 290 of {path} is not valid JSON" in message and "after 289 good rows" in message, message
+        assert "retries" not in message  # a bad line fails the same way every time: no waiting
+
+
+def test_a_file_that_is_not_utf8_is_named_by_its_line(tmp_path, model):
+    path = tmp_path / "latin.txt"
+    path.write_bytes(b"a line of text\n" * 3000 + "caf\xe9 au lait\n".encode("latin-1") + b"more\n")
+    message = _bad_line_message(path, model, tmp_path)
+    assert f"line 3001 of {path} is not UTF-8 (byte 0xe9 at column 4)" in message, message
+
+
+def test_a_full_disk_while_caching_is_one_line_and_keeps_what_was_cached(tmp_path, model, docs_texts):
+    data = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in docs_texts[:600]])
+    command = [sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", str(data), "--cache_dir",
+               str(tmp_path / "cache"), "--cache_shard_size", "64", "--num_eval_examples", "10"]
+    first = subprocess.run(command + ["--num_examples", "118"], capture_output=True, text=True, env=ENV, timeout=900)
+    assert first.returncode == 0, first.stderr
+    cached = json.loads(first.stdout.strip().splitlines()[-1])
+    assert cached["rows"] == 128
+
+    def disk_full() -> None:  # every file may grow to 50 kB: a 64-row shard (98 kB) cannot be written
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))
+
+    full = subprocess.run(command + ["--num_examples", "500"], capture_output=True, text=True, env=ENV,
+                          timeout=900, preexec_fn=disk_full)
+    assert full.returncode == 2, full.stderr
+    assert "Traceback" not in full.stderr
+    assert "could not write shard_00003.npy" in full.stderr and "stays valid up to row 128" in full.stderr
+    kept = load_embeddings(cached["cache_dir"])
+    assert kept.shape == (128, 384)
+    again = subprocess.run(command + ["--num_examples", "118"], capture_output=True, text=True, env=ENV, timeout=900)
+    assert json.loads(again.stdout.strip().splitlines()[-1])["encoded"] == 0  # nothing had to be encoded again

@@ -354,16 +354,19 @@ class EmbeddingCache:
             with open(tmp, "wb") as handle:
                 np.save(handle, block)
 
+        valid_rows = self.rows
         try:
             atomic_write(self.folder / name, write)
+            digest = sha256_file(self.folder / name)
+            self.shards.append({"file": name, "rows": int(len(block)), "sha256": digest})
+            self._write_manifest()
         except OSError as exc:
+            if self.shards and self.shards[-1]["file"] == name:
+                self.shards.pop()  # the manifest on disk does not list it
             raise CacheError(f"could not write {name} into the embedding cache {self.folder} ({exc.strerror or exc}); "
-                             f"the cache stays valid up to row {self.rows}: free disk space, or set cache_dir "
+                             f"the cache stays valid up to row {valid_rows}: free disk space, or set cache_dir "
                              "elsewhere") from None
-        digest = sha256_file(self.folder / name)
         _VERIFIED_SHARDS.add(_identity(self.folder / name, digest))  # this process wrote it
-        self.shards.append({"file": name, "rows": int(len(block)), "sha256": digest})
-        self._write_manifest()
 
     def close(self) -> None:
         self.flush()

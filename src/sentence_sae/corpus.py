@@ -16,7 +16,7 @@ import torch
 
 from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig
-from .data import DatasetSource, TextCounter, iter_dataset_rows
+from .data import DatasetSource, TextCounter, iter_dataset_rows, locate_bad_line
 from .embeddings import embedding_dim, encode_texts
 from .errors import DataError, DataReadError
 
@@ -95,6 +95,9 @@ class Corpus:
                 counter.texts, counter.skipped_empty = attempt.texts, attempt.skipped_empty
                 return
             except DataReadError as exc:
+                located = locate_bad_line(self.dataset_source.path) if self.dataset_source.kind == "local" else None
+                if located is not None:  # a bad line in a local file fails the same way every time
+                    raise DataReadError(f"cannot read {self.source}: {located}") from None
                 failures += 1
                 if failures > READ_RETRIES:
                     raise DataReadError(f"{exc} (gave up after {READ_RETRIES} retries; {position} texts had "
