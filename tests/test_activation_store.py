@@ -34,7 +34,7 @@ def test_python_docs_corpus_is_the_language_reference():
 
 
 def test_batches_texts_embeddings_and_minibatches(tmp_path, model, jsonl_file, small_texts):
-    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), model_batch_size=8,
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(jsonl_file), model_batch_size=8,
                    num_batches_in_buffer=4, batch_size=16, num_eval_examples=10, num_epochs=1, num_examples=None)
     store = ActivationsStoreSBERT(model, cfg)
     assert store.eval_texts == small_texts[:10]  # held out first, before any training text
@@ -94,7 +94,7 @@ def test_example_limit_stops_cleanly(tmp_path, model, jsonl_file):
 
 
 def test_epochs_repeat_every_training_text_and_never_the_held_out(tmp_path, model, jsonl_file, small_texts):
-    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), model_batch_size=8, num_batches_in_buffer=2,
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(jsonl_file), model_batch_size=8, num_batches_in_buffer=2,
                    batch_size=8, num_eval_examples=12, num_epochs=3, num_examples=None)
     store = ActivationsStoreSBERT(model, cfg)
     counts = Counter(served_texts(store))
@@ -103,9 +103,36 @@ def test_epochs_repeat_every_training_text_and_never_the_held_out(tmp_path, mode
         store.get_batch_tokens()
 
 
+def test_validation_texts_follow_the_held_out_ones_and_are_never_trained_on(tmp_path, model, jsonl_file, small_texts):
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), model_batch_size=8, num_batches_in_buffer=2,
+                   batch_size=8, num_eval_examples=10, num_val_examples=6, num_epochs=2, num_examples=None)
+    store = ActivationsStoreSBERT(model, cfg)
+    expected = model.encode(small_texts[10:16], convert_to_tensor=True)
+    torch.testing.assert_close(store.validation_embeddings(), expected, rtol=1e-4, atol=1e-5)
+    assert Counter(served_texts(store)) == Counter(small_texts[16:] * 2)  # validation texts never served
+    served = torch.cat(list(ActivationsStoreSBERT(model, cfg)))
+    assert len(served) == 2 * 44
+    assert torch.cdist(served, store.validation_embeddings()).min() > 1e-3
+    assert torch.cdist(served, store.held_out_embeddings()).min() > 1e-3
+
+
+def test_the_validation_set_follows_the_corpus_size_unless_set(tmp_path):
+    from sentence_sae import SAEConfig
+
+    sizes = {}
+    for rows in (300, 3_000, 20_000, 100_000):
+        store = EmbeddingStore(torch.randn(rows, 4), SAEConfig(act_size=4, device="cpu"))
+        sizes[rows] = store.num_val_examples
+        assert store.train_start == 256 + store.num_val_examples
+        assert len(store.validation_embeddings()) == store.num_val_examples
+    assert sizes == {300: 4, 3_000: 137, 20_000: 987, 100_000: 2_048}  # 5%, at most 10%, 64 to 2,048
+    fixed = EmbeddingStore(torch.randn(3_000, 4), SAEConfig(act_size=4, device="cpu", num_val_examples=10))
+    assert fixed.num_val_examples == 10 and fixed.n_train == 3_000 - 266
+
+
 def test_refill_serves_each_example_once_per_pass_and_shuffles(tmp_path, model, jsonl_file, docs_embeddings):
     # EmbeddingStore shares the buffer logic; real embeddings, many refills of a small buffer.
-    cfg = make_cfg(tmp_path, model, model_batch_size=16, num_batches_in_buffer=4, batch_size=24,
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, model_batch_size=16, num_batches_in_buffer=4, batch_size=24,
                    num_eval_examples=100, num_epochs=2, num_examples=None)
     data = docs_embeddings[:500].clone()
     data[:, 0] = torch.arange(500)  # a tag per row: the corpus repeats a few paragraphs
@@ -132,7 +159,7 @@ def test_empty_and_missing_texts_are_skipped_and_counted(tmp_path, model, small_
     rows = [{"text": small_texts[0]}, {"text": ""}, {"text": "   "}, {"text": None}, {"other": 1},
             {"text": small_texts[1]}, {"text": small_texts[2]}]
     path = write_jsonl(tmp_path / "gaps.jsonl", rows)
-    cfg = make_cfg(tmp_path, model, dataset_path=str(path), num_eval_examples=1, num_examples=None, num_epochs=1)
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(path), num_eval_examples=1, num_examples=None, num_epochs=1)
     store = ActivationsStoreSBERT(model, cfg)
     assert served_texts(store) == small_texts[1:3]
     assert sum(len(batch) for batch in store) == 2
@@ -142,7 +169,7 @@ def test_empty_and_missing_texts_are_skipped_and_counted(tmp_path, model, small_
 
 def test_missing_text_column_lists_the_columns(tmp_path, model, small_texts):
     path = write_jsonl(tmp_path / "d.jsonl", [{"sentence": t, "label": 1} for t in small_texts[:5]])
-    cfg = make_cfg(tmp_path, model, dataset_path=str(path))
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(path))
     with pytest.raises(DataError, match="column 'text' not found in .*columns present: sentence, label; set text_column"):
         ActivationsStoreSBERT(model, cfg)
     store = ActivationsStoreSBERT(model, cfg.replace(text_column="sentence", num_eval_examples=1, num_epochs=1))
@@ -160,8 +187,8 @@ def test_empty_dataset_is_an_error(tmp_path, model, rows):
 
 def test_dataset_smaller_than_the_held_out_set_is_an_error(tmp_path, model, small_texts):
     path = write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in small_texts[:5]])
-    cfg = make_cfg(tmp_path, model, dataset_path=str(path), num_eval_examples=10)
-    with pytest.raises(DataError, match="only 5 texts.*num_eval_examples=10.*lower num_eval_examples"):
+    cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(path), num_eval_examples=10)
+    with pytest.raises(DataError, match="only 5 texts.*num_eval_examples=10.*lower them"):
         ActivationsStoreSBERT(model, cfg)
 
 

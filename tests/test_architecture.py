@@ -15,8 +15,9 @@ README = PACKAGE.parents[1] / "README.md"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "version"),
-    ("files", "prefetch"),
+    ("files", "prefetch", "signals"),
     ("config",),
+    ("recipe",),
     ("tracking",),
     ("data", "embeddings"),
     ("cache",),
@@ -26,6 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("finalize",),
     ("checkpoint",),
     ("metrics", "schedules"),
+    ("steering",),
     ("distributed",),
     ("trainer",),
     ("training", "sweep"),

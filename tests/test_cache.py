@@ -59,7 +59,9 @@ def test_second_run_reads_the_cache_and_never_runs_the_model(tmp_path, model, js
         assert counter.calls == 0  # held-out and training embeddings both came from disk
     assert second.corpus._dataset is None  # the dataset was not even opened
     torch.testing.assert_close(second.held_out_embeddings(), first.held_out_embeddings())
-    assert len(served_first) == len(served_second) == 100
+    torch.testing.assert_close(second.validation_embeddings(), first.validation_embeddings())
+    assert second.num_val_examples == 5  # 10% of the 50 training texts (5%, but at least 64, is too many)
+    assert len(served_first) == len(served_second) == 2 * 45
     key = lambda rows: sorted(map(tuple, rows[:, :3].tolist()))
     assert key(served_first) == key(served_second)  # the same examples, shuffled differently
 

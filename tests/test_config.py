@@ -20,11 +20,15 @@ def test_defaults_finalize_with_values_derived_from_the_model(model):
     assert post_init_cfg(cfg, model) == cfg  # finalizing twice changes nothing
 
 
-def test_sparsity_coefficient_defaults_per_architecture(model):
-    vanilla = post_init_cfg(SAEConfig(sae_type="vanilla"), model)
-    jumprelu = post_init_cfg(SAEConfig(sae_type="jumprelu"), model)
-    assert vanilla.l1_coeff > jumprelu.l1_coeff > 0
-    assert post_init_cfg(SAEConfig(sae_type="jumprelu", l1_coeff=0.5), model).l1_coeff == 0.5
+def test_sparsity_coefficient_starts_at_the_architectures_default_unless_set(model):
+    from sentence_sae import create_sae
+
+    vanilla = create_sae(post_init_cfg(SAEConfig(sae_type="vanilla"), model))
+    jumprelu = create_sae(post_init_cfg(SAEConfig(sae_type="jumprelu"), model))
+    assert vanilla.cfg.l1_coeff is None  # unset stays unset: the trainer steers it to target_l0
+    assert vanilla.sparsity_coefficient > jumprelu.sparsity_coefficient > 0
+    fixed = post_init_cfg(SAEConfig(sae_type="jumprelu", l1_coeff=0.5), model)
+    assert fixed.l1_coeff == 0.5 and create_sae(fixed).sparsity_coefficient == 0.5
 
 
 def test_dict_interface_of_the_earlier_script():

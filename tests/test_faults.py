@@ -359,7 +359,7 @@ def test_a_file_that_is_not_utf8_is_named_by_its_line(tmp_path, model):
 def test_a_full_disk_while_caching_is_one_line_and_keeps_what_was_cached(tmp_path, model, docs_texts):
     data = write_jsonl(tmp_path / "texts.jsonl", [{"text": t} for t in docs_texts[:600]])
     command = [sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", str(data), "--cache_dir",
-               str(tmp_path / "cache"), "--cache_shard_size", "64", "--num_eval_examples", "10"]
+               str(tmp_path / "cache"), "--cache_shard_size", "64", "--num_eval_examples", "10", "--num_val_examples", "0"]
     first = subprocess.run(command + ["--num_examples", "118"], capture_output=True, text=True, env=ENV, timeout=900)
     assert first.returncode == 0, first.stderr
     cached = json.loads(first.stdout.strip().splitlines()[-1])

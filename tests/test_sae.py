@@ -50,11 +50,11 @@ def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarra
     relu = np.maximum(pre, 0)
     if cfg.sae_type == "vanilla":
         acts = relu
-        sparsity = cfg.l1_coeff * (acts * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
+        sparsity = sae.sparsity_coefficient * (acts * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
     elif cfg.sae_type == "gated":
         magnitude = (pre - p["b_enc"]) * np.exp(p["r_mag"]) + p["b_mag"]
         acts = np.where(pre > 0, np.maximum(magnitude, 0), 0.0)
-        sparsity = cfg.l1_coeff * (relu * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
+        sparsity = sae.sparsity_coefficient * (relu * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
     elif cfg.sae_type == "topk" or (cfg.sae_type in ("batchtopk", "matryoshka") and not training):
         if cfg.sae_type == "topk":
             kth = np.sort(relu, axis=-1)[:, -K][:, None]
@@ -69,7 +69,7 @@ def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarra
     else:  # jumprelu
         threshold = np.exp(p["log_threshold"])
         acts = np.where(pre > threshold, pre, 0.0)
-        sparsity = cfg.l1_coeff * (pre > threshold).sum(-1).mean()
+        sparsity = sae.sparsity_coefficient * (pre > threshold).sum(-1).mean()
     x_hat = acts @ p["W_dec"] + p["b_dec"]
     l2 = ((x_hat - x_in) ** 2).sum(-1).mean()
     extra = 0.0

@@ -4,7 +4,8 @@ A store holds a buffer of about ``model_batch_size x num_batches_in_buffer`` emb
 order and serves ``batch_size`` at a time. When the buffer falls below half, the next chunk of
 embeddings is appended and the whole buffer reshuffled, so examples mix across chunks and each
 training example is served exactly once per pass. The held-out set is taken from the start of
-the data before any training example.
+the data, then the validation set (texts set aside from the training texts: never trained on, they
+calibrate thresholds and measure overfitting), then come the training examples.
 
 - :class:`ActivationsStoreSBERT` encodes texts streamed from a dataset with a Sentence-BERT model.
 - :class:`EmbeddingStore` serves embeddings you already have (an array or memory-mapped file).
@@ -12,6 +13,7 @@ the data before any training example.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from typing import Any, Callable, Iterator, NamedTuple, Protocol
@@ -25,7 +27,7 @@ from .data import TextCounter
 from .embeddings import embedding_dim
 from .errors import DataError
 from .prefetch import Prefetcher
-from .tracking import progress_bar
+from .recipe import batch_size_for, texts_worth_counting, validation_size
 
 
 class DataShare(NamedTuple):
@@ -43,10 +45,13 @@ class BatchSource(Protocol):
     end_reason: str | None
     counter: TextCounter
 
+    batch_size: int | None
+
     def planned_examples(self) -> int | None: ...
     def initial_sample(self) -> torch.Tensor: ...
     def next_batch(self) -> torch.Tensor: ...
     def held_out_embeddings(self) -> torch.Tensor: ...
+    def validation_embeddings(self) -> torch.Tensor: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
@@ -67,6 +72,7 @@ class ActivationStoreBase:
     def __init__(self, cfg: SAEConfig, d_in: int, share: DataShare | None = None):
         self.cfg = cfg
         self.d_in = d_in
+        self.batch_size = cfg.batch_size  # unset until the trainer derives it from the run's length
         self.device = torch.device(cfg.device or "cpu")
         self.examples_served = 0
         self.end_reason: str | None = None
@@ -98,6 +104,9 @@ class ActivationStoreBase:
         return lambda index: index % world_size == rank
 
     def held_out_embeddings(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validation_embeddings(self) -> torch.Tensor:
         raise NotImplementedError
 
     def planned_examples(self) -> int | None:
@@ -139,20 +148,20 @@ class ActivationStoreBase:
 
     def next_batch(self) -> torch.Tensor:
         """``batch_size`` shuffled training embeddings (fewer at the very end); EndOfData when done."""
-        if len(self._buffer) < max(self.cfg.batch_size, self.buffer_capacity // 2):
+        if self.batch_size is None:  # a store used without a Trainer: the recipe's batch for its length
+            self.batch_size = batch_size_for(self.planned_examples())
+        if len(self._buffer) < max(self.batch_size, self.buffer_capacity // 2):
             self._refill()
         if len(self._buffer) == 0:
             raise EndOfData(self.end_reason or "no training examples left")
-        batch, self._buffer = self._buffer[: self.cfg.batch_size], self._buffer[self.cfg.batch_size :]
+        batch, self._buffer = self._buffer[: self.batch_size], self._buffer[self.batch_size :]
         self.examples_served += len(batch)
         return batch
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            try:
+        with contextlib.suppress(EndOfData):
+            while True:
                 yield self.next_batch()
-            except EndOfData:
-                return
 
     def close(self) -> None:
         """Stop the background producer (and flush what it wrote)."""
@@ -160,8 +169,8 @@ class ActivationStoreBase:
             self._chunk_iterator.close()
 
     def _chunks(self) -> Iterator[tuple[tuple[int, int, int], torch.Tensor]]:
-        """((pass, chunks of the pass so far, rows taken so far), chunk) over all passes, cut off
-        at ``num_examples``; a resumed store starts where the checkpointed one had consumed."""
+        """((pass, chunks of the pass so far, rows taken so far), chunk) up to ``num_examples``, from
+        where a resumed store's checkpoint had consumed."""
         limit = self.cfg.num_examples
         (first_pass, skip, taken), start_state = self._resume_from or ((0, 0, 0), None)
         if start_state is not None:
@@ -178,7 +187,9 @@ class ActivationStoreBase:
                 taken += len(chunk)
                 yield (pass_index, done, taken), chunk
             self.counter.epochs_completed = pass_index + 1
-        self.end_reason = f"dataset exhausted after {self.counter.epochs_completed} pass(es)"
+        capped = self.cfg.num_epochs is None and max_passes(self.cfg) != 1  # stopped by max_epochs
+        self.end_reason = f"dataset exhausted after {self.counter.epochs_completed} pass(es)" + (
+            f" (max_epochs), before num_examples={(limit or 0) * self.world_size}" if capped else "")
 
     # resume ---------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -219,16 +230,14 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
         self._eval_texts: list[str] | None = None
+        # the validation set's size depends on the corpus's only up to texts_worth_counting rows
+        rows = None if cfg.num_val_examples is not None else self.corpus.count(limit=texts_worth_counting(cfg))
+        self.num_val_examples = validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
+        self.training_start = cfg.num_eval_examples + self.num_val_examples
+        self.corpus.show_progress(self.training_start + self.buffer_capacity)  # until the first step
         self._eval_embeddings = self.corpus.embeddings(0, cfg.num_eval_examples)
         self._check_training_texts_exist()
-
-    @property
-    def fully_cached(self) -> bool:
-        return self.corpus.fully_cached
-
-    @property
-    def dataset(self) -> Any:
-        return self.corpus.dataset
+        self._val_embeddings = self.corpus.embeddings(cfg.num_eval_examples, self.training_start)
 
     # ------------------------------------------------------------------ texts
     @property
@@ -239,23 +248,24 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         return self._eval_texts
 
     def _check_training_texts_exist(self) -> None:
-        n_eval = self.cfg.num_eval_examples
+        start = self.training_start
         cached = self.cache.rows if self.cache is not None else 0
-        if cached > n_eval or next(self.corpus.texts_from(n_eval), None) is not None:
+        if cached > start or next(self.corpus.texts_from(start), None) is not None:
             return
         held = len(self._eval_embeddings)
         if held == 0:
             raise DataError(f"dataset {self.source} holds no texts; give a dataset with texts in column "
                             f"'{self.cfg.text_column}'")
-        raise DataError(f"dataset {self.source} has only {held} texts, all taken by the held-out set "
-                        f"(num_eval_examples={n_eval}); lower num_eval_examples")
+        raise DataError(f"dataset {self.source} has only {held + self.num_val_examples} texts, all taken by the "
+                        f"held-out set (num_eval_examples={self.cfg.num_eval_examples}) and the validation set "
+                        f"(num_val_examples={self.num_val_examples}); lower them")
 
     def get_batch_tokens(self) -> list[str]:
         """The next ``model_batch_size`` training texts, in dataset order, over the configured passes
         and up to ``num_examples`` (fewer at the end); EndOfData when none are left."""
         if self._text_batches is None:
             self._text_batches = itertools.chain.from_iterable(
-                self.corpus.texts_from(self.cfg.num_eval_examples) for _ in _passes(self.cfg)
+                self.corpus.texts_from(self.training_start) for _ in _passes(self.cfg)
             )
         room = self.cfg.model_batch_size
         if self.cfg.num_examples is not None:
@@ -277,6 +287,10 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         """Embeddings of the held-out texts."""
         return self._eval_embeddings
 
+    def validation_embeddings(self) -> torch.Tensor:
+        """Embeddings of the validation texts (set aside from the training texts)."""
+        return self._val_embeddings
+
     def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
         # The first pass reads in dataset order whatever is cached, so that a run's example order
         # does not depend on how much of the cache an earlier run left; later passes read the
@@ -284,44 +298,38 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         generator = self._chunk_generator if pass_index > 0 else None
         # A corpus that reads only this process's split of the dataset needs no further sharing.
         keep = self._keep() if self.corpus.split is None else None
-        yield from self.corpus.embedding_chunks(self.cfg.num_eval_examples, None, self.chunk_size, generator, skip,
-                                                keep)
+        yield from self.corpus.embedding_chunks(self.training_start, None, self.chunk_size, generator, skip, keep)
         self.counter.skipped_empty = self.corpus.skipped_empty or self.counter.skipped_empty
+
+    def initial_sample(self) -> torch.Tensor:
+        sample = super().initial_sample()
+        self.corpus.stop_progress()  # training starts: its own bar shows progress from here
+        return sample
 
     def close(self) -> None:
         super().close()
+        self.corpus.stop_progress()
         self.corpus.close()
-
-    def precompute(self, stop: int | None = None, progress: bool = True) -> int:
-        """Encode rows [0, stop) of the dataset into the cache (all rows when stop is None) with a
-        progress bar; returns the number of rows now cached."""
-        if self.cache is None:
-            raise DataError("precomputing embeddings needs use_cache=true")
-        start = self.cache.rows
-        rows = self.corpus.count()
-        total = stop if rows is None else min(stop or math.inf, rows)
-        with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
-            for _, chunk in self.corpus.embedding_chunks(start, stop, self.chunk_size):
-                bar.update(len(chunk))
-        self.cache.flush()
-        return self.cache.rows
 
     # ------------------------------------------------------------------ planning
     def count_training_texts(self) -> int | None:
         """Training texts per pass, counted without encoding; None for hub streams of unknown size."""
         rows = self.corpus.count()
-        return None if rows is None else max(rows - self.cfg.num_eval_examples, 0)
+        return None if rows is None else max(rows - self.training_start, 0)
 
     def planned_examples(self) -> int | None:
         if self.cfg.num_epochs is None and self.cfg.num_examples is not None:
-            return self.cfg.num_examples  # the data repeats until the limit: no need to count it
+            # the data repeats until the limit, or max_epochs: count only as far as that decides
+            rows = self.corpus.count(limit=self.training_start + math.ceil(self.cfg.num_examples / self.cfg.max_epochs))
+            return _planned(None if rows is None else max(rows - self.training_start, 0), self.cfg)
         return _planned(self.count_training_texts(), self.cfg)
 
 
 class EmbeddingStore(ActivationStoreBase):
     """Serves precomputed embeddings (a tensor, array or memory-mapped array of shape (N, d)).
 
-    Unless ``held_out`` is given, the first ``num_eval_examples`` rows are the held-out set.
+    Unless ``held_out`` is given, the first ``num_eval_examples`` rows are the held-out set; the
+    validation set follows.
     Rows are read one chunk at a time, chunks in a new random order each pass, so a memory-mapped
     array is never loaded whole.
     """
@@ -332,16 +340,21 @@ class EmbeddingStore(ActivationStoreBase):
                             f"{tuple(getattr(embeddings, 'shape', ()))}")
         super().__init__(cfg, int(embeddings.shape[1]))
         start = 0 if held_out is not None else min(cfg.num_eval_examples, len(embeddings))
+        self.num_val_examples = validation_size(cfg, len(embeddings) - start)
         self.embeddings = embeddings
-        self.train_start = start
-        self.n_train = len(embeddings) - start
+        self.train_start = start + self.num_val_examples
+        self.n_train = len(embeddings) - self.train_start
         if self.n_train <= 0:
             raise DataError(f"all {len(embeddings)} embeddings are held out (num_eval_examples="
-                            f"{cfg.num_eval_examples}); lower num_eval_examples")
+                            f"{cfg.num_eval_examples}, num_val_examples={self.num_val_examples}); lower them")
         self._held_out = _as_tensor(held_out if held_out is not None else embeddings[:start]).to(self.device)
+        self._validation = _as_tensor(embeddings[start : self.train_start]).to(self.device)
 
     def held_out_embeddings(self) -> torch.Tensor:
         return self._held_out
+
+    def validation_embeddings(self) -> torch.Tensor:
+        return self._validation
 
     def planned_examples(self) -> int | None:
         return _planned(self.n_train, self.cfg)
@@ -373,7 +386,7 @@ def _as_tensor(array: Any) -> torch.Tensor:
 
 
 def _planned(per_pass: int | None, cfg: SAEConfig) -> int | None:
-    if per_pass is None or cfg.num_epochs is None and cfg.num_examples is not None:
+    if per_pass is None:
         return cfg.num_examples
-    total = per_pass * max_passes(cfg)
+    total = math.floor(per_pass * max_passes(cfg))
     return int(total) if cfg.num_examples is None else min(int(total), cfg.num_examples)

@@ -15,7 +15,6 @@ import ast
 import difflib
 import inspect
 import json
-import math
 import textwrap
 import types
 import typing
@@ -45,14 +44,21 @@ class SAEConfig:
     dict_size: int = 1536
     """Number of SAE features (latents)."""
     top_k: int = 32
-    """Active features per example for topk; average active features per example for batchtopk."""
+    """Active features per example for topk; average active features per example for batchtopk and
+    matryoshka (on texts the SAE never trained on: their inference threshold is calibrated on the
+    validation texts)."""
+    target_l0: float | None = None
+    """Average active features per example that vanilla, jumprelu and gated reach by adapting their
+    sparsity coefficient during training. Unset: top_k, so one knob sets every variant's sparsity.
+    A set l1_coeff fixes the coefficient instead."""
     top_k_aux: int = 192
     """Dead features used by the AuxK loss (topk, batchtopk); about half the embedding size works."""
     aux_penalty: float = 1 / 32
     """Weight of the AuxK loss that revives dead features (topk, batchtopk)."""
     l1_coeff: float | None = None
-    """Sparsity coefficient: L1 weight for vanilla, L0 weight for jumprelu; larger means sparser.
-    Unset means the architecture's default, which gives L0 near 32 on MiniLM embeddings."""
+    """Sparsity coefficient: L1 weight for vanilla and gated, L0 weight for jumprelu; larger means
+    sparser. Set, it stays fixed; unset, it starts at the architecture's default and adapts to reach
+    target_l0."""
     bandwidth: float = 0.01
     """JumpReLU: width of the rectangle kernel of the straight-through threshold gradient."""
     jumprelu_init_threshold: float = 0.05
@@ -92,10 +98,17 @@ class SAEConfig:
     num_examples: int | None = 100_000
     """Training examples to use in all (held-out texts excluded); unset means num_epochs full passes."""
     num_epochs: int | None = None
-    """Passes over a finite dataset; unset means as many as it takes to reach num_examples (one
-    pass when num_examples is unset too)."""
+    """Passes over a finite dataset; unset means as many as it takes to reach num_examples, up to
+    max_epochs (one pass when num_examples is unset too)."""
+    max_epochs: int = 20
+    """With num_epochs unset, the most passes a run makes over a small corpus to reach num_examples:
+    past 10 to 20 passes held-out FVU gets worse while training FVU keeps falling (memorizing)."""
     num_eval_examples: int = 256
     """Held-out texts, taken from the start of the dataset before any training example."""
+    num_val_examples: int | None = None
+    """Validation texts, taken from the training texts (after the held-out ones) and never trained
+    on: they calibrate the batchtopk/matryoshka threshold and give the validation FVU. Unset: 5% of
+    the training texts, at least 64 and at most 2,048."""
     model_batch_size: int = 32
     """Texts encoded per model call."""
     num_batches_in_buffer: int = 64
@@ -111,18 +124,18 @@ class SAEConfig:
     """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
 
     # --- optimization ---
-    batch_size: int = 256
-    """Embeddings per SAE training step."""
-    lr: float = 3e-3
-    """Adam learning rate."""
+    batch_size: int | None = None
+    """Embeddings per SAE training step. Unset: from the run's length (see the README's recipe)."""
+    lr: float | None = None
+    """Adam learning rate. Unset: from the run's length (see the README's recipe)."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999
     """Adam beta2."""
     max_grad_norm: float | None = 1.0
     """Gradient-norm clipping threshold; unset disables clipping."""
-    lr_warmup_steps: int = 20
-    """Steps of linear learning-rate warm-up from 0."""
+    lr_warmup_steps: int | None = None
+    """Steps of linear learning-rate warm-up from 0. Unset: 5% of the training steps."""
     lr_decay_frac: float = 0.5
     """Fraction of the training steps at the end over which the learning rate decays linearly to 0."""
     l1_warmup_frac: float = 0.05
@@ -325,11 +338,11 @@ def get_default_cfg() -> SAEConfig:
 
 
 def max_passes(cfg: SAEConfig) -> float:
-    """How many passes over the data a run may make: num_epochs, or unbounded while num_examples
-    limits the run, or one."""
+    """How many passes over the data a run may make: num_epochs, or up to max_epochs while
+    num_examples limits the run, or one."""
     if cfg.num_epochs is not None:
         return cfg.num_epochs
-    return math.inf if cfg.num_examples is not None else 1
+    return cfg.max_epochs if cfg.num_examples is not None else 1
 
 
 def matryoshka_widths(cfg: SAEConfig) -> list[int]:

@@ -9,6 +9,7 @@ corpus is encoded once whatever reads it first.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from typing import Any, Callable, Iterator
 
@@ -19,6 +20,7 @@ from .config import SAEConfig
 from .data import DatasetSource, TextCounter, iter_dataset_rows, locate_bad_line
 from .embeddings import embedding_dim, encode_texts
 from .errors import DataError, DataReadError
+from .tracking import progress_bar
 
 READ_RETRIES = 3
 RETRY_SECONDS = 0.5
@@ -59,6 +61,9 @@ class Corpus:
         if self.cache is not None and not self.cache.complete:
             self.cache.acquire_writer()  # if another process writes it, this one only reads
         self._dataset: Any = None
+        self.on_encoded: Callable[[int], None] | None = None
+        self._bar: Any = None
+        """Called with the number of texts after each group is encoded (a progress bar's update)."""
 
     @property
     def fully_cached(self) -> bool:
@@ -108,17 +113,61 @@ class Corpus:
     def texts_from(self, position: int, counter: TextCounter | None = None) -> Iterator[str]:
         return (text for text, _ in self.rows_from(position, counter=counter))
 
-    def count(self) -> int | None:
-        """Rows in the dataset, counted without encoding; None for hub streams of unknown size."""
+    def count(self, limit: int | None = None) -> int | None:
+        """Rows in the dataset (at most ``limit``), counted without encoding; None for hub streams of
+        unknown size."""
         if self.fully_cached:
-            return self.cache.rows
+            return self.cache.rows if limit is None else min(self.cache.rows, limit)
+        if self.cache is not None and limit is not None and self.cache.rows >= limit:
+            return limit
         if not self.dataset_source.countable:
             return None
-        return sum(1 for _ in self.texts_from(0))
+        return sum(1 for _ in itertools.islice(self.texts_from(0), limit))
 
     # ------------------------------------------------------------------ embeddings
     def encode(self, texts: list[str]) -> torch.Tensor:
-        return encode_texts(self.model, texts, self.cfg.model_batch_size).to(self.device)
+        # Always in progress-sized groups, whether anyone watches or not: the same rows are encoded in
+        # the same company on every run, so resumed runs get bit-identical embeddings.
+        return encode_texts(self.model, texts, self.cfg.model_batch_size, self._encoded).to(self.device)
+
+    def show_progress(self, rows: int) -> None:
+        """A progress bar for encoding rows [0, rows) where they are not cached yet; stop_progress
+        closes it (encoding that goes on after that counts on the caller's own bar)."""
+        # rows are encoded ENCODE_CALL_TEXTS at a time: the call that holds the last one is encoded whole
+        rows = math.ceil(rows / ENCODE_CALL_TEXTS) * ENCODE_CALL_TEXTS
+        rows = min(rows, self.count(limit=rows) or rows)
+        todo = rows - (self.cache.rows if self.cache is not None else 0)
+        if todo > 0 and self._bar is None:
+            self._bar = progress_bar(todo, "encode")
+            self.on_encoded = self._bar.update
+
+    def stop_progress(self) -> None:
+        self.on_encoded = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def precompute(self, stop: int | None, chunk_size: int, progress: bool = True) -> int:
+        """Encode rows [0, stop) into the cache (all rows when stop is None) with a progress bar;
+        returns the number of rows now cached."""
+        if self.cache is None:
+            raise DataError("precomputing embeddings needs use_cache=true")
+        start = self.cache.rows
+        rows = self.count()
+        total = stop if rows is None else min(stop or math.inf, rows)
+        with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
+            self.on_encoded = bar.update
+            try:
+                for _ in self.embedding_chunks(start, stop, chunk_size):
+                    pass
+            finally:
+                self.on_encoded = None
+        self.cache.flush()
+        return self.cache.rows
+
+    def _encoded(self, count: int) -> None:
+        if self.on_encoded is not None:
+            self.on_encoded(count)
 
     def embedding_chunks(self, start: int, stop: int | None, chunk_size: int,
                          shuffle_generator: torch.Generator | None = None, skip_chunks: int = 0,

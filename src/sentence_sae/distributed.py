@@ -30,6 +30,7 @@ import torch.distributed as dist
 from .activation_store import ActivationsStoreSBERT, DataShare
 from .cache import open_cache
 from .config import SAEConfig
+from .recipe import validation_size
 from .corpus import Corpus
 from .data import DatasetSource
 from .errors import ConfigError
@@ -149,7 +150,7 @@ class DistributedContext:
         """This process's config: its device (one GPU per process when there are GPUs)."""
         if not self.distributed:
             return cfg
-        if cfg.batch_size % self.world_size:
+        if cfg.batch_size is not None and cfg.batch_size % self.world_size:
             raise ConfigError(f"batch_size ({cfg.batch_size}) must be divisible by the number of processes "
                               f"({self.world_size})")
         if torch.cuda.is_available() and (cfg.device is None or str(cfg.device).startswith("cuda")):
@@ -160,7 +161,7 @@ class DistributedContext:
         """The store's share: batch_size / N per step and num_examples / N in all."""
         if not self.distributed:
             return cfg
-        return cfg.replace(batch_size=cfg.batch_size // self.world_size,
+        return cfg.replace(batch_size=None if cfg.batch_size is None else cfg.batch_size // self.world_size,
                            num_examples=None if cfg.num_examples is None else cfg.num_examples // self.world_size)
 
     def make_store(self, model: Any, cfg: SAEConfig) -> ActivationsStoreSBERT:
@@ -174,7 +175,10 @@ class DistributedContext:
         if cache is not None and cache.complete:
             corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", source=source, cache=cache)
         else:  # each process encodes its own split, and none writes the cache
-            store_cfg = store_cfg.replace(use_cache=False)
+            # each sets the same share of its split aside for validation, whatever the split's length
+            num_val = store_cfg.num_val_examples
+            store_cfg = store_cfg.replace(use_cache=False, num_val_examples=validation_size(store_cfg, None)
+                                          // self.world_size if num_val is None else num_val)
             corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", split=share, source=source)
         return ActivationsStoreSBERT(model, store_cfg, share=share, corpus=corpus)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import warnings
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -98,12 +98,36 @@ def require_dim(model: Any, d_in: int, reader: str = "the SAE", model_name: str 
     return width
 
 
-def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    """Embeddings of ``texts`` as a float32 tensor on the model's device, shape (len(texts), d)."""
+PROGRESS_BATCHES = 8
+"""Model batches per progress update when encoding with a progress callback."""
+
+
+def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32,
+                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
+    """Embeddings of ``texts`` as a float32 tensor on the model's device, shape (len(texts), d).
+
+    With ``progress``, the texts are sorted by length (longest first, as sentence-transformers
+    sorts one call) and encoded PROGRESS_BATCHES model batches at a time, calling ``progress``
+    with the count after each: the same batches of similar lengths, with a sign of life between.
+    """
     if len(texts) == 0:
         return torch.empty(0, embedding_dim(model), device=model.device)
+    texts = list(texts)
+    if progress is None:
+        groups = [list(range(len(texts)))]
+    else:
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        step = batch_size * PROGRESS_BATCHES
+        groups = [order[start : start + step] for start in range(0, len(order), step)]
+    parts = []
     with torch.inference_mode():
-        embeddings = model.encode(
-            list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False
-        )
-    return embeddings.float().clone()
+        for group in groups:
+            parts.append(model.encode([texts[i] for i in group], batch_size=batch_size, convert_to_tensor=True,
+                                      show_progress_bar=False).float())
+            if progress is not None:
+                progress(len(group))
+    if progress is None:
+        return parts[0].clone()
+    embeddings = torch.empty(len(texts), parts[0].shape[1], device=parts[0].device)
+    embeddings[torch.tensor([i for group in groups for i in group], device=parts[0].device)] = torch.cat(parts)
+    return embeddings

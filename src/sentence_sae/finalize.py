@@ -68,20 +68,24 @@ def validate(cfg: SAEConfig) -> None:
         cfg.sae_type in SAE_REGISTRY,
         f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
     )
-    for key in ("dict_size", "top_k", "top_k_aux", "batch_size", "model_batch_size",
+    for key in ("dict_size", "top_k", "top_k_aux", "model_batch_size", "max_epochs",
                 "num_batches_in_buffer", "dead_feature_window", "cache_shard_size"):
         _check(getattr(cfg, key) > 0, f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("batch_size", "lr", "target_l0"):
+        _check(getattr(cfg, key) is None or getattr(cfg, key) > 0,
+               f"{key} must be positive (or unset), got {getattr(cfg, key)}")
+    for key in ("lr_warmup_steps", "num_val_examples"):
+        _check(getattr(cfg, key) is None or getattr(cfg, key) >= 0,
+               f"{key} must not be negative (or unset), got {getattr(cfg, key)}")
     _check(cfg.num_examples is None or cfg.num_examples > 0,
            f"num_examples must be positive (or unset for whole epochs), got {cfg.num_examples}")
     _check(cfg.num_epochs is None or cfg.num_epochs > 0,
            f"num_epochs must be positive (or unset to repeat until num_examples), got {cfg.num_epochs}")
-    for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "lr_warmup_steps",
-                "aux_penalty"):
+    for key in ("num_eval_examples", "perf_log_freq", "checkpoint_freq", "aux_penalty"):
         _check(getattr(cfg, key) >= 0, f"{key} must not be negative, got {getattr(cfg, key)}")
     _check(cfg.l1_coeff is None or cfg.l1_coeff >= 0, f"l1_coeff must not be negative, got {cfg.l1_coeff}")
     _check(cfg.top_k <= cfg.dict_size,
            f"top_k ({cfg.top_k}) must not exceed dict_size ({cfg.dict_size})")
-    _check(cfg.lr > 0, f"lr must be positive, got {cfg.lr}")
     _check(0 <= cfg.beta1 < 1 and 0 <= cfg.beta2 < 1, "beta1 and beta2 must lie in [0, 1)")
     _check(cfg.max_grad_norm is None or cfg.max_grad_norm > 0,
            f"max_grad_norm must be positive (or unset to disable clipping), got {cfg.max_grad_norm}")
@@ -99,10 +103,10 @@ def validate(cfg: SAEConfig) -> None:
     _check(cfg.wandb_mode is None or cfg.wandb_mode in WANDB_MODES,
            f"wandb_mode '{cfg.wandb_mode}' is not valid; use one of {', '.join(WANDB_MODES)}")
     buffer = cfg.model_batch_size * cfg.num_batches_in_buffer
-    _check(buffer >= cfg.batch_size,
+    _check(cfg.batch_size is None or buffer >= cfg.batch_size,
            f"the shuffle buffer (model_batch_size x num_batches_in_buffer = {buffer}) is smaller than "
            f"batch_size ({cfg.batch_size}); raise num_batches_in_buffer to at least "
-           f"{-(-cfg.batch_size // cfg.model_batch_size)}")
+           f"{-(-(cfg.batch_size or 0) // cfg.model_batch_size)}")
     _check(bool(cfg.text_column), "text_column must not be empty")
     if cfg.sae_type == "matryoshka":
         matryoshka_widths(cfg)
@@ -156,8 +160,6 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
             f"embeddings; remove act_size or set it to {model_dim}"
         )
     cfg.act_size = model_dim
-    if cfg.l1_coeff is None:
-        cfg.l1_coeff = SAE_REGISTRY[cfg.sae_type].default_l1_coeff
     if cfg.input_unit_norm is None:
         cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
     if cfg.top_k_aux > cfg.dict_size:

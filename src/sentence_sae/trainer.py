@@ -14,7 +14,6 @@ import math
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,32 +31,16 @@ from .files import new_run_dir
 from .metrics import reconstruction_metrics
 from .sae import BaseSAE
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
-from .schedules import lr_multiplier, sparsity_multiplier, warmup_top_k
+from .recipe import RunSize, fill_recipe, sparsity_target
+from .schedules import lr_multiplier, warmup_top_k
+from .signals import StopOnSignals
+from .steering import DeadFeatures, SparsityCoefficient
 from .tracking import RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
 TRAINER_STATE = "trainer_state.pt"
-
-
-class DeadFeatures:
-    """How many training examples ago each feature last fired; dead after ``window`` of them."""
-
-    def __init__(self, d_sae: int, window: int, device: torch.device | str):
-        self.window = window
-        self.examples_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
-
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.examples_since_fired >= self.window
-
-    def count(self) -> int:
-        return int(self.mask.sum())
-
-    @torch.no_grad()
-    def record(self, fired: torch.Tensor, n_examples: int) -> None:
-        """After a batch of ``n_examples`` (over all processes) in which ``fired`` fired."""
-        self.examples_since_fired += n_examples
-        self.examples_since_fired[fired] = 0
+TRAINING_SAMPLE = 2_048
+"""Training embeddings kept from the first buffer to report the training FVU at the end."""
 
 
 @dataclass
@@ -74,10 +57,13 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """The JSON line the command line prints last."""
+        """The JSON line the command line prints last: held-out metrics, and the FVU on training and on
+        validation texts (far below held-out on training texts: memorized)."""
         return {
             "run_dir": str(self.run_dir),
             "fvu": self.metrics.get("fvu"),
+            "train_fvu": self.metrics.get("train_fvu"),
+            "val_fvu": self.metrics.get("val_fvu"),
             "l0": self.metrics.get("l0"),
             "dead_frac": self.metrics.get("dead_frac"),
             "cos": self.metrics.get("cos"),
@@ -97,8 +83,15 @@ class Trainer:
         self.cfg = cfg
         self.is_main = is_main
         self.collectives = collectives or SingleProcess()
+        self.cfg = cfg = self._with_recipe(cfg, store)
+        store.batch_size = cfg.batch_size // self.world_size
+        sae.cfg = cfg  # the SAE is saved with the values it was trained with
         self.collectives.broadcast(sae)  # data-parallel processes start from rank 0's weights
         self.dead_features = DeadFeatures(sae.d_sae, cfg.dead_feature_window, sae.device)
+        self.sparsity = SparsityCoefficient(
+            sae.sparsity_coefficient, None if sae.uses_top_k or cfg.l1_coeff is not None else sparsity_target(cfg),
+            cfg.l1_warmup_frac)
+        self.training_sample = torch.empty(0, sae.d_in)
         self.run_dir = run_dir or (new_run_dir(cfg.output_dir, cfg.name) if is_main else Path(cfg.output_dir))
         self.step = 0
         self.total_steps: int | None = None
@@ -116,9 +109,18 @@ class Trainer:
         self.logger = RunLogger(cfg, self.run_dir, enabled=is_main,
                                 resume_id=resume_state.get("wandb_id") if resume_state else None)
 
+    def _with_recipe(self, cfg: SAEConfig, store: BatchSource) -> SAEConfig:
+        """``cfg`` with what the run's size decides filled in (see recipe.py)."""
+        planned = store.planned_examples()
+        total = None if planned is None else planned * self.world_size
+        num_val = getattr(store, "num_val_examples", cfg.num_val_examples)
+        if num_val != cfg.num_val_examples:
+            cfg = cfg.replace(num_val_examples=num_val)
+        return fill_recipe(cfg, RunSize(total), self.world_size)
+
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:
-        return self.sae.sparsity_coefficient * sparsity_multiplier(self.step, self.total_steps, self.cfg.l1_warmup_frac)
+        return self.sparsity(self.step, self.total_steps)
 
     def k(self) -> int | None:
         """Features kept per example at this step (k-based SAEs), from the top_k warm-up."""
@@ -133,6 +135,7 @@ class Trainer:
         coeff = self.sparsity_coeff()
         output = sae(batch, k=self.k(), dead_mask=self.dead_features.mask, sparsity_coeff=coeff)
         self.dead_features.record(collectives.any_fired(output.fired), collectives.total(len(batch)))
+        self.sparsity.record(collectives.mean(output.l0_norm.detach()).item(), self.step, self.total_steps)
         sae.update_running_stats(output.active_values, collectives.mean)
         loss = output.loss.item()
         if not math.isfinite(loss):
@@ -190,6 +193,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "sae": {name: tensor.detach().cpu().clone() for name, tensor in self.sae.state_dict().items()},
             "dead_features": self.dead_features.examples_since_fired.cpu().clone(),
+            "sparsity": self.sparsity.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "stores": self.collectives.gather(self.store.state_dict()),
@@ -206,6 +210,8 @@ class Trainer:
         self.sae.load_state_dict(weights)
         if since_fired is not None:
             self.dead_features.examples_since_fired.copy_(since_fired)
+        if "sparsity" in state:
+            self.sparsity.load_state_dict(state["sparsity"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state.get("history", []))
@@ -248,13 +254,14 @@ class Trainer:
     # -------------------------------------------------------------- the run, batch by batch
     def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
+        self.training_sample = sample[:TRAINING_SAMPLE].clone()  # for the training FVU at the end
         if self.resumed:
             return
         if len(sample) > 1 and not bool((sample != sample[0]).any()):
             raise DataError(f"the first {len(sample)} training embeddings are all identical (no variance): the "
                             "texts are probably all the same; give a dataset of distinct texts")
         if planned is not None:
-            self.total_steps = max(1, math.ceil(planned / self.store.cfg.batch_size))
+            self.total_steps = max(1, math.ceil(planned / self.store.batch_size))
         initialize_b_dec(self.sae, sample)
         self.collectives.broadcast(self.sae)  # data-parallel processes start from rank 0's decoder bias
 
@@ -269,9 +276,26 @@ class Trainer:
             self.save_checkpoint()
         return metrics
 
+    def calibrate(self) -> None:
+        """Thresholded k-based SAEs: set the inference threshold on the validation texts, so that
+        texts the SAE never trained on keep top_k features on average."""
+        validation = self.store.validation_embeddings()
+        if hasattr(self.sae, "calibrate_threshold") and len(validation):
+            self.sae.calibrate_threshold(validation, self.cfg.top_k)
+
+    def final_metrics(self) -> dict[str, float]:
+        """Held-out metrics, plus the FVU on the validation texts and on a sample of training texts."""
+        final = self.evaluate()
+        for prefix, embeddings in (("val", self.store.validation_embeddings()), ("train", self.training_sample)):
+            if len(embeddings) > 1:
+                final[f"eval/{prefix}_fvu"] = reconstruction_metrics(self.sae, embeddings)["fvu"]
+        return final
+
     def finish(self, end_reason: str) -> TrainResult:
-        """Final held-out evaluation, final save, and the result."""
-        final = self.evaluate() if self.is_main else {}
+        """Threshold calibration, final evaluation, final save, and the result."""
+        if self.is_main:
+            self.calibrate()
+        final = self.final_metrics() if self.is_main else {}
         self.logger.log(final, self.step)
         self.save_final()
         seconds = time.perf_counter() - self.started
@@ -283,29 +307,6 @@ class Trainer:
 
     def train(self) -> TrainResult:
         return run_training([self], self.store)[0]
-
-
-class StopOnSignals:
-    """Turns SIGINT and SIGTERM into a request the training loop answers at the next step."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = signum
-
-    def __enter__(self) -> "StopOnSignals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def run_training(trainers: list[Trainer], store: BatchSource) -> list[TrainResult]:

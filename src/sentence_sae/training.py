@@ -43,9 +43,9 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     store = ActivationsStoreSBERT(model, cfg)
     before = store.cache.rows
-    stop = None if cfg.num_examples is None else cfg.num_eval_examples + cfg.num_examples
+    stop = None if cfg.num_examples is None else store.training_start + cfg.num_examples
     try:
-        rows = store.precompute(stop)
+        rows = store.corpus.precompute(stop, store.chunk_size)
     finally:
         store.close()
     return {"cache_dir": str(store.cache.folder), "rows": rows, "encoded": rows - before,

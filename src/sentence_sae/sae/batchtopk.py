@@ -59,6 +59,28 @@ class BatchTopKSAE(TopKSAE):
         self.threshold += rate * (batch_threshold - self.threshold)
         self.threshold_updates += 1
 
+    @torch.no_grad()
+    def calibrate_threshold(self, embeddings: torch.Tensor, l0: float, batch_size: int = 4096) -> None:
+        """Set the inference threshold so that ``embeddings`` (texts the SAE did not train on) keep
+        ``l0`` active features each on average: the midpoint between the (l0 x n)-th and the next
+        largest positive pre-activation. The running estimate from training batches misses on unseen
+        texts in both directions (early dense batches in short runs, sharp memorized activations
+        after many passes); this does not depend on either."""
+        if len(embeddings) == 0:
+            return
+        values = []
+        for start in range(0, len(embeddings), batch_size):
+            x, _ = self.preprocess_input(embeddings[start : start + batch_size].to(self.device))
+            pre = self.pre_activations(x)
+            values.append(pre[pre > 0].float())
+        positive = torch.cat(values)
+        keep = min(round(l0 * len(embeddings)), len(positive))
+        if keep == 0:
+            return
+        top = positive.topk(min(keep + 1, len(positive))).values
+        threshold = top[keep - 1] if keep == len(top) else (top[keep - 1] + top[keep]) / 2
+        self.threshold.fill_(threshold.item())
+
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         return {**super().weights_for_saving(), "threshold": self.threshold.detach()}
 

@@ -1,0 +1,92 @@
+"""The training recipe that follows from the run's size.
+
+The values a user leaves unset (``batch_size``, ``lr``, ``lr_warmup_steps``, ``num_val_examples``)
+are derived here from how many training examples the run will see and how many distinct training
+texts the corpus holds, never from constants fitted to one corpus; an explicit value always wins.
+The rules and the measurements behind them are in the README ("The recipe") and
+``benchmarks/panel.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+from .config import SAEConfig
+from .errors import ConfigError
+
+STEPS_PER_BATCH_DOUBLING = 500
+"""The batch grows (from MIN_BATCH, in powers of two) only while the run still gets more steps
+than this at the larger batch: short runs need steps more than they need large batches."""
+MIN_BATCH, MAX_BATCH = 16, 256
+LEARNING_RATE = 3e-3
+WARMUP_FRACTION = 0.05
+VALIDATION_FRACTION = 0.05
+MIN_VALIDATION, MAX_VALIDATION = 64, 2_048
+
+
+class RunSize(NamedTuple):
+    """What the recipe is derived from."""
+
+    planned_examples: int | None
+    """Training examples the run will see in all (all processes); None when unknown."""
+
+
+def batch_size_for(planned_examples: int | None) -> int:
+    """The largest power of two in [MIN_BATCH, MAX_BATCH] at which the run still takes at least
+    STEPS_PER_BATCH_DOUBLING steps (MAX_BATCH for a run of unknown length)."""
+    if planned_examples is None:
+        return MAX_BATCH
+    batch = MIN_BATCH
+    while batch < MAX_BATCH and planned_examples / (2 * batch) >= STEPS_PER_BATCH_DOUBLING:
+        batch *= 2
+    return batch
+
+
+def validation_size(cfg: SAEConfig, training_texts: int | None) -> int:
+    """Texts held back from the training texts for validation: num_val_examples, or 5% of them
+    (MIN_VALIDATION to MAX_VALIDATION, and never more than 10%), MAX_VALIDATION when the corpus's
+    size is unknown (a hub stream)."""
+    if cfg.num_val_examples is not None:
+        return cfg.num_val_examples
+    if training_texts is None:
+        return MAX_VALIDATION
+    share = min(MAX_VALIDATION, max(MIN_VALIDATION, round(VALIDATION_FRACTION * training_texts)))
+    return min(share, training_texts // 10)
+
+
+def texts_worth_counting(cfg: SAEConfig) -> int:
+    """How many rows must be counted to size the validation set: past this, it is MAX_VALIDATION."""
+    return cfg.num_eval_examples + math.ceil(MAX_VALIDATION / VALIDATION_FRACTION) + MAX_VALIDATION
+
+
+def sparsity_target(cfg: SAEConfig) -> float:
+    """The L0 the coefficient-based variants steer to: target_l0, else top_k."""
+    return float(cfg.target_l0 if cfg.target_l0 is not None else cfg.top_k)
+
+
+def needs_recipe(cfg: SAEConfig) -> bool:
+    return cfg.batch_size is None or cfg.lr is None or cfg.lr_warmup_steps is None
+
+
+def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1) -> SAEConfig:
+    """``cfg`` with batch_size, lr and lr_warmup_steps filled where unset."""
+    changes: dict[str, object] = {}
+    batch_size = cfg.batch_size
+    if batch_size is None:
+        batch_size = max(batch_size_for(size.planned_examples), world_size)
+        batch_size -= batch_size % world_size
+        changes["batch_size"] = batch_size
+    if cfg.lr is None:
+        changes["lr"] = LEARNING_RATE
+    if cfg.lr_warmup_steps is None:
+        steps = math.ceil(size.planned_examples / batch_size) if size.planned_examples else 0
+        changes["lr_warmup_steps"] = max(1, round(WARMUP_FRACTION * steps)) if steps else 20
+    if batch_size % world_size:
+        raise ConfigError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
+    buffer = cfg.model_batch_size * cfg.num_batches_in_buffer
+    if buffer < batch_size // world_size:
+        raise ConfigError(f"the shuffle buffer (model_batch_size x num_batches_in_buffer = {buffer}) is smaller "
+                          f"than batch_size ({batch_size}); raise num_batches_in_buffer to at least "
+                          f"{-(-batch_size // cfg.model_batch_size)}")
+    return cfg.replace(**changes) if changes else cfg
