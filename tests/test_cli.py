@@ -27,10 +27,15 @@ def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
                    "--output_dir", str(tmp_path / "runs"), "--top_k", "4")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"run_dir", "fvu", "l0", "dead_frac", "cos", "examples", "seconds"}
-    assert summary["examples"] == 100 and summary["l0"] <= 4  # the option overrides the file's top_k
+    assert set(summary) == {"run_dir", "fvu", "train_fvu", "val_fvu", "l0", "dead_frac", "cos", "examples",
+                            "seconds"}
+    assert summary["examples"] == 90 and summary["l0"] <= 4  # the option overrides the file's top_k
+    assert summary["train_fvu"] < summary["val_fvu"]  # 2 passes over 45 texts: they are already memorized
     cfg = json.loads((tmp_path / "runs").joinpath(os.path.basename(summary["run_dir"]), "cfg.json").read_text())
     assert cfg["d_sae"] == 128 and cfg["k"] == 4
+    resolved = cfg["sentence_sae"]["config"]  # what the recipe derived is saved with the SAE
+    assert resolved["batch_size"] == 16 and resolved["num_val_examples"] == 5 and resolved["lr"] == 3e-3
+    assert resolved["lr_warmup_steps"] == 1  # 5% of 6 steps
     assert "Training stopped: dataset exhausted after 2 pass(es)" in proc.stderr
 
 

@@ -29,7 +29,7 @@ from .distributed import SingleProcess
 from .errors import CheckpointError, DataError, TrainingStopped
 from .files import new_run_dir
 from .metrics import reconstruction_metrics
-from .sae import BaseSAE
+from .sae import BaseSAE, eval_mode
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from .recipe import RunSize, fill_recipe, sparsity_target
 from .schedules import lr_multiplier, warmup_top_k
@@ -135,7 +135,6 @@ class Trainer:
         coeff = self.sparsity_coeff()
         output = sae(batch, k=self.k(), dead_mask=self.dead_features.mask, sparsity_coeff=coeff)
         self.dead_features.record(collectives.any_fired(output.fired), collectives.total(len(batch)))
-        self.sparsity.record(collectives.mean(output.l0_norm.detach()).item(), self.step, self.total_steps)
         sae.update_running_stats(output.active_values, collectives.mean)
         loss = output.loss.item()
         if not math.isfinite(loss):
@@ -156,6 +155,8 @@ class Trainer:
         lr = self.scheduler.get_last_lr()[0]
         self.scheduler.step()
         self.step += 1
+        if self.sparsity.due(self.step, self.total_steps):
+            self.sparsity.record(self._steering_l0(output.l0_norm), self.total_steps)
         with torch.no_grad():
             x = batch.to(output.sae_out.dtype)
             variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
@@ -173,6 +174,14 @@ class Trainer:
             "train/sparsity_coeff": coeff,
             "train/examples": float(self.store.examples_served * self.world_size),
         }
+
+    def _steering_l0(self, batch_l0: torch.Tensor) -> float:
+        """L0 on the validation texts (the same in every process), or the batch's without them."""
+        validation = self.store.validation_embeddings()
+        if len(validation) == 0:
+            return self.collectives.mean(batch_l0.detach()).item()
+        with torch.no_grad(), eval_mode(self.sae):
+            return (self.sae.encode(validation) > 0).sum(-1).float().mean().item()
 
     @property
     def world_size(self) -> int:
@@ -277,11 +286,13 @@ class Trainer:
         return metrics
 
     def calibrate(self) -> None:
-        """Thresholded k-based SAEs: set the inference threshold on the validation texts, so that
-        texts the SAE never trained on keep top_k features on average."""
+        """SAEs with an inference threshold (batchtopk, matryoshka; jumprelu when its coefficient is
+        steered): set it on the validation texts, so that texts the SAE never trained on keep top_k
+        (target_l0) features on average."""
         validation = self.store.validation_embeddings()
-        if hasattr(self.sae, "calibrate_threshold") and len(validation):
-            self.sae.calibrate_threshold(validation, self.cfg.top_k)
+        target = self.cfg.top_k if self.sae.uses_top_k else self.sparsity.target
+        if hasattr(self.sae, "calibrate_threshold") and len(validation) and target is not None:
+            self.sae.calibrate_threshold(validation, target)
 
     def final_metrics(self) -> dict[str, float]:
         """Held-out metrics, plus the FVU on the validation texts and on a sample of training texts."""

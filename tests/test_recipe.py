@@ -1,0 +1,67 @@
+"""The recipe that follows from the run's size: what is derived, and that explicit values win."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sentence_sae import SAEConfig
+from sentence_sae.corpus import Corpus
+from sentence_sae.embeddings import encode_texts
+from sentence_sae.errors import ConfigError
+from sentence_sae.recipe import RunSize, batch_size_for, fill_recipe
+from sentence_sae.steering import SparsityCoefficient
+
+
+def test_the_batch_grows_with_the_run_while_it_keeps_500_steps():
+    assert {examples: batch_size_for(examples) for examples in (2_000, 5_000, 20_000, 60_000, 100_000, 300_000,
+                                                                  10**7)} == {
+        2_000: 16, 5_000: 16, 20_000: 32, 60_000: 64, 100_000: 128, 300_000: 256, 10**7: 256}
+    assert batch_size_for(None) == 256  # a hub stream of unknown length
+
+
+def test_unset_values_are_derived_and_set_ones_win():
+    derived = fill_recipe(SAEConfig(), RunSize(20_000))
+    assert (derived.batch_size, derived.lr, derived.lr_warmup_steps) == (32, 3e-3, 31)  # 5% of 625 steps
+    given = fill_recipe(SAEConfig(batch_size=64, lr=1e-4, lr_warmup_steps=0), RunSize(20_000))
+    assert (given.batch_size, given.lr, given.lr_warmup_steps) == (64, 1e-4, 0)
+    assert fill_recipe(SAEConfig(), RunSize(20_000), world_size=2).batch_size == 32
+    with pytest.raises(ConfigError, match="divisible by the number of processes"):
+        fill_recipe(SAEConfig(batch_size=33), RunSize(20_000), world_size=2)
+
+
+def test_the_coefficient_is_steered_only_without_l1_coeff_and_after_its_warm_up():
+    steered = SparsityCoefficient(0.1, target=16.0, warmup_frac=0.05)
+    assert not steered.due(10, 1_000) and steered.due(60, 1_000)  # warm-up: the first 50 steps
+    for _ in range(50):
+        steered.record(64.0, 1_000)  # far too dense: the coefficient rises
+    assert steered(500, 1_000) > 0.1 * 1.5
+    for _ in range(200):
+        steered.record(4.0, 1_000)  # far too sparse: it falls below where it started
+    assert steered(500, 1_000) < 0.1
+    fixed = SparsityCoefficient(0.1, target=None, warmup_frac=0.05)
+    assert not fixed.due(500, 1_000) and fixed(500, 1_000) == 0.1
+
+
+def test_encoding_reports_progress_and_gives_the_same_embeddings(model, docs_texts):
+    texts = docs_texts[:300]
+    counts: list[int] = []
+    grouped = encode_texts(model, texts, batch_size=16, progress=counts.append)
+    assert sum(counts) == 300 and len(counts) == 3  # groups of 8 model batches
+    torch.testing.assert_close(grouped, encode_texts(model, texts, batch_size=16), rtol=1e-4, atol=1e-5)
+
+
+def test_the_corpus_shows_encoding_progress_only_for_rows_not_cached(tmp_path, model, jsonl_file):
+    from helpers import make_cfg
+
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file))
+    corpus = Corpus(model, cfg)
+    corpus.show_progress(40)
+    assert corpus._bar is not None and corpus._bar.total == 60  # the model call holds all 60 rows
+    corpus.embeddings(0, 60)
+    assert corpus._bar.n == 60
+    corpus.stop_progress()
+    corpus.close()
+    again = Corpus(model, cfg)
+    again.show_progress(40)
+    assert again._bar is None  # everything is cached: nothing to wait for
