@@ -65,3 +65,15 @@ def test_the_corpus_shows_encoding_progress_only_for_rows_not_cached(tmp_path, m
     again = Corpus(model, cfg)
     again.show_progress(40)
     assert again._bar is None  # everything is cached: nothing to wait for
+
+
+def test_runs_saved_before_the_recipe_resume_as_they_trained(tmp_path):
+    from sentence_sae import create_sae
+    from sentence_sae.checkpoint import config_from_saved, saelens_cfg
+
+    data = saelens_cfg(create_sae(SAEConfig(act_size=8, dict_size=16, top_k=4, device="cpu")))
+    assert config_from_saved(data, tmp_path).num_val_examples is None  # saved now: derived again, the same way
+    for key in ("num_val_examples", "max_epochs", "target_l0"):
+        del data["sentence_sae"]["config"][key]
+    old = config_from_saved(data, tmp_path)
+    assert old.num_val_examples == 0 and old.max_epochs >= 10**9  # every text trained on, no limit on passes

@@ -119,8 +119,12 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
 def config_from_saved(data: dict[str, Any], folder: Path) -> SAEConfig:
     """Our config from a cfg.json: ours verbatim, or one made from a SAELens config."""
     if "sentence_sae" in data:
+        # Runs saved before the validation set and max_epochs existed trained on every text after the
+        # held-out ones and repeated without limit: resuming them must do the same.
+        before_recipe = {"num_val_examples": 0, "max_epochs": 10**9}
+        saved = data["sentence_sae"]["config"]
         try:
-            return from_mapping(data["sentence_sae"]["config"])
+            return from_mapping({**{k: v for k, v in before_recipe.items() if k not in saved}, **saved})
         except ConfigError as exc:
             raise CheckpointError(f"{folder / CFG_FILE} holds an invalid config: {exc}") from None
     return config_from_saelens(data, folder)

@@ -215,6 +215,21 @@ class BaseSAE(nn.Module):
 
 
 @torch.no_grad()
+def calibration_pre_activations(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Encoder pre-activations of ``embeddings``, for setting a threshold on them."""
+    return torch.cat([sae.pre_activations(sae.preprocess_input(embeddings[start : start + batch_size].to(sae.device))[0])
+                      for start in range(0, len(embeddings), batch_size)])
+
+
+def solve_for_l0(l0_at: Callable[[float], float], l0: float, low: float, high: float, steps: int = 40) -> float:
+    """The x in [low, high] at which ``l0_at`` (falling as x grows) crosses ``l0``, by bisection."""
+    for _ in range(steps):
+        middle = (low + high) / 2
+        low, high = (middle, high) if l0_at(middle) > l0 else (low, middle)
+    return (low + high) / 2
+
+
+@torch.no_grad()
 def remove_parallel_decoder_grad(sae: BaseSAE) -> None:
     """Project out the part of each decoder row's gradient that would change its norm."""
     if sae.W_dec.grad is not None:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..config import SAEConfig
 from .kernels import Selection, batch_top_k, selection_from_flat
+from .base import calibration_pre_activations
 from .registry import register_sae
 from .topk import TopKSAE
 
@@ -60,7 +61,7 @@ class BatchTopKSAE(TopKSAE):
         self.threshold_updates += 1
 
     @torch.no_grad()
-    def calibrate_threshold(self, embeddings: torch.Tensor, l0: float, batch_size: int = 4096) -> None:
+    def calibrate_threshold(self, embeddings: torch.Tensor, l0: float) -> None:
         """Set the inference threshold so that ``embeddings`` (texts the SAE did not train on) keep
         ``l0`` active features each on average: the midpoint between the (l0 x n)-th and the next
         largest positive pre-activation. The running estimate from training batches misses on unseen
@@ -68,12 +69,8 @@ class BatchTopKSAE(TopKSAE):
         after many passes); this does not depend on either."""
         if len(embeddings) == 0:
             return
-        values = []
-        for start in range(0, len(embeddings), batch_size):
-            x, _ = self.preprocess_input(embeddings[start : start + batch_size].to(self.device))
-            pre = self.pre_activations(x)
-            values.append(pre[pre > 0].float())
-        positive = torch.cat(values)
+        pre = calibration_pre_activations(self, embeddings)
+        positive = pre[pre > 0].float()
         keep = min(round(l0 * len(embeddings)), len(positive))
         if keep == 0:
             return

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..config import SAEConfig
-from .base import BaseSAE
+from .base import BaseSAE, calibration_pre_activations, solve_for_l0
 from .registry import register_sae
 
 
@@ -93,26 +93,16 @@ class JumpReLUSAE(BaseSAE):
         return coeff * l0
 
     @torch.no_grad()
-    def calibrate_threshold(self, embeddings: torch.Tensor, l0: float, batch_size: int = 4096) -> None:
+    def calibrate_threshold(self, embeddings: torch.Tensor, l0: float) -> None:
         """Scale every threshold by one common factor so that ``embeddings`` (texts the SAE did not
         train on) keep ``l0`` active features each on average. The steered coefficient reaches its
         L0 in long runs; in a few hundred steps the thresholds cannot follow it that far (held-out
         L0 29 for a target of 16 in 313 steps, measured), and this closes the rest."""
         if len(embeddings) == 0:
             return
-        pres = [self.pre_activations(self.preprocess_input(embeddings[start : start + batch_size].to(self.device))[0])
-                for start in range(0, len(embeddings), batch_size)]
-        threshold = self.threshold
-
-        def l0_at(log_scale: float) -> float:
-            limit = threshold * math.exp(log_scale)
-            return sum(float((pre > limit).sum()) for pre in pres) / len(embeddings)
-
-        low, high = -8.0, 8.0  # log of the factor; L0 falls as it grows
-        for _ in range(40):
-            middle = (low + high) / 2
-            low, high = (middle, high) if l0_at(middle) > l0 else (low, middle)
-        self.log_threshold += (low + high) / 2
+        pre, threshold = calibration_pre_activations(self, embeddings), self.threshold
+        log_scale = solve_for_l0(lambda x: float((pre > threshold * math.exp(x)).sum()) / len(pre), l0, -8.0, 8.0)
+        self.log_threshold += log_scale
 
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         return {**super().weights_for_saving(), "threshold": self.threshold.detach()}
