@@ -100,11 +100,11 @@ def test_killed_embed_leaves_a_valid_cache_that_the_next_run_resumes(tmp_path, d
     resumed = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout.strip().splitlines()[-1])
-    assert summary["rows"] == 1000  # the held-out 256 and the 744 training examples asked for
-    assert summary["encoded"] == 1000 - len(partial)  # only the missing rows were encoded
+    assert summary["rows"] == 1118  # the held-out 256, the validation 118 (5%) and the 744 training examples asked for
+    assert summary["encoded"] == 1118 - len(partial)  # only the missing rows were encoded
     full = load_embeddings(summary["cache_dir"])
-    assert full.shape == (1000, 384)
-    np.testing.assert_allclose(full[:], docs_embeddings[:1000].numpy(), atol=1e-4)  # dataset order
+    assert full.shape == (1118, 384)
+    np.testing.assert_allclose(full[:], docs_embeddings[:1118].numpy(), atol=1e-4)  # dataset order
 
 
 def test_load_embeddings_is_a_memory_mapped_array_in_dataset_order(tmp_path, model, docs_embeddings):
@@ -149,7 +149,7 @@ def test_training_from_a_large_cache_does_not_hold_it_in_memory(tmp_path, model)
     store = EmbeddingStore(embeddings, cfg)
     served = sum(len(batch) for batch in store)
     peak = anonymous_memory_mb()
-    assert served == rows - 1000
+    assert store.num_val_examples == 2048 and served == rows - 1000 - 2048
     assert peak - before < 150, f"anonymous memory grew by {peak - before:.0f} MB for a 614 MB cache"
 
 

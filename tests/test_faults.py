@@ -149,7 +149,7 @@ def test_a_dataset_failing_part_way_is_retried_then_reported(tmp_path, model, do
     pq.write_table(pa.table({"text": good}), folder / "a.parquet")
     # not line-based, so no line to point at: the read is retried, as a flaky network stream would be
     (folder / "b.parquet").write_bytes(b"PAR1" + b"broken" * 100 + b"PAR1")
-    cfg = make_cfg(tmp_path, model, dataset_path=str(folder), use_cache=False, dict_size=64, top_k=4,
+    cfg = make_cfg(tmp_path, model, dataset_path=str(folder), use_cache=False, dict_size=64, top_k=4, num_val_examples=10,
                    batch_size=16, model_batch_size=16, num_batches_in_buffer=2, num_eval_examples=10,
                    num_examples=5000, checkpoint_freq=10, cache_shard_size=64,  # 64 texts per model call
                    wandb_mode="offline", perf_log_freq=5)

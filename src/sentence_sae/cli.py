@@ -39,7 +39,7 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             dest=f.name,
             default=argparse.SUPPRESS,
             metavar=f.type.replace(" | None", "").upper() if isinstance(f.type, str) else "VALUE",
-            help=f"{helps.get(f.name, '')} (default: {default})",
+            help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"),  # argparse formats help with %
         )
     parser.add_argument("--config", dest="config_file", default=None, metavar="FILE",
                         help="YAML or JSON file of config keys; options given on the command line win")

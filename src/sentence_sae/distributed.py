@@ -30,7 +30,7 @@ import torch.distributed as dist
 from .activation_store import ActivationsStoreSBERT, DataShare
 from .cache import open_cache
 from .config import SAEConfig
-from .recipe import validation_size
+from .recipe import texts_worth_counting, validation_size
 from .corpus import Corpus
 from .data import DatasetSource
 from .errors import ConfigError
@@ -175,10 +175,11 @@ class DistributedContext:
         if cache is not None and cache.complete:
             corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", source=source, cache=cache)
         else:  # each process encodes its own split, and none writes the cache
-            # each sets the same share of its split aside for validation, whatever the split's length
-            num_val = store_cfg.num_val_examples
-            store_cfg = store_cfg.replace(use_cache=False, num_val_examples=validation_size(store_cfg, None)
-                                          // self.world_size if num_val is None else num_val)
+            store_cfg = store_cfg.replace(use_cache=False)
+            if store_cfg.num_val_examples is None:  # each sets the same share of its split aside for validation
+                rows = Corpus(model, store_cfg, source=source).count(limit=texts_worth_counting(store_cfg))
+                training = None if rows is None else max(rows - store_cfg.num_eval_examples, 0)
+                store_cfg = store_cfg.replace(num_val_examples=validation_size(store_cfg, training) // self.world_size)
             corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", split=share, source=source)
         return ActivationsStoreSBERT(model, store_cfg, share=share, corpus=corpus)
 
