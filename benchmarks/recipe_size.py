@@ -19,7 +19,7 @@ from panel import CORPORA, corpus_embeddings, split, train_one
 
 BATCH_POINTS = [("wordnet-5k", "one pass"), ("wordnet-5k", 100_000), ("wordnet-20k", "one pass"),
                 ("wordnet-20k", 100_000)]
-PASSES = {"wordnet-5k": ("topk", (1, 10, 20, 40)), "debian-5k": ("topk", (1, 10, 20, 40)),
+PASSES = {"wordnet-5k": ("topk", (1, 3, 10, 20, 40)), "debian-5k": ("topk", (1, 3, 10, 20, 40)),
           "python-docs": ("topk", (5, 10, 20, 40)), "wordnet-20k": ("batchtopk", (1, 5, 10, 20))}
 
 

@@ -77,3 +77,20 @@ def test_runs_saved_before_the_recipe_resume_as_they_trained(tmp_path):
         del data["sentence_sae"]["config"][key]
     old = config_from_saved(data, tmp_path)
     assert old.num_val_examples == 0 and old.max_epochs >= 10**9  # every text trained on, no limit on passes
+
+
+def test_one_knob_sets_the_sparsity_of_every_variant(tmp_path):
+    from sentence_sae import EmbeddingStore, create_sae
+    from sentence_sae.trainer import Trainer
+
+    def trainer(**values) -> Trainer:
+        cfg = SAEConfig(act_size=8, dict_size=32, device="cpu", wandb_mode="disabled", output_dir=str(tmp_path),
+                        num_eval_examples=10, **values)
+        return Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg)
+
+    assert trainer(sae_type="gated", top_k=12).sparsity.target == 12  # target_l0 unset: top_k
+    assert trainer(sae_type="jumprelu", top_k=12, target_l0=20).sparsity.target == 20
+    assert trainer(sae_type="vanilla", l1_coeff=0.3).sparsity.target is None  # a set coefficient stays fixed
+    assert trainer(sae_type="batchtopk").sparsity.target is None  # k-based: top_k itself
+    derived = trainer(sae_type="topk")
+    assert derived.cfg.batch_size == 16 and derived.cfg.num_val_examples == 39  # 390 texts: at most 10% (64 is too many)

@@ -42,7 +42,9 @@ def test_each_variant_beats_the_best_linear_code_of_its_size(trained, docs_split
     sae, result, _ = trained[sae_type]
     train, held_out = docs_split
     l0 = result.metrics["l0"]
-    assert 8 <= l0 <= 64, f"{sae_type} L0 {l0} is far from the target of 32"
+    # the L0 asked for (top_k 32; target_l0 follows it), on texts the SAE never trained on
+    tolerance = 0.10 if sae_type in ("topk", "batchtopk", "matryoshka") else 0.15
+    assert abs(l0 - 32) <= tolerance * 32, f"{sae_type} held-out L0 {l0} is not within {tolerance:.0%} of 32"
     baseline = pca_fvu(train, held_out, k=round(l0))
     assert result.metrics["fvu"] < 0.7 * baseline, (sae_type, result.metrics["fvu"], baseline)
     assert result.metrics["cos"] > 0.85

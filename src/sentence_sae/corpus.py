@@ -135,7 +135,10 @@ class Corpus:
         closes it (encoding that goes on after that counts on the caller's own bar)."""
         # rows are encoded ENCODE_CALL_TEXTS at a time: the call that holds the last one is encoded whole
         rows = math.ceil(rows / ENCODE_CALL_TEXTS) * ENCODE_CALL_TEXTS
-        rows = min(rows, self.count(limit=rows) or rows)
+        try:
+            rows = min(rows, self.count(limit=rows) or rows)
+        except DataError:  # the reading that follows reports it, with what it had read
+            pass
         todo = rows - (self.cache.rows if self.cache is not None else 0)
         if todo > 0 and self._bar is None:
             self._bar = progress_bar(todo, "encode")
