@@ -149,7 +149,7 @@ class ActivationStoreBase:
     def next_batch(self) -> torch.Tensor:
         """``batch_size`` shuffled training embeddings (fewer at the very end); EndOfData when done."""
         if self.batch_size is None:  # a store used without a Trainer: the recipe's batch for its length
-            self.batch_size = batch_size_for(self.planned_examples())
+            self.batch_size = batch_size_for(self.planned_examples(), getattr(self, "training_texts", None))
         if len(self._buffer) < max(self.batch_size, self.buffer_capacity // 2):
             self._refill()
         if len(self._buffer) == 0:
@@ -230,10 +230,16 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
         self._eval_texts: list[str] | None = None
-        # the validation set's size depends on the corpus's only up to texts_worth_counting rows
-        rows = None if cfg.num_val_examples is not None else self.corpus.count(limit=texts_worth_counting(cfg))
+        # the validation set's size and the batch depend on the corpus's only up to texts_worth_counting rows
+        try:
+            rows = self.corpus.count(limit=texts_worth_counting(cfg))
+        except DataError:  # needed for the validation set's size; else the reading reports it later
+            if cfg.num_val_examples is None:
+                raise
+            rows = None
         self.num_val_examples = validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
         self.training_start = cfg.num_eval_examples + self.num_val_examples
+        self.training_texts = None if rows is None else max(rows - self.training_start, 0)
         self.corpus.show_progress(self.training_start + self.buffer_capacity)  # until the first step
         self._eval_embeddings = self.corpus.embeddings(0, cfg.num_eval_examples)
         self._check_training_texts_exist()
@@ -343,7 +349,7 @@ class EmbeddingStore(ActivationStoreBase):
         self.num_val_examples = validation_size(cfg, len(embeddings) - start)
         self.embeddings = embeddings
         self.train_start = start + self.num_val_examples
-        self.n_train = len(embeddings) - self.train_start
+        self.n_train = self.training_texts = len(embeddings) - self.train_start
         if self.n_train <= 0:
             raise DataError(f"all {len(embeddings)} embeddings are held out (num_eval_examples="
                             f"{cfg.num_eval_examples}, num_val_examples={self.num_val_examples}); lower them")

@@ -18,6 +18,10 @@ from .errors import ConfigError
 STEPS_PER_BATCH_DOUBLING = 500
 """The batch grows (from MIN_BATCH, in powers of two) only while the run still gets more steps
 than this at the larger batch: short runs need steps more than they need large batches."""
+STEPS_PER_PASS = 128
+"""...and only while a pass over the training texts still takes this many steps: many passes over a
+small corpus want small batches (Debian, 5,000 texts, 20 passes: batch 128 is 3.9% behind batch 16,
+batch 32 1.4%)."""
 MIN_BATCH, MAX_BATCH = 16, 256
 LEARNING_RATE = 3e-3
 WARMUP_FRACTION = 0.05
@@ -30,15 +34,19 @@ class RunSize(NamedTuple):
 
     planned_examples: int | None
     """Training examples the run will see in all (all processes); None when unknown."""
+    training_texts: int | None = None
+    """Distinct training texts (one pass), at least as many as counted; None when unknown."""
 
 
-def batch_size_for(planned_examples: int | None) -> int:
+def batch_size_for(planned_examples: int | None, training_texts: int | None = None) -> int:
     """The largest power of two in [MIN_BATCH, MAX_BATCH] at which the run still takes at least
-    STEPS_PER_BATCH_DOUBLING steps (MAX_BATCH for a run of unknown length)."""
+    STEPS_PER_BATCH_DOUBLING steps and a pass at least STEPS_PER_PASS (MAX_BATCH for a run of
+    unknown length)."""
     if planned_examples is None:
         return MAX_BATCH
     batch = MIN_BATCH
-    while batch < MAX_BATCH and planned_examples / (2 * batch) >= STEPS_PER_BATCH_DOUBLING:
+    while (batch < MAX_BATCH and planned_examples / (2 * batch) >= STEPS_PER_BATCH_DOUBLING
+           and (training_texts is None or training_texts / (2 * batch) >= STEPS_PER_PASS)):
         batch *= 2
     return batch
 
@@ -74,7 +82,7 @@ def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1) -> SAEConfig
     changes: dict[str, object] = {}
     batch_size = cfg.batch_size
     if batch_size is None:
-        batch_size = max(batch_size_for(size.planned_examples), world_size)
+        batch_size = max(batch_size_for(size.planned_examples, size.training_texts), world_size)
         batch_size -= batch_size % world_size
         changes["batch_size"] = batch_size
     if cfg.lr is None:

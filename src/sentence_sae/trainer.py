@@ -116,7 +116,7 @@ class Trainer:
         num_val = getattr(store, "num_val_examples", cfg.num_val_examples)
         if num_val != cfg.num_val_examples:
             cfg = cfg.replace(num_val_examples=num_val)
-        return fill_recipe(cfg, RunSize(total), self.world_size)
+        return fill_recipe(cfg, RunSize(total, getattr(store, "training_texts", None)), self.world_size)
 
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:
