@@ -73,6 +73,7 @@ class ActivationStoreBase:
         self.cfg = cfg
         self.d_in = d_in
         self.batch_size = cfg.batch_size  # unset until the trainer derives it from the run's length
+        self.training_texts: int | None = None  # per pass, where the store knows it
         self.device = torch.device(cfg.device or "cpu")
         self.examples_served = 0
         self.end_reason: str | None = None
@@ -149,7 +150,7 @@ class ActivationStoreBase:
     def next_batch(self) -> torch.Tensor:
         """``batch_size`` shuffled training embeddings (fewer at the very end); EndOfData when done."""
         if self.batch_size is None:  # a store used without a Trainer: the recipe's batch for its length
-            self.batch_size = batch_size_for(self.planned_examples(), getattr(self, "training_texts", None))
+            self.batch_size = batch_size_for(self.planned_examples(), self.training_texts)
         if len(self._buffer) < max(self.batch_size, self.buffer_capacity // 2):
             self._refill()
         if len(self._buffer) == 0:

@@ -63,6 +63,7 @@ class Corpus:
         self._dataset: Any = None
         self.on_encoded: Callable[[int], None] | None = None
         self._bar: Any = None
+        self._counted: tuple[int | None, int | None] = (None, None)  # (rows counted, that count's limit)
         """Called with the number of texts after each group is encoded (a progress bar's update)."""
 
     @property
@@ -122,7 +123,16 @@ class Corpus:
             return limit
         if not self.dataset_source.countable:
             return None
-        return sum(1 for _ in itertools.islice(self.texts_from(0), limit))
+        # The store sizes its validation set, batch, plan and progress bar from counts with different
+        # limits: read the texts once, as far as the largest limit asked so far.
+        known, counted_to = self._counted
+        if known is not None:
+            reached_the_end = counted_to is None or known < counted_to
+            if reached_the_end or (limit is not None and limit <= counted_to):
+                return known if limit is None else min(known, limit)
+        rows = sum(1 for _ in itertools.islice(self.texts_from(0), limit))
+        self._counted = (rows, limit)
+        return rows
 
     # ------------------------------------------------------------------ embeddings
     def encode(self, texts: list[str]) -> torch.Tensor:
