@@ -11,11 +11,15 @@ import torch
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from helpers import write_jsonl
+from helpers import docs_with_topics, make_cfg, write_jsonl
 
+from sentence_sae import create_sae
+from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.cache import open_cache
 from sentence_sae.config import DEFAULT_MODEL
 from sentence_sae.data import python_docs_paragraphs
 from sentence_sae.embeddings import encode_texts, load_sentence_model
+from sentence_sae.trainer import Trainer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,3 +68,22 @@ def jsonl_file(tmp_path, small_texts) -> Path:
     return write_jsonl(tmp_path / "texts.jsonl", [{"text": t, "id": i} for i, t in enumerate(small_texts)])
 
 
+
+
+@pytest.fixture(scope="session")
+def labelled_run(tmp_path_factory, model, docs_texts, docs_embeddings):
+    """A TopK SAE trained on the built-in corpus with topic labels: (run_dir, data file, cfg). Its
+    embedding cache is pre-filled from the session's real embeddings, so nothing is encoded twice."""
+    tmp = tmp_path_factory.mktemp("labelled")
+    rows = docs_with_topics()
+    assert [row["text"] for row in rows] == docs_texts
+    data = write_jsonl(tmp / "docs.jsonl", rows)
+    cfg = make_cfg(tmp, model, dataset_path=str(data), dict_size=512, top_k=16, num_examples=40_000)
+    cache = open_cache(cfg, model)
+    cache.acquire_writer()
+    cache.append(docs_embeddings.numpy())
+    cache.mark_complete(0)
+    cache.close()
+    sae = create_sae(cfg)
+    result = Trainer(sae, EmbeddingStore(docs_embeddings, cfg), cfg).train()
+    return result.run_dir, data, cfg

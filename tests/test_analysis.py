@@ -4,63 +4,20 @@ the feature browser, and each command's bad inputs."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import make_cfg, write_jsonl
+from helpers import headless_chrome, needs_chromium, make_cfg, run_cli
 from sentence_sae import create_sae, save_sae
-from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.analysis import explain_run
 from sentence_sae.analysis.families import build_families
 from sentence_sae.analysis.keywords import candidates
-from sentence_sae.cache import open_cache
 from sentence_sae.errors import CheckpointError, DataError, ModelError
 from sentence_sae.evaluation import evaluate_run
 from sentence_sae.metrics import similarity_spearman, spearman
-from sentence_sae.trainer import Trainer
-
-
-def docs_with_topics() -> list[dict]:
-    """The built-in corpus with its topic as a label, in the built-in corpus's order."""
-    import re
-
-    from pydoc_data.topics import topics
-
-    from sentence_sae.data import _clean_paragraph
-
-    rows = []
-    for topic in sorted(topics):
-        for paragraph in re.split(r"\n\s*\n", topics[topic]):
-            text = _clean_paragraph(paragraph)
-            if text:
-                rows.append({"text": text, "topic": topic})
-    return rows
-
-
-@pytest.fixture(scope="module")
-def labelled_run(tmp_path_factory, model, docs_texts, docs_embeddings):
-    """A TopK SAE trained on the corpus with topic labels; its embeddings cache pre-filled from
-    the session's real embeddings of the same texts, so nothing is encoded twice."""
-    tmp = tmp_path_factory.mktemp("labelled")
-    rows = docs_with_topics()
-    assert [row["text"] for row in rows] == docs_texts
-    data = write_jsonl(tmp / "docs.jsonl", rows)
-    cfg = make_cfg(tmp, model, dataset_path=str(data), dict_size=512, top_k=16, num_examples=40_000)
-    cache = open_cache(cfg, model)
-    cache.acquire_writer()
-    cache.append(docs_embeddings.numpy())
-    cache.mark_complete(0)
-    cache.close()
-    sae = create_sae(cfg)
-    result = Trainer(sae, EmbeddingStore(docs_embeddings, cfg), cfg).train()
-    return result.run_dir, data, cfg
 
 
 @pytest.mark.slow
@@ -155,12 +112,6 @@ def test_encode_texts_uses_the_sae_model(labelled_run, model):
     torch.testing.assert_close(text_codes(sae, texts), text_codes(sae, texts, model))  # the run's own model
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "sentence_sae", *args], capture_output=True, text=True, env=env,
-                          timeout=900)
-
-
 @pytest.mark.slow
 def test_features_and_plot_commands(labelled_run):
     run_dir, _, _ = labelled_run
@@ -196,17 +147,8 @@ def test_bad_inputs_give_one_clear_line(labelled_run, tmp_path, model):
     assert "unknown option '--bogus'" in run_cli("explain", str(run_dir), "--bogus", "1").stderr
 
 
-def find_browser() -> tuple[str, str] | None:
-    for browser in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(browser) and shutil.which("chromedriver"):
-            return shutil.which(browser), shutil.which("chromedriver")
-    return None
-
-
-@pytest.mark.skipif(find_browser() is None, reason="headless Chromium and chromedriver are not installed "
-                    "(Debian: apt-get install chromium chromium-driver; .ci/run installs them)")
+@needs_chromium
 def test_feature_browser_in_headless_chromium(labelled_run, model):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     from selenium.webdriver.common.by import By
 
     run_dir, _, _ = labelled_run
@@ -215,14 +157,7 @@ def test_feature_browser_in_headless_chromium(labelled_run, model):
         explain_run(run_dir, model=model, top_n=8)
     features = [json.loads(line) for line in (run_dir / "features.jsonl").read_text().splitlines()]
     target = max((f for f in features if not f["dead"]), key=lambda f: f["count"])
-    browser, driver_path = find_browser()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
-    try:
+    with headless_chrome() as driver:
         driver.get(index.as_uri())
         rows = driver.find_elements(By.CSS_SELECTOR, "tr.feature-row")
         assert len(rows) == len(features)
@@ -249,8 +184,6 @@ def test_feature_browser_in_headless_chromium(labelled_run, model):
         if links:
             links[0].click()
             assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow

@@ -45,15 +45,33 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON file of config keys; options given on the command line win")
 
 
-RUN_COMMANDS = {"eval", "explain", "features", "plot", "push"}
+RUN_COMMANDS = {"eval", "explain", "features", "plot", "push", "compare", "diff", "search"}
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by sentence-sae train")
     if command == "features":
         parser.add_argument("text", metavar="TEXT", help="the text whose features to show")
-        parser.add_argument("--top", type=int, default=10, help="how many features to show (default 10)")
-    if command in ("eval", "explain"):
+    if command == "compare":
+        parser.add_argument("text_a", metavar="TEXT_A", help="the first text")
+        parser.add_argument("text_b", metavar="TEXT_B", help="the second text")
+    if command == "search":
+        parser.add_argument("query", metavar="QUERY", nargs="?", default=None, help="the text to search for by meaning")
+        parser.add_argument("--feature", type=int, default=None, metavar="ID",
+                            help="instead of a query: list the texts where this feature fires most")
+    if command in ("features", "compare", "search", "diff"):
+        parser.add_argument("--top", type=int, default={"diff": 20}.get(command, 10),
+                            help=f"how many {'texts' if command == 'search' else 'features'} to show "
+                                 f"(default {({'diff': 20}).get(command, 10)})")
+    if command in ("compare", "search"):
+        parser.add_argument("--json", action="store_true", help="print the result as one JSON line, not a table")
+    if command == "diff":
+        parser.add_argument("--a", required=True, metavar="A", help="a dataset, or a value of --label_column")
+        parser.add_argument("--b", required=True, metavar="B", help="another dataset, or another value of --label_column")
+        parser.add_argument("--label_column", default=None,
+                            help="compare two values of this column of one dataset (the run's, or --dataset_path)")
+        parser.add_argument("--fdr", type=float, default=0.05, help="false discovery rate to control (default 0.05)")
+    if command in ("eval", "explain", "diff", "search"):
         parser.add_argument("--dataset_path", default=None,
                             help="another dataset to read (default: the run's own; for eval its held-out texts)")
         parser.add_argument("--text_column", default=None, help="its text column (default: the run's)")
@@ -138,6 +156,42 @@ def cmd_features(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, An
     return result
 
 
+def cmd_compare(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any] | None:
+    from .analysis.compare import compare_table, compare_texts
+
+    result = compare_texts(args.run_dir, args.text_a, args.text_b, args.top, device=args.device)
+    if args.json:
+        return result
+    print(compare_table(result))
+    return None
+
+
+def cmd_diff(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .analysis.diff import diff_run
+
+    return diff_run(args.run_dir, args.a, args.b, dataset_path=args.dataset_path, label_column=args.label_column,
+                    text_column=args.text_column, num_examples=args.num_examples, fdr=args.fdr, top=args.top,
+                    device=args.device)
+
+
+def cmd_search(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any] | None:
+    from .analysis.search import feature_search, search_run
+
+    if (args.query is None) == (args.feature is None):
+        raise ConfigError("give either a QUERY to search by meaning or --feature ID, not both or neither")
+    if args.feature is not None:
+        result = feature_search(args.run_dir, args.feature, args.top, args.num_examples, device=args.device)
+    else:
+        result = search_run(args.run_dir, args.query, args.top, args.num_examples, device=args.device)
+    if args.json:
+        return result
+    for match in result["matches"]:
+        score = f"{match['cosine']:.4f}" if "cosine" in match else f"{match['activation']:.4f}"
+        shared = "; ".join(f"#{f['id']} {f['label']}" for f in match.get("features", []))
+        print(f"{score}  {match['text'][:160]}" + (f"\n        shared: {shared}" if shared else ""))
+    return None
+
+
 def cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     from .plots import training_curves
 
@@ -163,6 +217,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "eval": (cmd_eval, "evaluate a trained SAE: reconstruction, sparsity, retrieval, probes; writes eval.json"),
     "explain": (cmd_explain, "label every feature and write features.jsonl, families.json and browser/"),
     "features": (cmd_features, "print the top features of a text with their labels and activations"),
+    "compare": (cmd_compare, "why two texts are similar: the features behind the cosine of their reconstructions"),
+    "diff": (cmd_diff, "features that fire more often in one corpus (or label) than another; writes an HTML report"),
+    "search": (cmd_search, "nearest texts of the run's corpus to a query, or the texts where a feature fires most"),
     "plot": (cmd_plot, "draw the training curves of a run (training_curves.png)"),
     "push": (cmd_push, "upload a run's SAE with a model card to the Hugging Face hub"),
     "keys": (cmd_keys, "print the table of config keys (markdown)"),

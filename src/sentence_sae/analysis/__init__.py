@@ -1,7 +1,9 @@
 """Reading an SAE's features: statistics over a corpus, keyword labels, families and a browser.
 
 ``explain_run`` streams a corpus once through the SAE and writes, into the run folder,
-``features.jsonl`` (one line per feature), ``families.json`` and the static site ``browser/``.
+``features.jsonl`` (one line per feature), ``families.json`` and the static site ``browser/`` (with a
+feature map when umap-learn is installed). ``compare``, ``diff`` and ``search`` answer questions about
+texts with the features' labels.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..runs import open_run
 from ..tracking import progress_bar
 from .browser import write_browser
 from .families import build_families
+from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
 from .features import FeatureStats, collect_feature_stats
 from .keywords import KeywordLabeler
 
@@ -29,8 +32,10 @@ N_COACTIVATING = 8
 
 def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
                 text_column: str | None = None, top_n: int = 10, label_texts: int = 8,
-                device: str | None = None, model: Any = None, family_min_weight: float = 0.5) -> dict[str, Any]:
-    """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset)."""
+                device: str | None = None, model: Any = None, family_min_weight: float = 0.5,
+                with_map: bool = True) -> dict[str, Any]:
+    """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset);
+    ``with_map`` adds the feature map (``browser/map.html``) when umap-learn is installed."""
     check_positive("num_examples", num_examples, unset="the whole dataset")
     check_positive("top_n", top_n)
     started = time.perf_counter()
@@ -54,8 +59,7 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
         label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
         row_embeddings = _embeddings_of_rows(corpus, sorted({int(r) for rows in label_rows.values() for r in rows}), texts)
-        fast_model = load_sentence_model(run.cfg.model_name, run.cfg.device, "fast")
-        labeler = KeywordLabeler(fast_model)
+        labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, "fast"))
         keywords = labeler.label_all([[texts[r] for r in label_rows[f]] for f in alive],
                                      [torch.stack([row_embeddings[int(r)] for r in label_rows[f]]) for f in alive])
     finally:
@@ -69,7 +73,9 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     atomic_write_text(folder / "features.jsonl", "".join(json.dumps(f) + "\n" for f in features))
     if families is not None:
         atomic_write_text(folder / "families.json", json.dumps(families, indent=1))
-    index = write_browser(folder / "browser", features, f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts")
+    title = f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts"
+    pages = {"map.html": _feature_map(run.sae, features, families, title)} if with_map and umap_available() else {}
+    index = write_browser(folder / "browser", features, title, pages)
     seconds = time.perf_counter() - started
     return {
         "features": str(folder / "features.jsonl"),
@@ -79,9 +85,20 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "alive": len(alive),
         "dead": run.sae.d_sae - len(alive),
         "n_families": len(families["families"]) if families else 0,
+        "map": str(index.parent / "map.html") if pages else None,
+        **({} if pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
         "seconds": round(seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }
+
+
+def _feature_map(sae: Any, features: list[dict[str, Any]], families: dict[str, Any] | None, title: str) -> str:
+    live = [f["id"] for f in features if not f["dead"]]
+    coords = np.zeros((sae.d_sae, 2))
+    with progress_bar(1, "feature map") as bar:
+        coords[live] = map_layout(sae.W_dec.detach().float().cpu().numpy()[live])
+        bar.update(1)
+    return map_page(features, coords, family_roots(families, sae.d_sae), f"Feature map: {title}")
 
 
 def _embeddings_of_rows(corpus: Any, rows: list[int], texts: list[str]) -> dict[int, torch.Tensor]:

@@ -28,7 +28,7 @@ th{background:#f4f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums
 """
 
 
-def _page(title: str, body: str) -> str:
+def page(title: str, body: str) -> str:
     return (f"<!doctype html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
@@ -77,7 +77,7 @@ def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
              f"<h1>Feature #{fid}: <span class='label'>{html.escape(label)}</span></h1>"]
     if feature["dead"]:
         parts.append(f"<p class='dead'>Dead: never fires on the {feature['n_texts']} texts explained.</p>")
-        return _page(f"Feature {fid}", "\n".join(parts))
+        return page(f"Feature {fid}", "\n".join(parts))
     parts.append(f"<p class='meta'>density {feature['density']:.4%} ({feature['count']} of {feature['n_texts']} texts) "
                  f"&middot; mean activation {feature['mean_act']:.3f} &middot; max {feature['max_act']:.3f}</p>")
     parts.append("<h2>Activations</h2>" + _histogram_svg(feature["histogram"], feature["max_act"]))
@@ -94,7 +94,7 @@ def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
         parts.append("<h2>Children</h2><ul>" + "".join(
             f"<li><a href='{feature_file(c)}'>#{c}</a> {html.escape(label_of.get(c, ''))}</li>"
             for c in family["children"]) + "</ul>")
-    return _page(f"Feature {fid}: {label}", "\n".join(parts))
+    return page(f"Feature {fid}: {label}", "\n".join(parts))
 
 
 INDEX_SCRIPT = """
@@ -120,11 +120,12 @@ render();
 """
 
 
-def index_page(features: list[dict[str, Any]], title: str) -> str:
+def index_page(features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> str:
     data = [{"id": f["id"], "label": f["label"] or "", "density": f["density"], "max_act": f["max_act"],
              "dead": f["dead"], "file": feature_file(f["id"])} for f in features]
     payload = json.dumps(data).replace("</", "<\\/")
-    body = f"""<h1>{html.escape(title)}</h1>
+    links = " &middot; ".join(f"<a class='page-link' href='{name}'>{html.escape(Path(name).stem)}</a>" for name in pages or {})
+    body = f"""<h1>{html.escape(title)}</h1>{f"<p>{links}</p>" if links else ""}
 <div class="controls"><input id="search" type="search" placeholder="search a keyword or #id" aria-label="search">
 <label>sort by <select id="sort"><option value="density">density</option><option value="max_act">activation</option>
 <option value="id">id</option></select></label></div>
@@ -133,11 +134,12 @@ def index_page(features: list[dict[str, Any]], title: str) -> str:
 <tbody id="features"></tbody></table>
 <script>const FEATURES = {payload};</script>
 <script>{INDEX_SCRIPT}</script>"""
-    return _page(title, body)
+    return page(title, body)
 
 
-def write_browser(folder: Path, features: list[dict[str, Any]], title: str) -> Path:
-    """Write the site into ``folder`` (replacing an earlier one) and return its index page."""
+def write_browser(folder: Path, features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> Path:
+    """Write the site into ``folder`` (replacing an earlier one) and return its index page; ``pages``
+    (file name -> HTML) are written beside the index and linked from it."""
     staging = folder.with_name(folder.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
@@ -145,7 +147,9 @@ def write_browser(folder: Path, features: list[dict[str, Any]], title: str) -> P
     label_of = {f["id"]: f["label"] or "" for f in features}
     for feature in features:
         (staging / "features" / feature_file(feature["id"])).write_text(feature_page(feature, label_of))
-    (staging / "index.html").write_text(index_page(features, title))
+    for name, text in (pages or {}).items():
+        (staging / name).write_text(text)
+    (staging / "index.html").write_text(index_page(features, title, pages))
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)

@@ -1,0 +1,279 @@
+"""The questions people ask of embeddings, on real texts and the real model: why two texts are similar
+(compare), what differs between two corpora (diff), what is there (the feature map), and search."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from helpers import docs_with_topics, headless_chrome, make_cfg, needs_chromium, run_cli, write_jsonl
+from sentence_sae import create_sae
+from sentence_sae.analysis import explain_run
+from sentence_sae.analysis.compare import compare_texts, features_for_share, similarity_shares
+from sentence_sae.analysis.diff import diff_run, firing_diff, two_proportion_p_values
+from sentence_sae.analysis.feature_map import family_roots
+from sentence_sae.analysis.search import feature_search, search_run
+from sentence_sae.metrics import encode_in_batches
+from sentence_sae.sae import eval_mode
+
+DEBIAN = Path(__file__).resolve().parents[2] / "shared" / "data" / "debian_descriptions.jsonl.gz"
+
+
+def explained(run_dir: Path, model) -> list[dict]:
+    """The run's features.jsonl, running explain first when no earlier test did."""
+    if not (run_dir / "browser" / "map.html").exists():
+        explain_run(run_dir, model=model, top_n=8)
+    return [json.loads(line) for line in (run_dir / "features.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------- compare
+
+
+@pytest.mark.parametrize("sae_type", ["vanilla", "topk", "batchtopk", "jumprelu", "matryoshka", "gated"])
+@pytest.mark.parametrize("input_unit_norm", [False, True])
+def test_shares_sum_to_the_dot_product_of_the_reconstructions(tmp_path, docs_embeddings, sae_type, input_unit_norm):
+    cfg = make_cfg(tmp_path, sae_type=sae_type, act_size=384, dict_size=256, top_k=16, input_unit_norm=input_unit_norm)
+    torch.manual_seed(0)
+    sae = create_sae(cfg)
+    with torch.no_grad():
+        sae.b_dec.normal_(0, 0.05)  # an offset that is not zero, so its share is tested too
+    for a, b in [(0, 1), (10, 500), (7, 7)]:
+        result = similarity_shares(sae, docs_embeddings[a], docs_embeddings[b])
+        assert result.shares.sum() + result.offset_share == pytest.approx(result.dot, rel=1e-5, abs=1e-5)
+        with torch.no_grad(), eval_mode(sae):
+            recon = sae.reconstruct(docs_embeddings[[a, b]]).double()
+        assert result.dot == pytest.approx(float(recon[0] @ recon[1]), rel=1e-4)
+        assert result.norm_a == pytest.approx(float(recon[0].norm()), rel=1e-4)
+        assert len(result.features) > 0 and (result.activations_a > 0).sum() <= len(result.features)
+
+
+def test_features_for_share_counts_the_largest_shares():
+    assert features_for_share(np.array([1.0, 5.0, 1.0, 3.0])) == 3  # 5 + 3 + 1 = 9 = 90% of 10
+    assert features_for_share(np.array([10.0, -1.0, 0.5])) == 1
+    assert features_for_share(np.array([-1.0, 0.5])) is None
+
+
+def test_compare_explains_the_similarity_of_two_texts(labelled_run, model):
+    run_dir, _, _ = labelled_run
+    a = "The assert statement raises AssertionError when the expression is false."
+    b = "An assert statement is a convenient way to insert debugging assertions into a program."
+    result = compare_texts(run_dir, a, b, top=10_000, model=model)
+    assert result["dot_reconstructed"] == pytest.approx(
+        sum(f["share"] for f in result["features"]) + result["offset_share"], abs=1e-5)
+    assert len(result["features"]) == result["active_features"]
+    cosines = torch.nn.functional.cosine_similarity(*model.encode([a, b], convert_to_tensor=True)[:, None], dim=-1)
+    assert result["cosine"] == pytest.approx(float(cosines), abs=1e-4)
+    assert 0.5 < result["cosine_reconstructed"] <= 1
+    assert sum(f["cosine_share"] for f in result["features"]) + result["offset_share"] / (
+        result["dot_reconstructed"] / result["cosine_reconstructed"]) == pytest.approx(result["cosine_reconstructed"], abs=1e-5)
+    assert 1 <= result["features_for_90pct"] <= result["active_features"]
+    shares = [f["share"] for f in result["features"]]
+    assert shares == sorted(shares, reverse=True)
+
+
+@pytest.mark.slow
+def test_compare_command_prints_a_table_or_json(labelled_run):
+    run_dir, _, _ = labelled_run
+    proc = run_cli("compare", str(run_dir), "lambda expressions", "anonymous functions", "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("cosine ") and len(lines) == 2 + 3 and lines[2].startswith("#")
+    proc = run_cli("compare", str(run_dir), "lambda expressions", "anonymous functions", "--json")
+    result = json.loads(proc.stdout)
+    assert len(result["features"]) <= 10 and result["cosine"] > 0
+    proc = run_cli("compare", str(run_dir), "lambda", "  ")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "second text is empty" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------- diff
+
+
+def test_two_proportion_test_matches_scipy():
+    counts_a, counts_b = np.array([30, 0, 200, 12, 3]), np.array([10, 0, 180, 40, 0])
+    p = two_proportion_p_values(counts_a, 400, counts_b, 500)
+    for feature in (0, 2, 3):  # the pooled z-test is the chi-squared test without continuity correction
+        table = [[counts_a[feature], 400 - counts_a[feature]], [counts_b[feature], 500 - counts_b[feature]]]
+        assert p[feature] == pytest.approx(stats.chi2_contingency(table, correction=False).pvalue, rel=1e-9)
+    assert p[1] == 1.0  # silent on both sides
+    assert p[4] == pytest.approx(stats.fisher_exact([[3, 397], [0, 500]]).pvalue)  # few firings: exact test
+    result = firing_diff(counts_a, 400, counts_b, 500)
+    assert list(result.flagged) == list(result.q_values <= 0.05) and result.flagged[0] and not result.flagged[1]
+    assert np.all(result.q_values >= result.p_values)
+
+
+def test_a_random_split_of_one_corpus_flags_almost_nothing(labelled_run, docs_embeddings):
+    """Benjamini-Hochberg at 5% with no true difference: some feature is flagged in about 5% of splits."""
+    from sentence_sae.checkpoint import load_sae
+
+    run_dir, _, _ = labelled_run
+    fired = (encode_in_batches(load_sae(run_dir), docs_embeddings) > 0).numpy()
+    assert fired.any(0).sum() > 100  # enough live features to make the test mean something
+    n = len(fired)
+    splits_with_findings = 0
+    for seed in range(20):
+        in_a = np.zeros(n, bool)
+        in_a[np.random.default_rng(seed).permutation(n)[: n // 2]] = True
+        result = firing_diff(fired[in_a].sum(0), int(in_a.sum()), fired[~in_a].sum(0), int((~in_a).sum()))
+        splits_with_findings += bool(result.flagged.any())
+    assert splits_with_findings <= 3
+
+
+def two_topics() -> tuple[str, str]:
+    counts: dict[str, int] = {}
+    for row in docs_with_topics():
+        counts[row["topic"]] = counts.get(row["topic"], 0) + 1
+    first, second = sorted(counts, key=counts.get, reverse=True)[:2]
+    return first, second
+
+
+@pytest.mark.slow
+def test_diff_command_writes_json_and_html(labelled_run, model):
+    run_dir, data, _ = labelled_run
+    explained(run_dir, model)
+    a, b = two_topics()
+    proc = run_cli("diff", str(run_dir), "--label_column", "topic", "--a", a, "--b", b, "--top", "5")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    report = json.loads(Path(summary["json"]).read_text())
+    topics = [row["topic"] for row in docs_with_topics()]
+    assert (report["n_a"], report["n_b"]) == (topics.count(a), topics.count(b))
+    assert report["flagged"] == summary["flagged"] == len(report["features"]) > 0
+    ps = [f["p"] for f in report["features"]]
+    assert ps == sorted(ps) and all(f["q"] <= 0.05 for f in report["features"])
+    for f in report["features"]:
+        assert f["rate_a"] == pytest.approx(f["count_a"] / report["n_a"])
+        assert len(f["examples_a"]) == min(3, f["count_a"]) and len(f["examples_b"]) == min(3, f["count_b"])
+    assert Path(summary["html"]).read_text().count("class='diff-row'") == report["flagged"]
+    for args, message in [(["--a", "nope", "--b", b], "no row has topic = 'nope'"),
+                          (["--a", a, "--b", a], "both"),
+                          (["--a", a], "the following arguments are required: --b")]:
+        proc = run_cli("diff", str(run_dir), "--label_column", "topic", *args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+    proc = run_cli("diff", str(run_dir), "--dataset_path", str(data), "--a", a, "--b", b)
+    assert proc.returncode == 2 and "--dataset_path needs --label_column" in proc.stderr
+
+
+@pytest.mark.slow
+def test_diff_of_two_datasets(labelled_run, model, tmp_path):
+    run_dir, _, _ = labelled_run
+    rows = docs_with_topics()
+    a, b = two_topics()
+    path_a = write_jsonl(tmp_path / "a.jsonl", [r for r in rows if r["topic"] == a])
+    path_b = write_jsonl(tmp_path / "b.jsonl", [r for r in rows if r["topic"] == b])
+    by_label = diff_run(run_dir, a, b, label_column="topic", model=model)
+    by_files = diff_run(run_dir, str(path_a), str(path_b), model=model)
+    assert (by_files["n_a"], by_files["n_b"]) == (by_label["n_a"], by_label["n_b"])
+    assert by_files["flagged"] == by_label["flagged"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN.exists(), reason=f"the Debian descriptions are not at {DEBIAN}")
+def test_games_against_science_flags_features_about_games_and_science(tmp_path, model):
+    with gzip.open(DEBIAN, "rt") as f:
+        rows = [json.loads(line) for line in f]
+    chosen = [r for r in rows if r["label"] in ("games", "science")]
+    chosen += [r for r in rows if r["label"] not in ("games", "science")][: 5000 - len(chosen)]
+    data = write_jsonl(tmp_path / "debian.jsonl", [{"text": r["text"], "section": r["label"]} for r in chosen])
+    proc = run_cli("train", "--dataset_path", str(data), "--dict_size", "512", "--top_k", "16", "--num_examples",
+                   "60000", "--encode_backend", "fast", "--output_dir", str(tmp_path / "runs"), "--wandb_mode", "disabled")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"]
+    explain_run(run_dir, with_map=False)
+    result = diff_run(run_dir, "games", "science", label_column="section", top=5)
+    games = ("game", "puzzle", "play", "arcade", "shooter", "strategy", "chess", "board")
+    science = ("scien", "bio", "chem", "molecul", "physic", "astro", "genom", "sequenc", "math", "numeric",
+               "statist", "simulat", "dna", "protein", "gene")
+    assert sum(any(w in label for w in games) for label in result["top_a"]) >= 3, result["top_a"]
+    assert sum(any(w in label for w in science) for label in result["top_b"]) >= 3, result["top_b"]
+
+
+# ----------------------------------------------------------------------------------------- search
+
+
+def test_search_returns_the_exact_nearest_neighbours(labelled_run, model, docs_texts, docs_embeddings):
+    run_dir, _, _ = labelled_run
+    query = "How do I open a file for reading?"
+    result = search_run(run_dir, query, top=10, model=model)
+    unit = torch.nn.functional.normalize(docs_embeddings.double(), dim=-1).numpy()
+    q = torch.nn.functional.normalize(model.encode([query], convert_to_tensor=True).double(), dim=-1).numpy()[0]
+    scores = unit @ q
+    expected = np.argsort(-scores)[:10]
+    assert [m["cosine"] for m in result["matches"]] == pytest.approx(scores[expected].tolist(), abs=1e-5)
+    for match, row in zip(result["matches"], expected):
+        if match["row"] != row:  # only a near tie may swap places
+            assert abs(scores[match["row"]] - scores[row]) < 1e-5
+        assert match["text"] == docs_texts[match["row"]]
+    assert result["texts"] == len(docs_texts)
+    assert any(m["features"] for m in result["matches"])
+
+
+def test_search_by_feature_lists_its_strongest_texts(labelled_run, model, docs_texts, docs_embeddings):
+    from sentence_sae.checkpoint import load_sae
+
+    run_dir, _, _ = labelled_run
+    activations = encode_in_batches(load_sae(run_dir), docs_embeddings).numpy()
+    feature = int(np.argmax((activations > 0).sum(0)))
+    result = feature_search(run_dir, feature, top=5, model=model)
+    expected = np.sort(activations[:, feature])[::-1][:5]
+    assert [m["activation"] for m in result["matches"]] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert all(activations[m["row"], feature] == pytest.approx(m["activation"], rel=1e-5) for m in result["matches"])
+    assert result["fires_on"] == int((activations[:, feature] > 0).sum())
+
+
+@pytest.mark.slow
+def test_search_command(labelled_run):
+    run_dir, _, _ = labelled_run
+    proc = run_cli("search", str(run_dir), "string formatting", "--top", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads(proc.stdout)["matches"]) == 3
+    proc = run_cli("search", str(run_dir), "--feature", "0", "--top", "2")
+    assert proc.returncode == 0, proc.stderr
+    for args, message in [(["q", "--feature", "1"], "not both"), (["--feature", "99999"], "does not exist")]:
+        proc = run_cli("search", str(run_dir), *args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+# -------------------------------------------------------------------------------------------- map
+
+
+def test_family_roots_follow_parents_to_the_top():
+    families = {"parents": {"1": 0, "2": 1, "4": 3}}
+    assert family_roots(families, 6) == [0, 0, 0, 3, 3, -1]
+    assert family_roots(None, 2) == [-1, -1]
+
+
+@needs_chromium
+def test_feature_map_in_headless_chromium(labelled_run, model):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    run_dir, _, _ = labelled_run
+    features = explained(run_dir, model)
+    live = [f for f in features if not f["dead"]]
+    with headless_chrome(height=1400) as driver:
+        driver.get((run_dir / "browser" / "index.html").as_uri())
+        driver.find_element(By.CSS_SELECTOR, "a.page-link[href='map.html']").click()
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-rendered")
+        assert driver.find_element(By.ID, "count").text == f"{len(live)} live features"
+        canvas = driver.find_element(By.ID, "map")
+        point = driver.execute_script(  # the point nearest the canvas's centre, as an offset from it
+            "const r = arguments[0].getBoundingClientRect(); let best = 0, bestD = Infinity;"
+            "for (let i = 0; i < N; i++) { const d = (px[i] - r.width / 2) ** 2 + (py[i] - r.height / 2) ** 2;"
+            "  if (d < bestD) { bestD = d; best = i; } }"
+            "return [Math.round(px[best] - r.width / 2), Math.round(py[best] - r.height / 2)];", canvas)
+        ActionChains(driver).move_to_element_with_offset(canvas, int(point[0]), int(point[1])).perform()
+        tip = driver.find_element(By.ID, "tip")
+        assert tip.is_displayed() and tip.text.startswith("#")
+        hovered = tip.text.split()[0]
+        word = next(f for f in live if f["keywords"])["keywords"][0]
+        driver.find_element(By.ID, "search").send_keys(word)
+        matches = sum(word in f["label"].lower() for f in live)
+        assert driver.find_element(By.ID, "count").text == f"{matches} of {len(live)} features match"
+        ActionChains(driver).move_to_element_with_offset(canvas, int(point[0]), int(point[1])).click().perform()
+        assert f"Feature {hovered}:" in driver.find_element(By.TAG_NAME, "h1").text
