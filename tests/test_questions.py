@@ -19,6 +19,7 @@ from sentence_sae.analysis.compare import compare_texts, features_for_share, sim
 from sentence_sae.analysis.diff import diff_run, firing_diff, two_proportion_p_values
 from sentence_sae.analysis.feature_map import family_roots
 from sentence_sae.analysis.search import feature_search, search_run
+from sentence_sae.analysis.search_page import WORD, text_index
 from sentence_sae.metrics import encode_in_batches
 from sentence_sae.sae import eval_mode
 
@@ -277,3 +278,35 @@ def test_feature_map_in_headless_chromium(labelled_run, model):
         assert driver.find_element(By.ID, "count").text == f"{matches} of {len(live)} features match"
         ActionChains(driver).move_to_element_with_offset(canvas, int(point[0]), int(point[1])).click().perform()
         assert f"Feature {hovered}:" in driver.find_element(By.TAG_NAME, "h1").text
+
+
+def test_the_text_index_holds_every_top_text_once():
+    features = [{"id": 0, "top_texts": [{"text": "Chess engine", "activation": 2.0}, {"text": "Go board", "activation": 1.0}]},
+                {"id": 1, "top_texts": [{"text": "Chess engine", "activation": 3.0}]}]
+    index = text_index(features)
+    assert index["texts"] == ["Chess engine", "Go board"]
+    assert index["features"][0] == [(1, 3.0), (0, 2.0)]
+    assert index["words"]["chess"] == [0] and index["words"]["board"] == [1] and "go" in index["words"]
+
+
+@needs_chromium
+def test_browser_search_page_finds_texts_by_their_words(labelled_run, model):
+    from selenium.webdriver.common.by import By
+
+    run_dir, _, _ = labelled_run
+    features = explained(run_dir, model)
+    texts = {item["text"] for f in features for item in f["top_texts"]}
+    with headless_chrome() as driver:
+        driver.get((run_dir / "browser" / "index.html").as_uri())
+        driver.find_element(By.CSS_SELECTOR, "a.page-link[href='search.html']").click()
+        assert driver.find_element(By.ID, "count").text == f"{len(texts)} texts indexed"
+        driver.find_element(By.ID, "search").send_keys("exception rais")
+        expected = [t for t in texts if all(any(w.startswith(q) for w in WORD.findall(t.lower()))
+                                            for q in ("exception", "rais"))]
+        assert 0 < len(expected) < len(texts)
+        assert driver.find_element(By.ID, "count").text.startswith(f"{len(expected)} text")
+        results = driver.find_elements(By.CSS_SELECTOR, ".result")
+        assert len(results) == min(100, len(expected))
+        assert all("exception" in r.text.lower() for r in results)
+        results[0].find_element(By.TAG_NAME, "a").click()
+        assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text

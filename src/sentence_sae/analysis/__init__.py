@@ -25,6 +25,7 @@ from .browser import write_browser
 from .families import build_families
 from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
 from .features import FeatureStats, collect_feature_stats
+from .search_page import search_page
 from .keywords import KeywordLabeler
 
 N_COACTIVATING = 8
@@ -75,6 +76,7 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         atomic_write_text(folder / "families.json", json.dumps(families, indent=1))
     title = f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts"
     pages = {"map.html": _feature_map(run.sae, features, families, title)} if with_map and umap_available() else {}
+    pages["search.html"] = search_page(features, f"Search: {title}")
     index = write_browser(folder / "browser", features, title, pages)
     seconds = time.perf_counter() - started
     return {
@@ -85,8 +87,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "alive": len(alive),
         "dead": run.sae.d_sae - len(alive),
         "n_families": len(families["families"]) if families else 0,
-        "map": str(index.parent / "map.html") if pages else None,
-        **({} if pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
+        "map": str(index.parent / "map.html") if "map.html" in pages else None,
+        **({} if "map.html" in pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
         "seconds": round(seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }

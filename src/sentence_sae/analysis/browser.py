@@ -33,6 +33,11 @@ def page(title: str, body: str) -> str:
             f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
 
 
+def inline_json(value: Any) -> str:
+    """JSON to put inside a <script> element: compact, and unable to close the element early."""
+    return json.dumps(value, separators=(",", ":")).replace("</", "<\\/")
+
+
 def feature_file(feature_id: int) -> str:
     return f"f{feature_id:05d}.html"
 
@@ -123,7 +128,7 @@ render();
 def index_page(features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> str:
     data = [{"id": f["id"], "label": f["label"] or "", "density": f["density"], "max_act": f["max_act"],
              "dead": f["dead"], "file": feature_file(f["id"])} for f in features]
-    payload = json.dumps(data).replace("</", "<\\/")
+    payload = inline_json(data)
     links = " &middot; ".join(f"<a class='page-link' href='{name}'>{html.escape(Path(name).stem)}</a>" for name in pages or {})
     body = f"""<h1>{html.escape(title)}</h1>{f"<p>{links}</p>" if links else ""}
 <div class="controls"><input id="search" type="search" placeholder="search a keyword or #id" aria-label="search">

@@ -9,12 +9,11 @@ matches. The page carries its data inline, so it opens from disk with no server.
 from __future__ import annotations
 
 import html
-import json
 from typing import Any
 
 import numpy as np
 
-from .browser import feature_file, page
+from .browser import feature_file, inline_json, page
 
 MAP_EXTRA = "pip install 'sentence-sae[map]' (umap-learn)"
 N_NEIGHBORS = 15
@@ -130,7 +129,7 @@ def map_page(features: list[dict[str, Any]], coords: np.ndarray, roots: list[int
             "y": [round(float(coords[f["id"], 1]), 4) for f in live],
             "density": [round(float(f["density"]), 6) for f in live], "root": [roots[f["id"]] for f in live],
             "file": [feature_file(f["id"]) for f in live]}
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+    payload = inline_json(data)
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
 <p class="meta">Each point is a feature, placed by UMAP of its decoder direction, colored by family (grey: none),
 sized by how often it fires. Hover for its label, click to open it.</p>
