@@ -11,6 +11,10 @@ module table gives the whole order; tests/test_architecture.py enforces it): ``c
 from __future__ import annotations
 
 from .version import __version__
+from .analysis import explain_run
+from .analysis.compare import compare_texts as compare
+from .analysis.diff import diff_run as diff
+from .analysis.search import feature_search, search_run as search
 from .activation_store import ActivationsStoreSBERT, EmbeddingStore, EndOfData
 from .cache import load_embeddings
 from .checkpoint import load_sae, save_sae
@@ -46,6 +50,11 @@ __all__ = [
     "save_sae",
     "load_sentence_model",
     "text_codes",
+    "explain_run",
+    "compare",
+    "diff",
+    "search",
+    "feature_search",
     "SentenceSAEError",
     "ConfigError",
     "DataError",

@@ -74,10 +74,9 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     atomic_write_text(folder / "features.jsonl", "".join(json.dumps(f) + "\n" for f in features))
     if families is not None:
         atomic_write_text(folder / "families.json", json.dumps(families, indent=1))
-    title = f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts"
-    pages = {"map.html": _feature_map(run.sae, features, families, title)} if with_map and umap_available() else {}
-    pages["search.html"] = search_page(features, f"Search: {title}")
-    index = write_browser(folder / "browser", features, title, pages)
+    pages = _write_site(run, features, families, f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts",
+                        with_map)
+    index = folder / "browser" / "index.html"
     seconds = time.perf_counter() - started
     return {
         "features": str(folder / "features.jsonl"),
@@ -92,6 +91,15 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "seconds": round(seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }
+
+
+def _write_site(run: Any, features: list[dict[str, Any]], families: dict[str, Any] | None, title: str,
+                with_map: bool) -> dict[str, str]:
+    """The browser, with the search page and (when umap-learn is installed) the feature map."""
+    pages = {"map.html": _feature_map(run.sae, features, families, title)} if with_map and umap_available() else {}
+    pages["search.html"] = search_page(features, f"Search: {title}")
+    write_browser(run.folder / "browser", features, title, pages)
+    return pages
 
 
 def _feature_map(sae: Any, features: list[dict[str, Any]], families: dict[str, Any] | None, title: str) -> str:
