@@ -72,7 +72,7 @@ def jsonl_file(tmp_path, small_texts) -> Path:
 
 @pytest.fixture(scope="session")
 def labelled_run(tmp_path_factory, model, docs_texts, docs_embeddings):
-    """A TopK SAE trained on the built-in corpus with topic labels: (run_dir, data file, cfg). Its
+    """A BatchTopK SAE (the default type) trained on the built-in corpus with topic labels: (run_dir, data file, cfg). Its
     embedding cache is pre-filled from the session's real embeddings, so nothing is encoded twice."""
     tmp = tmp_path_factory.mktemp("labelled")
     rows = docs_with_topics()

@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("trainer",),
     ("training", "sweep"),
     ("runs", "plots"),
-    ("evaluation", "hub"),
+    ("evaluation", "hub", "export"),
     ("analysis",),
     ("cli",),
     ("__init__", "__main__"),

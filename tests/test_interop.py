@@ -79,3 +79,37 @@ def test_push_without_network_fails_with_one_line(tmp_path, model):
     card = model_card(tmp_path / "run", "someone/sae")
     assert "load_sae(snapshot_download(\"someone/sae\"))" in card and "SAE.load_from_disk" in card
     assert "| `dict_size` | `64` |" in card
+
+
+def test_topk_sae_exports_as_a_sparse_encoder_with_the_same_codes(tmp_path, model, docs_texts, docs_split):
+    from sentence_transformers import SparseEncoder
+
+    from sentence_sae import text_codes
+    from sentence_sae.export import export_sparse_encoder
+
+    cfg = make_cfg(tmp_path, model, sae_type="topk", dict_size=512, top_k=16, num_examples=4096)
+    run_dir = Trainer(create_sae(cfg), EmbeddingStore(docs_split[0], cfg), cfg).train().run_dir
+    out = tmp_path / "sparse"
+    summary = export_sparse_encoder(run_dir, out)
+    assert summary["normalize"] is True and summary["k"] == 16  # topk standardizes its input by default
+    sparse = SparseEncoder(str(out), device="cpu")
+    texts = docs_texts[:40:4] + ["a text the SAE never saw: the chess engine plays well"]
+    got = sparse.encode(texts, convert_to_tensor=True).to_dense()
+    want = text_codes(load_sae(run_dir), texts, model)
+    assert got.shape == want.shape == (len(texts), 512)
+    assert torch.equal(got > 0, want > 0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(Exception, match="exists and is not empty"):
+        export_sparse_encoder(run_dir, out)
+
+
+@pytest.mark.slow
+def test_export_refuses_what_does_not_map_in_one_line(tmp_path, model):
+    cfg = make_cfg(tmp_path, model, sae_type="batchtopk", dict_size=64, top_k=4)
+    save_sae(create_sae(cfg), tmp_path / "batchtopk")
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "export", str(tmp_path / "batchtopk"), "--to",
+                           "sparse-encoder", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "a batchtopk SAE cannot be exported as a SparseEncoder" in proc.stderr
+    assert not (tmp_path / "out").exists()

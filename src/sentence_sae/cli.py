@@ -45,7 +45,8 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON file of config keys; options given on the command line win")
 
 
-RUN_COMMANDS = {"eval", "explain", "features", "plot", "push", "compare", "diff", "search"}
+RUN_COMMANDS = {"eval", "explain", "features", "plot", "push", "compare", "diff", "search", "export"}
+EXPORT_FORMATS = ("sparse-encoder",)
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -85,7 +86,11 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "push":
         parser.add_argument("repo_id", metavar="REPO_ID", help="hub repository, e.g. user/minilm-topk-sae")
         parser.add_argument("--private", action="store_true", help="create the repository as private")
-    if command not in ("plot", "push"):
+    if command == "export":
+        parser.add_argument("--to", required=True, choices=EXPORT_FORMATS, help="the format: sparse-encoder "
+                            "(a sentence-transformers SparseEncoder folder)")
+        parser.add_argument("out", metavar="OUT", help="a new folder to write")
+    if command not in ("plot", "push", "export"):
         parser.add_argument("--device", default=None, help="torch device (default cpu)")
 
 
@@ -204,6 +209,12 @@ def cmd_push(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     return push_run(args.run_dir, args.repo_id, private=args.private)
 
 
+def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .export import export_sparse_encoder
+
+    return export_sparse_encoder(args.run_dir, args.out)
+
+
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> None:
     from .config import config_table_markdown
 
@@ -222,6 +233,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "search": (cmd_search, "nearest texts of the run's corpus to a query, or the texts where a feature fires most"),
     "plot": (cmd_plot, "draw the training curves of a run (training_curves.png)"),
     "push": (cmd_push, "upload a run's SAE with a model card to the Hugging Face hub"),
+    "export": (cmd_export, "write the SAE as a sentence-transformers SparseEncoder folder (--to sparse-encoder OUT)"),
     "keys": (cmd_keys, "print the table of config keys (markdown)"),
 }
 CONFIG_COMMANDS = {"train", "embed", "sweep"}
