@@ -75,6 +75,9 @@ def test_cache_key_changes_with_everything_that_changes_embeddings(tmp_path, mod
     assert cache_key_for(base.replace(dataset_path="python-docs"), model).folder_name() != folder
     bf16 = load_sentence_model(base.model_name, "cpu", "bfloat16")
     assert cache_key_for(base.replace(encode_backend="bfloat16"), bf16).model_weights != cache_key_for(base, model).model_weights
+    prompted = cache_key_for(base.replace(prompt="query: "), model)
+    assert prompted.folder_name() != folder and prompted.fields()["prompt"] == "query: "
+    assert "prompt" not in cache_key_for(base, model).fields()  # caches from before prompts keep their folder
     # Editing the file's contents changes the key, so stale embeddings are never served.
     write_jsonl(jsonl_file, [{"text": t} for t in reversed(small_texts)])
     assert cache_key_for(base, model).folder_name() != folder
@@ -173,3 +176,17 @@ def test_corrupt_or_truncated_cache_files_are_reported_by_name(tmp_path, model, 
 def test_open_cache_uses_the_configured_folder(tmp_path, model):
     cfg = make_cfg(tmp_path, model)
     assert open_cache(cfg, model).folder.parent == tmp_path / "cache"
+
+
+def test_a_prompt_is_put_before_every_text_and_kept_in_the_cache(tmp_path, model, jsonl_file, small_texts):
+    from sentence_sae import embed
+
+    info = embed(make_cfg(tmp_path, model, dataset_path=str(jsonl_file), prompt="query: ", num_examples=None,
+                               num_eval_examples=10))
+    cached = torch.from_numpy(np.asarray(load_embeddings(info["cache_dir"])))
+    expected = model.encode(["query: " + t for t in small_texts], convert_to_tensor=True)
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-4)
+    plain = model.encode(small_texts, convert_to_tensor=True)
+    assert (cached - plain).abs().max() > 1e-2  # the prompt really changed the embeddings
+    manifest = json.loads((Path(info["cache_dir"]) / "manifest.json").read_text())
+    assert manifest["key"]["prompt"] == "query: "

@@ -12,8 +12,9 @@ from sentence_sae.embeddings import (
     encode_texts,
     load_sentence_model,
     resolve_model_path,
+    resolve_prompt,
 )
-from sentence_sae.errors import ModelError
+from sentence_sae.errors import ConfigError, ModelError
 
 
 def test_default_model_loads_offline_from_the_package(model):
@@ -45,3 +46,20 @@ def test_unloadable_model_is_one_clear_error(tmp_path, monkeypatch):
         load_sentence_model(str(broken), "cpu", "torch")
     with pytest.raises(ModelError, match="unknown encode_backend 'turbo'"):
         load_sentence_model(DEFAULT_MODEL, "cpu", "turbo")
+
+
+def test_prompts_by_text_or_by_the_models_name_for_them(model, docs_texts):
+    from sentence_transformers import SentenceTransformer
+
+    texts = docs_texts[:5]
+    torch.testing.assert_close(encode_texts(model, texts, prompt="query: "),
+                               model.encode(["query: " + t for t in texts], convert_to_tensor=True), atol=1e-5, rtol=1e-4)
+    with_prompts = SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu",
+                                       prompts={"query": "query: ", "document": "passage: "})
+    assert resolve_prompt(with_prompts, None, "document") == "passage: "
+    assert resolve_prompt(with_prompts, "mine: ", None) == "mine: " and resolve_prompt(model, None, None) is None
+    with pytest.raises(ConfigError, match="has no prompt named 'passage' \\(it has document, query\\)"):
+        resolve_prompt(with_prompts, None, "passage")
+    assert resolve_prompt(model, None, "query") is None  # MiniLM names query and document prompts, both empty
+    with pytest.raises(ConfigError, match="not both"):
+        resolve_prompt(with_prompts, "x", "query")

@@ -26,7 +26,7 @@ import numpy as np
 
 from .config import DEFAULT_SHARD_ROWS
 from .data import DatasetSource
-from .embeddings import backend_precision, embedding_dim
+from .embeddings import backend_precision, embedding_dim, resolve_prompt
 from .errors import CacheError
 from .files import atomic_write, atomic_write_text, sha256_file
 
@@ -107,9 +107,15 @@ class CacheKey:
     precision: str
     normalize_embeddings: bool = False
     format_version: int = CACHE_FORMAT_VERSION
+    prompt: str | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The key as stored in the manifest; a key without a prompt has no prompt field, so caches
+        written before prompts existed keep their key and folder."""
+        return {name: value for name, value in self.__dict__.items() if not (name == "prompt" and value is None)}
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(self.fields(), sort_keys=True).encode()).hexdigest()
 
     def folder_name(self) -> str:
         def slug(text: str) -> str:
@@ -133,6 +139,7 @@ def cache_key_for(cfg: Any, model: Any, source: DatasetSource | None = None) -> 
         text_column=cfg.text_column,
         backend=cfg.encode_backend,
         precision=backend_precision(cfg.encode_backend, cfg.device),
+        prompt=resolve_prompt(model, cfg.prompt, cfg.prompt_name),
     )
 
 
@@ -256,7 +263,7 @@ class EmbeddingCache:
         if "checksum" in manifest and manifest["checksum"] != manifest_checksum(manifest):
             raise CacheError(f"cache manifest {path} is corrupt (its checksum does not match its content); delete "
                              f"the folder {self.folder} to rebuild it")
-        if self.key is not None and manifest.get("key") != self.key.__dict__:
+        if self.key is not None and manifest.get("key") != self.key.fields():
             raise CacheError(f"cache folder {self.folder} belongs to another dataset or model; delete it")
         if dim != self.dim and self.dim:
             raise CacheError(f"cache {self.folder} holds {dim}-dimensional embeddings, expected {self.dim}")
@@ -275,7 +282,7 @@ class EmbeddingCache:
     def _write_manifest(self) -> None:
         manifest = {
             "format_version": CACHE_FORMAT_VERSION,
-            "key": self.key.__dict__ if self.key else None,
+            "key": self.key.fields() if self.key else None,
             "dim": self.dim,
             "rows": self.rows,
             "complete": self.complete,

@@ -111,6 +111,12 @@ class SAEConfig:
     the training texts, at least 64 and at most 2,048."""
     model_batch_size: int = 32
     """Texts encoded per model call."""
+    prompt: str | None = None
+    """Text put before every text when encoding, for models trained with instructions (e5: 'query: ',
+    nomic: 'search_document: '); part of the embedding cache's key."""
+    prompt_name: str | None = None
+    """The name of one of the model's own prompts (its config's prompts, e.g. query or document);
+    give prompt or prompt_name, not both."""
     num_batches_in_buffer: int = 64
     """Model batches of embeddings kept in the shuffle buffer."""
     encode_backend: str = "torch"

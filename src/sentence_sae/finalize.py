@@ -22,7 +22,7 @@ from .config import (
     matryoshka_widths,
 )
 from .data import DatasetSource
-from .embeddings import ENCODE_BACKENDS, embedding_dim, load_sentence_model
+from .embeddings import ENCODE_BACKENDS, embedding_dim, load_sentence_model, resolve_prompt
 from .errors import ConfigError
 from .sae import SAE_REGISTRY
 
@@ -160,6 +160,7 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
             f"embeddings; remove act_size or set it to {model_dim}"
         )
     cfg.act_size = model_dim
+    resolve_prompt(model, cfg.prompt, cfg.prompt_name)  # an unknown prompt name fails here, before any work
     if cfg.input_unit_norm is None:
         cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
     if cfg.top_k_aux > cfg.dict_size:

@@ -13,7 +13,7 @@ from .checkpoint import load_sae, saved_config_and_provenance
 from .config import SAEConfig
 from .corpus import Corpus
 from .data import DatasetSource
-from .embeddings import encode_texts, load_sentence_model, require_dim
+from .embeddings import encode_texts, load_sentence_model, require_dim, resolve_prompt
 from .errors import CheckpointError
 from .sae import BaseSAE, eval_mode
 
@@ -34,6 +34,10 @@ class Run:
 
     def corpus(self) -> Corpus:
         return Corpus(self.model, self.cfg)
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """Embeddings of texts as the run's training texts were embedded (same model and prompt)."""
+        return encode_texts(self.model, texts, prompt=resolve_prompt(self.model, self.cfg.prompt, self.cfg.prompt_name))
 
 
 def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, **overrides: Any) -> Run:
@@ -56,9 +60,11 @@ def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, 
 @torch.no_grad()
 def text_codes(sae: BaseSAE, texts: list[str], model: Any = None, batch_size: int = 32) -> torch.Tensor:
     """Feature activations of ``texts`` (len(texts), d_sae), in inference mode, embedded with ``model``
-    (by default the Sentence-BERT model the SAE was trained on, loaded once per process)."""
+    (by default the Sentence-BERT model the SAE was trained on, loaded once per process) after the
+    prompt the SAE was trained with."""
     if model is None:
         model = load_sentence_model(sae.cfg.model_name, str(sae.device), sae.cfg.encode_backend)
     require_dim(model, sae.d_in)
     with eval_mode(sae):
-        return sae.encode(encode_texts(model, list(texts), batch_size).to(sae.device))
+        prompt = resolve_prompt(model, sae.cfg.prompt, sae.cfg.prompt_name)
+        return sae.encode(encode_texts(model, list(texts), batch_size, prompt=prompt).to(sae.device))

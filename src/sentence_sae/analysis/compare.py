@@ -19,7 +19,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..embeddings import encode_texts
 from ..errors import ConfigError, check_positive
 from ..runs import open_run
 from ..sae import BaseSAE, eval_mode
@@ -89,7 +88,7 @@ def compare_texts(run_dir: str | Path, text_a: str, text_b: str, top: int = 10, 
             raise ConfigError(f"the {name} text is empty or only spaces; give two texts to compare")
     check_positive("top", top)
     run = open_run(run_dir, device, model)
-    embeddings = encode_texts(run.model, [text_a, text_b]).to(run.sae.device)
+    embeddings = run.encode([text_a, text_b]).to(run.sae.device)
     result = similarity_shares(run.sae, embeddings[0], embeddings[1])
     scale = result.norm_a * result.norm_b
     labels = feature_labels(run.folder)

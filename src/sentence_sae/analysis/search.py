@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..embeddings import encode_texts
 from ..errors import ConfigError, DataError, check_positive
 from ..metrics import encode_in_batches
 from ..runs import Run, open_run
@@ -74,7 +73,7 @@ def search_run(run_dir: str | Path, query: str, top: int = 10, num_examples: int
     check_positive("top", top)
     run = open_run(run_dir, device, model)
     rows = read_corpus(run, num_examples)
-    query_embedding = encode_texts(run.model, [query]).float().cpu()
+    query_embedding = run.encode([query]).float().cpu()
     scores, found = nearest(rows.embeddings, query_embedding, top)
     labels = feature_labels(run.folder)
     matches = []
