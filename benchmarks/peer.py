@@ -12,6 +12,7 @@ judged as it ships: a JumpReLU with the threshold it learned. Each line prints t
 held-out texts, and the ratio to our defaults' FVU.
 
     python benchmarks/peer.py            # about 10 minutes on 2 cores
+    python benchmarks/peer.py --ablate   # SAELens's choices one at a time, on both sides (about 20 minutes)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def heldout_metrics(encode, decode, held_out: torch.Tensor) -> tuple[float, floa
 
 
 def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ours: bool,
-                examples: int = EXAMPLES) -> tuple[float, float]:
+                examples: int = EXAMPLES, overrides: dict | None = None) -> tuple[float, float]:
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
@@ -48,7 +49,8 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
     torch.manual_seed(0)
     config_class, sae_class = {"topk": (TopKTrainingSAEConfig, TopKTrainingSAE),
                                "batchtopk": (BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE)}[variant]
-    sae = sae_class(config_class(d_in=training.shape[1], d_sae=DICT, k=K, dtype="float32", device="cpu"))
+    sae = sae_class(config_class(d_in=training.shape[1], d_sae=DICT, k=K, dtype="float32", device="cpu",
+                                 **(overrides or {})))
     batch = batch_size_for(examples) if ours else 4096
     steps = examples // batch
     schedule = dict(lr=3e-3, lr_warm_up_steps=math.ceil(0.05 * steps), lr_decay_steps=steps // 2,
@@ -73,16 +75,49 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
     return heldout_metrics(loaded.encode, loaded.decode, held_out)
 
 
+# SAELens's choice -> ours, one at a time, from SAELens at our settings. (Its TopK refuses input
+# standardization with its AuxK loss, so that choice is tried from our side only.)
+SAELENS_CHOICES = {
+    "decoder rows at norm 1 (SAELens: 0.1)": {"decoder_init_norm": 1.0},
+    "no rescaling by decoder norm (SAELens: rescale)": {"rescale_acts_by_decoder_norm": False},
+    "AuxK coefficient 1/32 (SAELens: 1)": {"aux_loss_coefficient": 1 / 32},
+}
+OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
+    "b_dec starting at zero (ours: the data mean)": {"b_dec_init": "zeros"},
+    "no input standardization (ours: per text)": {"input_unit_norm": False},
+}
+
+
+def ablate(training: torch.Tensor, held_out: torch.Tensor, examples: int) -> None:
+    """Which of SAELens's choices make a difference: each switched alone, on both sides."""
+    for variant in ("topk", "batchtopk"):
+        base = saelens_run(training, held_out, variant, True, examples)[0]
+        print(f"{variant:9s} SAELens at our settings                          FVU {base:.4f}", flush=True)
+        for label, overrides in SAELENS_CHOICES.items():
+            fvu, l0 = saelens_run(training, held_out, variant, True, examples, overrides)
+            print(f"{variant:9s}   with {label:44s} FVU {fvu:.4f}  L0 {l0:.1f}  ({fvu / base:.3f} x)", flush=True)
+        settings = {"sae_type": variant, "top_k": K, "dict_size": DICT, "num_examples": examples}
+        mine = train_one(training, held_out, settings)["fvu"]
+        print(f"{variant:9s} sentence-sae defaults                            FVU {mine:.4f}", flush=True)
+        for label, overrides in OUR_CHOICES.items():
+            row = train_one(training, held_out, {**settings, **overrides})
+            print(f"{variant:9s}   with {label:44s} FVU {row['fvu']:.4f}  L0 {row['l0']:.1f}  "
+                  f"({row['fvu'] / mine:.3f} x)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--encode_backend", default="torch")
     parser.add_argument("--examples", type=int, default=EXAMPLES, help="training examples (a smaller smoke run)")
+    parser.add_argument("--ablate", action="store_true", help="switch SAELens's choices one at a time instead")
     args = parser.parse_args()
     path, _ = CORPORA["wordnet-all"]
     embeddings = corpus_embeddings(path, args.encode_backend)
     order = np.random.default_rng(0).permutation(len(embeddings))
     training = torch.from_numpy(embeddings[order[5_000:45_000]])
     held_out = torch.from_numpy(embeddings[np.sort(order[:5_000])])
+    if args.ablate:
+        return ablate(training, held_out, args.examples)
     for variant in ("topk", "batchtopk"):
         mine = train_one(training, held_out, {"sae_type": variant, "top_k": K, "dict_size": DICT,
                                               "num_examples": args.examples})

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..embeddings import load_sentence_model
+from ..embeddings import encode_texts, load_sentence_model
 from ..errors import DataError, check_positive
 from ..files import atomic_write_text
 from ..runs import open_run
@@ -25,6 +25,7 @@ from .browser import write_browser
 from .families import build_families
 from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
 from .features import FeatureStats, collect_feature_stats
+from .label_score import ScoringSet, ScoringTexts, most_frequent_word, score_labels, scoring_set, summary
 from .search_page import search_page
 from .keywords import KeywordLabeler
 
@@ -59,17 +60,20 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
             corpus.cache.flush()
         alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
         label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
-        row_embeddings = _embeddings_of_rows(corpus, sorted({int(r) for rows in label_rows.values() for r in rows}), texts)
+        scoring = scoring_set([stats.firing_rows(f) for f in range(run.sae.d_sae)], label_texts, len(texts))
+        needed = {int(r) for rows in [*label_rows.values(), *scoring.positives, *scoring.negatives] for r in rows}
+        row_embeddings = _embeddings_of_rows(corpus, sorted(needed), texts)
         labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, "fast"))
         keywords = labeler.label_all([[texts[r] for r in label_rows[f]] for f in alive],
                                      [torch.stack([row_embeddings[int(r)] for r in label_rows[f]]) for f in alive])
     finally:
         corpus.close()
     label_of = {f: ", ".join(terms) for f, terms in zip(alive, keywords)}
+    scores, score_summary = _score_labels(scoring, label_of, label_rows, texts, row_embeddings, labeler.model)
     labels = [label_of.get(f, "") for f in range(run.sae.d_sae)]
     families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight)
                 if stats.coactivation is not None else None)
-    features = _feature_records(stats, texts, labels, dict(zip(alive, keywords)), families)
+    features = _feature_records(stats, texts, labels, dict(zip(alive, keywords)), families, scores)
     folder = run.folder
     atomic_write_text(folder / "features.jsonl", "".join(json.dumps(f) + "\n" for f in features))
     if families is not None:
@@ -86,11 +90,42 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "alive": len(alive),
         "dead": run.sae.d_sae - len(alive),
         "n_families": len(families["families"]) if families else 0,
+        "label_scores": score_summary,
         "map": str(index.parent / "map.html") if "map.html" in pages else None,
         **({} if "map.html" in pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
         "seconds": round(seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }
+
+
+def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dict[int, np.ndarray], texts: list[str],
+                  row_embeddings: dict[int, torch.Tensor], model: Any) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
+    """Each scored feature's (embedding, lexical) label score, and the summary with the baselines."""
+    features = [int(f) for f in scoring.features]
+    if not features:
+        return {}, summary({}, 0)
+    def stacked(rows: np.ndarray) -> torch.Tensor:
+        return torch.stack([row_embeddings[int(r)] for r in rows])
+
+    scoring_texts = ScoringTexts(scoring, texts, stacked)
+    ours = [label_of.get(f, "") for f in features]
+    shuffle = np.random.default_rng(0).permutation(len(features))
+    top_rows = np.asarray([label_rows[f][0] for f in features])
+    candidates = {  # label set -> (labels, their embeddings or None to encode them)
+        "labels": (ours, None),
+        "shuffled": ([ours[i] for i in shuffle], None),
+        "frequent_word": ([most_frequent_word([texts[r] for r in label_rows[f]]) for f in features], None),
+        "top_text": ([texts[r] for r in top_rows], stacked(top_rows)),
+    }
+    results = {}
+    with progress_bar(len(candidates), "score labels") as bar:
+        for name, (labels, embeddings) in candidates.items():
+            if embeddings is None:
+                embeddings = encode_texts(model, labels, 256)
+            results[name] = score_labels(labels, embeddings, scoring_texts)
+            bar.update(1)
+    per_feature = {f: (round(float(e), 4), round(float(x), 4)) for f, e, x in zip(features, *results["labels"])}
+    return per_feature, summary(results, len(features))
 
 
 def _write_site(run: Any, features: list[dict[str, Any]], families: dict[str, Any] | None, title: str,
@@ -124,7 +159,7 @@ def _embeddings_of_rows(corpus: Any, rows: list[int], texts: list[str]) -> dict[
 
 
 def _feature_records(stats: FeatureStats, texts: list[str], labels: list[str], keywords: dict[int, list[str]],
-                     families: dict[str, Any] | None) -> list[dict[str, Any]]:
+                     families: dict[str, Any] | None, scores: dict[int, tuple[float, float]]) -> list[dict[str, Any]]:
     conditional = stats.conditional() if stats.coactivation is not None else None
     children: dict[int, list[int]] = {}
     parents = {int(child): parent for child, parent in (families or {}).get("parents", {}).items()}
@@ -148,6 +183,8 @@ def _feature_records(stats: FeatureStats, texts: list[str], labels: list[str], k
             "quantile_texts": [{"quantile": q, "text": texts[r], "activation": v, "row": r}
                                for q, r, v in stats.quantile_rows[feature]],
             "histogram": stats.histograms[feature].tolist(),
+            "label_score": scores[feature][0] if feature in scores else None,
+            "label_score_lexical": scores[feature][1] if feature in scores else None,
         }
         if conditional is not None and count:
             row = conditional[feature].copy()

@@ -85,6 +85,10 @@ def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
         return page(f"Feature {fid}", "\n".join(parts))
     parts.append(f"<p class='meta'>density {feature['density']:.4%} ({feature['count']} of {feature['n_texts']} texts) "
                  f"&middot; mean activation {feature['mean_act']:.3f} &middot; max {feature['max_act']:.3f}</p>")
+    if feature.get("label_score") is not None:
+        parts.append(f"<p class='meta label-score'>label score {feature['label_score']:.2f} (embedding) &middot; "
+                     f"{feature['label_score_lexical']:.2f} (lexical): AUROC of the label picking out texts the "
+                     "feature fires on among texts it does not, on texts not used to make the label; 0.5 is chance</p>")
     parts.append("<h2>Activations</h2>" + _histogram_svg(feature["histogram"], feature["max_act"]))
     parts.append("<h2>Top texts</h2>" + _texts_html(feature["top_texts"], feature["max_act"]))
     if feature["quantile_texts"]:
@@ -112,10 +116,11 @@ function render() {
   const q = search.value.trim().toLowerCase();
   let shown = rows.filter(f => !q || String(f.id) === q.replace('#', '') || f.label.toLowerCase().includes(q));
   const key = sort.value;
-  shown = shown.slice().sort((a, b) => key === 'id' ? a.id - b.id : b[key] - a[key]);
+  shown = shown.slice().sort((a, b) => key === 'id' ? a.id - b.id : (b[key] ?? -1) - (a[key] ?? -1));
   tbody.innerHTML = shown.map(f => `<tr class="feature-row"><td class="num"><a href="features/${f.file}">#${f.id}</a></td>` +
     `<td><a href="features/${f.file}">${escapeHtml(f.label || (f.dead ? '(dead)' : '(no label)'))}</a></td>` +
-    `<td class="num">${(100 * f.density).toFixed(3)}%</td><td class="num">${f.max_act.toFixed(3)}</td></tr>`).join('');
+    `<td class="num">${(100 * f.density).toFixed(3)}%</td><td class="num">${f.max_act.toFixed(3)}</td>` +
+    `<td class="num score">${f.label_score === null ? '' : f.label_score.toFixed(2)}</td></tr>`).join('');
   count.textContent = `${shown.length} of ${rows.length} features`;
 }
 function escapeHtml(s) { return s.replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c])); }
@@ -127,15 +132,16 @@ render();
 
 def index_page(features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> str:
     data = [{"id": f["id"], "label": f["label"] or "", "density": f["density"], "max_act": f["max_act"],
-             "dead": f["dead"], "file": feature_file(f["id"])} for f in features]
+             "dead": f["dead"], "file": feature_file(f["id"]), "label_score": f.get("label_score")} for f in features]
     payload = inline_json(data)
     links = " &middot; ".join(f"<a class='page-link' href='{name}'>{html.escape(Path(name).stem)}</a>" for name in pages or {})
     body = f"""<h1>{html.escape(title)}</h1>{f"<p>{links}</p>" if links else ""}
 <div class="controls"><input id="search" type="search" placeholder="search a keyword or #id" aria-label="search">
 <label>sort by <select id="sort"><option value="density">density</option><option value="max_act">activation</option>
-<option value="id">id</option></select></label></div>
+<option value="label_score">label score</option><option value="id">id</option></select></label></div>
 <p class="meta" id="count"></p>
-<table><thead><tr><th>id</th><th>label</th><th>density</th><th>max activation</th></tr></thead>
+<table><thead><tr><th>id</th><th>label</th><th>density</th><th>max activation</th>
+<th title="how well the label alone picks out texts the feature fires on (AUROC, unseen texts; 0.5 is chance)">label score</th></tr></thead>
 <tbody id="features"></tbody></table>
 <script>const FEATURES = {payload};</script>
 <script>{INDEX_SCRIPT}</script>"""

@@ -32,6 +32,12 @@ class FeatureStats:
     quantile_rows: list[list[tuple[float, int, float]]]  # per feature: (quantile, row, activation)
     histograms: np.ndarray  # [d_sae, HISTOGRAM_BINS] activation counts in bins from 0 to max_act
     coactivation: np.ndarray | None  # [d_sae, d_sae] texts on which both fire (None if too large)
+    sorted_rows: np.ndarray  # every firing (row) grouped by feature, strongest first within each
+    starts: np.ndarray  # [d_sae + 1] where each feature's rows begin in sorted_rows
+
+    def firing_rows(self, feature: int) -> np.ndarray:
+        """The rows ``feature`` fires on, strongest first."""
+        return self.sorted_rows[self.starts[feature] : self.starts[feature + 1]]
 
     @property
     def density(self) -> np.ndarray:
@@ -97,4 +103,4 @@ def _summarize(d_sae: int, n_texts: int, rows: np.ndarray, features: np.ndarray,
             top = max(float(values[begin]), 1e-12)
             histograms[feature] = np.histogram(values[begin:end], bins=HISTOGRAM_BINS, range=(0.0, top))[0]
     return FeatureStats(n_texts, counts, mean_act, max_act, top_rows, top_values, quantile_rows, histograms,
-                        coactivation)
+                        coactivation, rows, starts)
