@@ -43,21 +43,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     started = time.perf_counter()
     run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
     corpus = run.corpus()
-    texts: list[str] = []
-    total = num_examples if num_examples is not None else corpus.count()
     try:
-        with progress_bar(total, "explain") as bar:
-            def chunks():
-                for chunk_texts, _, embeddings in corpus.iter_rows(0, num_examples, chunk_size=4096):
-                    texts.extend(chunk_texts)
-                    bar.update(len(chunk_texts))
-                    yield embeddings
-
-            stats = collect_feature_stats(run.sae, chunks(), top_n)
-        if not texts:
-            raise DataError(f"dataset {run.cfg.dataset_path} has no texts to explain")
-        if corpus.cache is not None:
-            corpus.cache.flush()
+        texts, stats = _read_corpus(run, corpus, num_examples, top_n)
         alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
         label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
         scoring = scoring_set([stats.firing_rows(f) for f in range(run.sae.d_sae)], label_texts, len(texts))
@@ -96,6 +83,24 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "seconds": round(seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }
+
+
+def _read_corpus(run: Any, corpus: Any, num_examples: int | None, top_n: int) -> tuple[list[str], FeatureStats]:
+    """The corpus's texts and the feature statistics of one pass over it."""
+    texts: list[str] = []
+    with progress_bar(num_examples if num_examples is not None else corpus.count(), "explain") as bar:
+        def chunks():
+            for chunk_texts, _, embeddings in corpus.iter_rows(0, num_examples, chunk_size=4096):
+                texts.extend(chunk_texts)
+                bar.update(len(chunk_texts))
+                yield embeddings
+
+        stats = collect_feature_stats(run.sae, chunks(), top_n)
+    if not texts:
+        raise DataError(f"dataset {run.cfg.dataset_path} has no texts to explain")
+    if corpus.cache is not None:
+        corpus.cache.flush()
+    return texts, stats
 
 
 def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dict[int, np.ndarray], texts: list[str],
