@@ -85,6 +85,7 @@ SAELENS_CHOICES = {
 OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
     "b_dec starting at zero (ours: the data mean)": {"b_dec_init": "zeros"},
     "no input standardization (ours: per text)": {"input_unit_norm": False},
+    "AuxK coefficient 1 (ours: 1/32)": {"aux_penalty": 1.0},
 }
 
 
