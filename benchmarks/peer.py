@@ -89,9 +89,9 @@ OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
 }
 
 
-def ablate(training: torch.Tensor, held_out: torch.Tensor, examples: int) -> None:
+def ablate(training: torch.Tensor, held_out: torch.Tensor, examples: int, variants: list[str]) -> None:
     """Which of SAELens's choices make a difference: each switched alone, on both sides."""
-    for variant in ("topk", "batchtopk"):
+    for variant in variants:
         base = saelens_run(training, held_out, variant, True, examples)[0]
         print(f"{variant:9s} SAELens at our settings                          FVU {base:.4f}", flush=True)
         for label, overrides in SAELENS_CHOICES.items():
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--encode_backend", default="torch")
     parser.add_argument("--examples", type=int, default=EXAMPLES, help="training examples (a smaller smoke run)")
     parser.add_argument("--ablate", action="store_true", help="switch SAELens's choices one at a time instead")
+    parser.add_argument("--variants", default="topk,batchtopk", help="with --ablate: which variants")
     args = parser.parse_args()
     path, _ = CORPORA["wordnet-all"]
     embeddings = corpus_embeddings(path, args.encode_backend)
@@ -118,7 +119,7 @@ def main() -> None:
     training = torch.from_numpy(embeddings[order[5_000:45_000]])
     held_out = torch.from_numpy(embeddings[np.sort(order[:5_000])])
     if args.ablate:
-        return ablate(training, held_out, args.examples)
+        return ablate(training, held_out, args.examples, args.variants.split(","))
     for variant in ("topk", "batchtopk"):
         mine = train_one(training, held_out, {"sae_type": variant, "top_k": K, "dict_size": DICT,
                                               "num_examples": args.examples})
