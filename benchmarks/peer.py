@@ -86,6 +86,7 @@ OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
     "b_dec starting at zero (ours: the data mean)": {"b_dec_init": "zeros"},
     "no input standardization (ours: per text)": {"input_unit_norm": False},
     "AuxK coefficient 1 (ours: 1/32)": {"aux_penalty": 1.0},
+    "encoder initialized 10x smaller (SAELens-like)": {"encoder_init_scale": 0.1},
 }
 
 
