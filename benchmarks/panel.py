@@ -80,17 +80,18 @@ def split(embeddings: np.ndarray, size: int | None, seed: int = 0) -> tuple[torc
 
 def train_one(training: torch.Tensor, held_out: torch.Tensor, settings: dict) -> dict:
     """``settings`` are config keys, and ``encoder_init_scale`` (an experiment, not a config key):
-    W_enc multiplied by it right after initialization."""
+    W_enc set to that times W_dec^T right after initialization, whatever the architecture's own scale."""
     settings = dict(settings)
-    encoder_init_scale = settings.pop("encoder_init_scale", 1.0)
+    encoder_init_scale = settings.pop("encoder_init_scale", None)
     cfg = SAEConfig(**{"act_size": training.shape[1], "device": "cpu", "wandb_mode": "disabled", "perf_log_freq": 0,
                        "checkpoint_freq": 0, "output_dir": tempfile.mkdtemp(prefix="panel-"), "num_eval_examples": 0,
                        "dict_size": 1536, **settings})
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     sae = create_sae(cfg)
-    with torch.no_grad():
-        sae.W_enc.mul_(encoder_init_scale)
+    if encoder_init_scale is not None:
+        with torch.no_grad():
+            sae.W_enc.copy_(sae.W_dec.t() * encoder_init_scale)
     result = Trainer(sae, EmbeddingStore(training, cfg, held_out=held_out), cfg).train()
     metrics = result.metrics
     return {"fvu": round(metrics["fvu"], 4), "l0": round(metrics["l0"], 2), "dead": round(metrics["dead_frac"], 3),

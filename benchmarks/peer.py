@@ -86,7 +86,7 @@ OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
     "b_dec starting at zero (ours: the data mean)": {"b_dec_init": "zeros"},
     "no input standardization (ours: per text)": {"input_unit_norm": False},
     "AuxK coefficient 1 (ours: 1/32)": {"aux_penalty": 1.0},
-    "encoder initialized 10x smaller (SAELens-like)": {"encoder_init_scale": 0.1},
+    "encoder initialized as W_dec^T (ours: 0.1 x W_dec^T)": {"encoder_init_scale": 1.0},
 }
 
 

@@ -79,6 +79,7 @@ class BaseSAE(nn.Module):
     default_l1_coeff: ClassVar[float] = 0.0  # l1_coeff when the config leaves it unset
     default_input_unit_norm: ClassVar[bool] = False  # input_unit_norm when the config leaves it unset
     uses_top_k: ClassVar[bool] = False  # top_k sets the sparsity (the trainer anneals k towards it)
+    encoder_init_scale: ClassVar[float] = 1.0  # W_enc starts as this times W_dec^T (unit-norm rows)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -91,7 +92,7 @@ class BaseSAE(nn.Module):
         directions = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float64)
         directions = directions / directions.norm(dim=-1, keepdim=True)
         self.W_dec = nn.Parameter(directions.to(dtype))
-        self.W_enc = nn.Parameter(directions.t().contiguous().to(dtype))
+        self.W_enc = nn.Parameter((directions.t() * self.encoder_init_scale).contiguous().to(dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d_in, dtype=dtype))
         if cfg.device:

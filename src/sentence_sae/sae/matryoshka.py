@@ -22,6 +22,7 @@ from .registry import register_sae
 class MatryoshkaSAE(BatchTopKSAE):
     architecture = "matryoshka"
     saelens_architecture = "jumprelu"
+    encoder_init_scale = 1.0  # the small start of topk/batchtopk is not measured with nested losses yet
 
     def __init__(self, cfg: SAEConfig):
         super().__init__(cfg)
