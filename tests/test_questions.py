@@ -70,7 +70,13 @@ def test_compare_explains_the_similarity_of_two_texts(labelled_run, model):
     assert len(result["features"]) == result["active_features"]
     cosines = torch.nn.functional.cosine_similarity(*model.encode([a, b], convert_to_tensor=True)[:, None], dim=-1)
     assert result["cosine"] == pytest.approx(float(cosines), abs=1e-4)
-    assert 0.5 < result["cosine_reconstructed"] <= 1
+    from sentence_sae.checkpoint import load_sae
+
+    sae = load_sae(run_dir)
+    with torch.no_grad(), eval_mode(sae):
+        recon = sae.reconstruct(model.encode([a, b], convert_to_tensor=True)).double()
+    assert result["cosine_reconstructed"] == pytest.approx(
+        float(torch.nn.functional.cosine_similarity(recon[:1], recon[1:])), abs=1e-4)
     assert sum(f["cosine_share"] for f in result["features"]) + result["offset_share"] / (
         result["dot_reconstructed"] / result["cosine_reconstructed"]) == pytest.approx(result["cosine_reconstructed"], abs=1e-5)
     assert 1 <= result["features_for_90pct"] <= result["active_features"]
