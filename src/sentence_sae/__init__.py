@@ -11,10 +11,6 @@ module table gives the whole order; tests/test_architecture.py enforces it): ``c
 from __future__ import annotations
 
 from .version import __version__
-from .analysis import explain_run
-from .analysis.compare import compare_texts as compare
-from .analysis.diff import diff_run as diff
-from .analysis.search import feature_search, search_run as search
 from .activation_store import ActivationsStoreSBERT, EmbeddingStore, EndOfData
 from .cache import load_embeddings
 from .checkpoint import load_sae, save_sae
@@ -28,6 +24,22 @@ from .sae import __all__ as SAE_NAMES
 from .sweep import sweep
 from .trainer import Trainer, TrainResult
 from .training import embed, resume, train, train_sae
+
+# The analysis entry points load on first use: they pull in scipy and the browser, about a second that
+# every command (and every torchrun worker) would otherwise pay at start-up.
+_LAZY = {"explain_run": ("analysis", "explain_run"), "compare": ("analysis.compare", "compare_texts"),
+         "diff": ("analysis.diff", "diff_run"), "search": ("analysis.search", "search_run"),
+         "feature_search": ("analysis.search", "feature_search")}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sentence_sae' has no attribute '{name}'")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
 
 __all__ = [
     "__version__",
@@ -50,11 +62,7 @@ __all__ = [
     "save_sae",
     "load_sentence_model",
     "text_codes",
-    "explain_run",
-    "compare",
-    "diff",
-    "search",
-    "feature_search",
+    *_LAZY,  # explain_run, compare, diff, search, feature_search
     "SentenceSAEError",
     "ConfigError",
     "DataError",

@@ -61,9 +61,9 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--feature", type=int, default=None, metavar="ID",
                             help="instead of a query: list the texts where this feature fires most")
     if command in ("features", "compare", "search", "diff"):
-        parser.add_argument("--top", type=int, default={"diff": 20}.get(command, 10),
-                            help=f"how many {'texts' if command == 'search' else 'features'} to show "
-                                 f"(default {({'diff': 20}).get(command, 10)})")
+        top = 20 if command == "diff" else 10
+        parser.add_argument("--top", type=int, default=top,
+                            help=f"how many {'texts' if command == 'search' else 'features'} to show (default {top})")
     if command in ("compare", "search"):
         parser.add_argument("--json", action="store_true", help="print the result as one JSON line, not a table")
     if command == "diff":

@@ -63,9 +63,9 @@ class Corpus:
             self.cache.acquire_writer()  # if another process writes it, this one only reads
         self._dataset: Any = None
         self.on_encoded: Callable[[int], None] | None = None
+        """Called with the number of texts after each group is encoded (a progress bar's update)."""
         self._bar: Any = None
         self._counted: tuple[int | None, int | None] = (None, None)  # (rows counted, that count's limit)
-        """Called with the number of texts after each group is encoded (a progress bar's update)."""
 
     @property
     def fully_cached(self) -> bool:
@@ -291,6 +291,18 @@ class Corpus:
         for _, embeddings in self.embedding_chunks(start, stop, chunk_size):
             chunk = list(itertools.islice(rows, len(embeddings)))
             yield [text for text, _ in chunk], [extra for _, extra in chunk], embeddings
+
+    def read(self, stop: int | None, desc: str, extra_columns: dict[str, str] | None = None,
+             chunk_size: int = 4096) -> Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]]:
+        """iter_rows over rows [0, stop) with a progress bar named ``desc``; once read to the end, every
+        row encoded on the way is in the cache (flushed), so the rows can be looked up there."""
+        total = self.count(stop)
+        with progress_bar(stop if total is None else total, desc) as bar:
+            for chunk in self.iter_rows(0, stop, chunk_size, extra_columns):
+                bar.update(len(chunk[0]))
+                yield chunk
+        if self.cache is not None:
+            self.cache.flush()
 
     def close(self) -> None:
         if self.cache is not None:

@@ -88,18 +88,15 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
 def _read_corpus(run: Any, corpus: Any, num_examples: int | None, top_n: int) -> tuple[list[str], FeatureStats]:
     """The corpus's texts and the feature statistics of one pass over it."""
     texts: list[str] = []
-    with progress_bar(num_examples if num_examples is not None else corpus.count(), "explain") as bar:
-        def chunks():
-            for chunk_texts, _, embeddings in corpus.iter_rows(0, num_examples, chunk_size=4096):
-                texts.extend(chunk_texts)
-                bar.update(len(chunk_texts))
-                yield embeddings
 
-        stats = collect_feature_stats(run.sae, chunks(), top_n)
+    def chunks():
+        for chunk_texts, _, embeddings in corpus.read(num_examples, "explain"):
+            texts.extend(chunk_texts)
+            yield embeddings
+
+    stats = collect_feature_stats(run.sae, chunks(), top_n)
     if not texts:
         raise DataError(f"dataset {run.cfg.dataset_path} has no texts to explain")
-    if corpus.cache is not None:
-        corpus.cache.flush()
     return texts, stats
 
 
@@ -109,6 +106,7 @@ def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dic
     features = [int(f) for f in scoring.features]
     if not features:
         return {}, summary({}, 0)
+
     def stacked(rows: np.ndarray) -> torch.Tensor:
         return torch.stack([row_embeddings[int(r)] for r in rows])
 

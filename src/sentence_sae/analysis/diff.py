@@ -23,7 +23,6 @@ from ..files import atomic_write_text
 from ..metrics import encode_in_batches
 from ..runs import open_run
 from ..sae import BaseSAE
-from ..tracking import progress_bar
 from .browser import feature_file, page
 from .lookup import feature_labels
 
@@ -108,11 +107,10 @@ class SideStats:
                 if value > 0]
 
 
-def _side_chunks(corpus: Corpus, num_examples: int | None, label_column: str | None,
+def _side_chunks(chunks: Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]], label_column: str | None,
                  sides: tuple[str, str] | None) -> Iterator[tuple[int, list[str], torch.Tensor]]:
     """(side, texts, embeddings) chunks: the whole corpus as one side, or its rows split by label."""
-    extra = {label_column: "label_column"} if label_column else None
-    for texts, extras, embeddings in corpus.iter_rows(0, num_examples, extra_columns=extra):
+    for texts, extras, embeddings in chunks:
         if sides is None:
             yield 0, texts, embeddings
             continue
@@ -127,12 +125,11 @@ def collect_sides(sae: BaseSAE, corpora: list[Corpus], num_examples: int | None,
                   sides: tuple[str, str] | None) -> list[SideStats]:
     """Read the corpora (one labelled corpus, or one corpus per side) into per-side statistics."""
     found = [SideStats(sae.d_sae), SideStats(sae.d_sae)]
+    extra = {label_column: "label_column"} if label_column else None
     for index, corpus in enumerate(corpora):
-        total = corpus.count(num_examples)
-        with progress_bar(total, "diff" if len(corpora) == 1 else f"diff {'AB'[index]}") as bar:
-            for side, texts, embeddings in _side_chunks(corpus, num_examples, label_column, sides):
-                found[side if len(corpora) == 1 else index].add(encode_in_batches(sae, embeddings), texts)
-                bar.update(len(texts))
+        chunks = corpus.read(num_examples, "diff" if len(corpora) == 1 else f"diff {'AB'[index]}", extra)
+        for side, texts, embeddings in _side_chunks(chunks, label_column, sides):
+            found[side if len(corpora) == 1 else index].add(encode_in_batches(sae, embeddings), texts)
     return found
 
 

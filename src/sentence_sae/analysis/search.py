@@ -17,7 +17,6 @@ import torch
 from ..errors import ConfigError, DataError, check_positive
 from ..metrics import encode_in_batches
 from ..runs import Run, open_run
-from ..tracking import progress_bar
 from .compare import similarity_shares
 from .lookup import feature_labels
 
@@ -36,13 +35,9 @@ def read_corpus(run: Run, num_examples: int | None = None) -> CorpusRows:
     texts: list[str] = []
     chunks: list[torch.Tensor] = []
     try:
-        with progress_bar(corpus.count(num_examples), "read corpus") as bar:
-            for chunk_texts, _, embeddings in corpus.iter_rows(0, num_examples, chunk_size=4096):
-                texts.extend(chunk_texts)
-                chunks.append(embeddings.float().cpu())
-                bar.update(len(chunk_texts))
-        if corpus.cache is not None:
-            corpus.cache.flush()
+        for chunk_texts, _, embeddings in corpus.read(num_examples, "read corpus"):
+            texts.extend(chunk_texts)
+            chunks.append(embeddings.float().cpu())
     finally:
         corpus.close()
     if not texts:

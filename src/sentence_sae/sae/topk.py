@@ -28,8 +28,8 @@ class TopKSAE(BaseSAE):
     uses_auxk = True
     uses_top_k = True
     default_input_unit_norm = True
-    # Small initial codes (as SAELens's decoder rows at norm 0.1 give): held-out FVU 3-5% lower for
-    # topk and batchtopk on WordNet 40k and Debian 5k/20k (benchmarks/RESULTS.md, point 6).
+    # Small initial codes (as SAELens's decoder rows at norm 0.1 give): held-out FVU 3-6% lower for
+    # topk and batchtopk at ten points on WordNet, Debian and python-docs (benchmarks/RESULTS.md, point 6).
     encoder_init_scale = 0.1
 
     def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
