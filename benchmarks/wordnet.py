@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from sentence_sae import SAEConfig, create_sae, post_init_cfg  # noqa: E402
 from sentence_sae.activation_store import EmbeddingStore  # noqa: E402
 from sentence_sae.analysis import explain_run  # noqa: E402
-from sentence_sae.analysis.keywords import STOP_WORDS, candidates  # noqa: E402
+from sentence_sae.analysis.words import STOP_WORDS, candidates  # noqa: E402
 from sentence_sae.cache import default_cache_root, open_cache  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
 from sentence_sae.evaluation import evaluate_run  # noqa: E402

@@ -14,7 +14,7 @@ from helpers import headless_chrome, needs_chromium, make_cfg, run_cli
 from sentence_sae import create_sae, save_sae
 from sentence_sae.analysis import explain_run
 from sentence_sae.analysis.families import build_families
-from sentence_sae.analysis.keywords import candidates
+from sentence_sae.analysis.words import candidates
 from sentence_sae.errors import CheckpointError, DataError, ModelError
 from sentence_sae.evaluation import evaluate_run
 from sentence_sae.metrics import similarity_spearman, spearman
@@ -64,7 +64,8 @@ def test_explain_writes_features_families_and_browser(labelled_run, model):
         assert feature["max_act"] == pytest.approx(activations[0])
         assert 0 < feature["density"] <= 1 and len(feature["top_texts"]) <= 8
         text = " ".join(t["text"].lower() for t in feature["top_texts"])
-        assert feature["label"] and all(term.split()[0] in text for term in feature["keywords"])
+        assert feature["label"].startswith(feature["concept"]) and feature["concept"].split()[0] in text
+        assert all(term in feature["label"] for term in feature["keywords"])
         assert all(q["activation"] <= activations[-1] for q in feature["quantile_texts"])
     for feature in lines:
         if feature["dead"]:

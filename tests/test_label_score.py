@@ -36,8 +36,8 @@ def test_scoring_set_leaves_out_the_label_texts_and_rare_features():
 
 def test_both_scorers_rank_a_fitting_label_first(model):
     texts = ["The cat chased the mouse around the garden."] * 1 + [f"Cats purr and cats {w}." for w in
-             ("sleep", "climb", "hunt", "play")] + [f"The stock market {w} today." for w in ("rose", "fell", "closed")] \
-        + [f"Python {w} are useful." for w in ("lists", "dicts", "sets", "tuples")]
+             ("sleep", "climb", "hunt", "play")] + [f"The stock market {w} today." for w in ("rose", "fell", "closed", "opened", "crashed", "recovered")] \
+        + [f"Python {w} are useful." for w in ("lists", "dicts", "sets", "tuples", "generators", "classes")]
     embeddings = model.encode(texts, convert_to_tensor=True)
     firing = [np.array([0, 1, 2, 3, 4])]  # the cat texts, strongest first
     scoring = scoring_set(firing, label_texts=1, n_rows=len(texts), seed=0)

@@ -83,6 +83,11 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
                             help="a column of labels: adds linear probes and feature label purity")
     if command == "explain":
         parser.add_argument("--top_n", type=int, default=10, help="top texts kept per feature (default 10)")
+        parser.add_argument("--highlight", action="store_true",
+                            help="add each word's contribution to the feature in its top 3 texts (slower)")
+    if command == "features":
+        parser.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                            help="color each word by its contribution to the feature (default: auto, on a terminal)")
     if command == "push":
         parser.add_argument("repo_id", metavar="REPO_ID", help="hub repository, e.g. user/minilm-topk-sae")
         parser.add_argument("--private", action="store_true", help="create the repository as private")
@@ -149,15 +154,18 @@ def cmd_explain(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any
     from .analysis import explain_run
 
     return explain_run(args.run_dir, dataset_path=args.dataset_path, num_examples=args.num_examples,
-                       text_column=args.text_column, top_n=args.top_n, device=args.device)
+                       text_column=args.text_column, top_n=args.top_n, device=args.device, highlight=args.highlight)
 
 
 def cmd_features(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    from .analysis.lookup import top_features
+    from .analysis.lookup import colored_words, top_features
 
     result = top_features(args.run_dir, args.text, args.top, device=args.device)
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for feature in result["features"]:
         print(f"#{feature['id']:<6} {feature['activation']:8.4f}  {feature['label']}")
+        if color:
+            print("        " + colored_words(args.text, feature["words"]))
     return result
 
 

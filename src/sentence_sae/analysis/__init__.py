@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -25,19 +25,24 @@ from .browser import write_browser
 from .families import build_families
 from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
 from .features import FeatureStats, collect_feature_stats
-from .label_score import ScoringSet, ScoringTexts, most_frequent_word, score_labels, scoring_set, summary
+from .label_score import (ScoringSet, ScoringTexts, labelling_set, most_frequent_word, score_labels, scoring_set,
+                          summary)
+from .labels import FeatureLabel, label_features
+from .highlight import highlight, word_records
 from .search_page import search_page
 from .keywords import KeywordLabeler
 
 N_COACTIVATING = 8
+HIGHLIGHT_TEXTS = 3
 
 
 def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
                 text_column: str | None = None, top_n: int = 10, label_texts: int = 8,
                 device: str | None = None, model: Any = None, family_min_weight: float = 0.5,
-                with_map: bool = True) -> dict[str, Any]:
+                with_map: bool = True, highlight: bool = False) -> dict[str, Any]:
     """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset);
-    ``with_map`` adds the feature map (``browser/map.html``) when umap-learn is installed."""
+    ``with_map`` adds the feature map (``browser/map.html``) when umap-learn is installed;
+    ``highlight`` adds each word's contribution to the feature in its top HIGHLIGHT_TEXTS texts."""
     check_positive("num_examples", num_examples, unset="the whole dataset")
     check_positive("top_n", top_n)
     started = time.perf_counter()
@@ -45,22 +50,17 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     corpus = run.corpus()
     try:
         texts, stats = _read_corpus(run, corpus, num_examples, top_n)
-        alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
-        label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
-        scoring = scoring_set([stats.firing_rows(f) for f in range(run.sae.d_sae)], label_texts, len(texts))
-        needed = {int(r) for rows in [*label_rows.values(), *scoring.positives, *scoring.negatives] for r in rows}
-        row_embeddings = _embeddings_of_rows(corpus, sorted(needed), texts)
-        labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, "fast"))
-        keywords = labeler.label_all([[texts[r] for r in label_rows[f]] for f in alive],
-                                     [torch.stack([row_embeddings[int(r)] for r in label_rows[f]]) for f in alive])
+        labelled = _label(run, corpus, texts, stats, label_texts)
     finally:
         corpus.close()
-    label_of = {f: ", ".join(terms) for f, terms in zip(alive, keywords)}
-    scores, score_summary = _score_labels(scoring, label_of, label_rows, texts, row_embeddings, labeler.model)
+    label_of = {f: label.text for f, label in labelled.labels.items()}
+    scores, score_summary = _score_labels(labelled.scoring, label_of, labelled.label_rows, texts, labelled.embeddings_of,
+                                          labelled.model)
+    words = _highlight(run.sae, labelled.model, texts, stats, list(labelled.labels)) if highlight else {}
     labels = [label_of.get(f, "") for f in range(run.sae.d_sae)]
     families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight)
                 if stats.coactivation is not None else None)
-    features = _feature_records(stats, texts, labels, dict(zip(alive, keywords)), families, scores)
+    features = _feature_records(stats, texts, labelled.labels, families, scores, words)
     folder = run.folder
     atomic_write_text(folder / "features.jsonl", "".join(json.dumps(f) + "\n" for f in features))
     if families is not None:
@@ -74,8 +74,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "families": str(folder / "families.json") if families is not None else None,
         "browser": str(index),
         "texts": len(texts),
-        "alive": len(alive),
-        "dead": run.sae.d_sae - len(alive),
+        "alive": len(labelled.labels),
+        "dead": run.sae.d_sae - len(labelled.labels),
         "n_families": len(families["families"]) if families else 0,
         "label_scores": score_summary,
         "map": str(index.parent / "map.html") if "map.html" in pages else None,
@@ -100,17 +100,51 @@ def _read_corpus(run: Any, corpus: Any, num_examples: int | None, top_n: int) ->
     return texts, stats
 
 
+class Labelled(NamedTuple):
+    labels: dict[int, FeatureLabel]  # per live feature
+    label_rows: dict[int, np.ndarray]  # the top texts each label was made from
+    scoring: ScoringSet
+    embeddings_of: Callable[[np.ndarray], torch.Tensor]  # embeddings of the rows labelling and scoring read
+    model: Any  # the fast model that embedded terms and labels
+
+
+def _label(run: Any, corpus: Any, texts: list[str], stats: FeatureStats, label_texts: int) -> Labelled:
+    """Labels for every live feature, from texts disjoint from the ones their score reads."""
+    alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]
+    label_rows = {f: stats.top_rows[f][:label_texts] for f in alive}
+    firing = [stats.firing_rows(f) for f in range(run.sae.d_sae)]
+    scoring = scoring_set(firing, label_texts, len(texts))
+    labelling = labelling_set(firing, scoring, label_texts, len(texts))
+    needed = np.unique(np.concatenate([np.zeros(0, np.int64), *label_rows.values(), *scoring.positives,
+                                       *scoring.negatives, *(labelling.support[f] for f in alive), labelling.contrast]))
+    embeddings_of = _embeddings_of_rows(corpus, needed, texts)
+    model = load_sentence_model(run.cfg.model_name, run.cfg.device, "fast")
+    found = label_features(model, texts, embeddings_of, alive, [label_rows[f] for f in alive], stats.firing_rows, labelling)
+    return Labelled(dict(zip(alive, found)), label_rows, scoring, embeddings_of, model)
+
+
+def _highlight(sae: Any, model: Any, texts: list[str], stats: FeatureStats,
+               alive: list[int]) -> dict[tuple[int, int], list[list[float]]]:
+    """(feature, row) -> each word's [start, end, contribution] in the feature's top HIGHLIGHT_TEXTS
+    texts; every distinct text is embedded without each of its words once, for all its features."""
+    asked: dict[int, list[int]] = {}
+    for feature in alive:
+        for row in stats.top_rows[feature][:HIGHLIGHT_TEXTS].tolist():
+            asked.setdefault(row, []).append(feature)
+    rows = sorted(asked)
+    found = highlight(sae, model, [texts[r] for r in rows], [asked[r] for r in rows])
+    return {(feature, row): word_records(result, position)
+            for row, result in zip(rows, found) for position, feature in enumerate(asked[row])}
+
+
 def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dict[int, np.ndarray], texts: list[str],
-                  row_embeddings: dict[int, torch.Tensor], model: Any) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
+                  embeddings_of: Callable[[np.ndarray], torch.Tensor], model: Any) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
     """Each scored feature's (embedding, lexical) label score, and the summary with the baselines."""
     features = [int(f) for f in scoring.features]
     if not features:
         return {}, summary({}, 0)
 
-    def stacked(rows: np.ndarray) -> torch.Tensor:
-        return torch.stack([row_embeddings[int(r)] for r in rows])
-
-    scoring_texts = ScoringTexts(scoring, texts, stacked)
+    scoring_texts = ScoringTexts(scoring, texts, embeddings_of)
     ours = [label_of.get(f, "") for f in features]
     shuffle = np.random.default_rng(0).permutation(len(features))
     top_rows = np.asarray([label_rows[f][0] for f in features])
@@ -118,7 +152,7 @@ def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dic
         "labels": (ours, None),
         "shuffled": ([ours[i] for i in shuffle], None),
         "frequent_word": ([most_frequent_word([texts[r] for r in label_rows[f]]) for f in features], None),
-        "top_text": ([texts[r] for r in top_rows], stacked(top_rows)),
+        "top_text": ([texts[r] for r in top_rows], embeddings_of(top_rows)),
     }
     results = {}
     with progress_bar(len(candidates), "score labels") as bar:
@@ -149,20 +183,26 @@ def _feature_map(sae: Any, features: list[dict[str, Any]], families: dict[str, A
     return map_page(features, coords, family_roots(families, sae.d_sae), f"Feature map: {title}")
 
 
-def _embeddings_of_rows(corpus: Any, rows: list[int], texts: list[str]) -> dict[int, torch.Tensor]:
-    """Embeddings of some rows: from the cache when it holds them, else encoded again."""
-    if not rows:
-        return {}
+def _embeddings_of_rows(corpus: Any, rows: np.ndarray, texts: list[str]) -> Callable[[np.ndarray], torch.Tensor]:
+    """A lookup of the embeddings of some rows (sorted): from the cache when it holds them, else
+    encoded again."""
     cache = corpus.cache
-    if cache is not None and cache.rows > rows[-1]:
-        values = torch.from_numpy(cache.embeddings()[np.asarray(rows)])
+    if not len(rows):
+        values = torch.zeros(0, 0)
+    elif cache is not None and cache.rows > rows[-1]:
+        values = torch.from_numpy(np.ascontiguousarray(cache.embeddings()[rows]))
     else:
-        values = corpus.encode([texts[r] for r in rows]).cpu()
-    return dict(zip(rows, values))
+        values = corpus.encode([texts[r] for r in rows.tolist()]).cpu()
+
+    def embeddings_of(wanted: np.ndarray) -> torch.Tensor:
+        return values[torch.from_numpy(np.searchsorted(rows, np.asarray(wanted, dtype=np.int64)))]
+
+    return embeddings_of
 
 
-def _feature_records(stats: FeatureStats, texts: list[str], labels: list[str], keywords: dict[int, list[str]],
-                     families: dict[str, Any] | None, scores: dict[int, tuple[float, float]]) -> list[dict[str, Any]]:
+def _feature_records(stats: FeatureStats, texts: list[str], labels: dict[int, FeatureLabel],
+                     families: dict[str, Any] | None, scores: dict[int, tuple[float, float]],
+                     words: dict[tuple[int, int], list[list[float]]]) -> list[dict[str, Any]]:
     conditional = stats.conditional() if stats.coactivation is not None else None
     children: dict[int, list[int]] = {}
     parents = {int(child): parent for child, parent in (families or {}).get("parents", {}).items()}
@@ -173,15 +213,17 @@ def _feature_records(stats: FeatureStats, texts: list[str], labels: list[str], k
         count = int(stats.counts[feature])
         record: dict[str, Any] = {
             "id": feature,
-            "label": labels[feature],
-            "keywords": keywords.get(feature, []),
+            "label": labels[feature].text if feature in labels else "",
+            "concept": labels[feature].concept if feature in labels else "",
+            "keywords": list(labels[feature].keywords) if feature in labels else [],
             "dead": count == 0,
             "density": float(stats.density[feature]),
             "count": count,
             "n_texts": stats.n_texts,
             "mean_act": float(stats.mean_act[feature]),
             "max_act": float(stats.max_act[feature]),
-            "top_texts": [{"text": texts[int(r)], "activation": float(v), "row": int(r)}
+            "top_texts": [{"text": texts[int(r)], "activation": float(v), "row": int(r),
+                           **({"words": words[feature, int(r)]} if (feature, int(r)) in words else {})}
                           for r, v in zip(stats.top_rows[feature], stats.top_values[feature])],
             "quantile_texts": [{"quantile": q, "text": texts[r], "activation": v, "row": r}
                                for q, r, v in stats.quantile_rows[feature]],

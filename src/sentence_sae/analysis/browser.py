@@ -24,6 +24,7 @@ th{background:#f4f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums
 .text{margin:.35rem 0;display:flex;gap:.6rem;align-items:center}
 .bar{background:#d9e6f5;height:1.1rem;flex:none;position:relative}
 .bar span{position:absolute;left:.3rem;font-size:.75rem;line-height:1.1rem;color:#123}
+mark.word{color:inherit;border-radius:2px;padding:0 1px}
 .meta{color:#666;font-size:.9rem} .label{font-weight:600} .dead{color:#a33}
 """
 
@@ -56,13 +57,30 @@ def _histogram_svg(counts: list[int], max_act: float) -> str:
             f"<text x='{width}' y='{height + 13}' font-size='11' text-anchor='end'>{max_act:.3g}</text></svg>")
 
 
+def _highlighted(text: str, words: list[list[float]], scale: float) -> str:
+    """The text with each word's background showing its contribution: orange drives the feature,
+    blue holds it back; the strongest word of the feature's texts is fully colored."""
+    out, position = [], 0
+    for start, end, contribution in words:
+        start, end = int(start), int(end)
+        alpha = min(abs(contribution) / scale, 1.0) if scale > 0 else 0.0
+        color = "230,120,20" if contribution > 0 else "40,130,200"
+        out.append(html.escape(text[position:start]) + f"<mark class='word' style='background:rgba({color},{alpha:.2f})' "
+                   f"title='{contribution:+.3f}'>{html.escape(text[start:end])}</mark>")
+        position = end
+    return "".join(out) + html.escape(text[position:])
+
+
 def _texts_html(items: list[dict[str, Any]], max_act: float, css: str = "top") -> str:
     rows = []
+    scale = max((abs(c) for item in items for _, _, c in item.get("words", [])), default=0.0)
     for item in items:
         share = item["activation"] / max_act if max_act > 0 else 0
         prefix = f"{int(item['quantile'] * 100)}% down: " if "quantile" in item else ""
+        body = (html.escape(prefix) + _highlighted(item["text"], item["words"], scale) if item.get("words")
+                else html.escape(prefix + item["text"]))
         rows.append(f"<div class='text {css}'><div class='bar' style='width:{max(share * 12, 0.2):.2f}rem'>"
-                    f"<span>{item['activation']:.3f}</span></div><div>{html.escape(prefix + item['text'])}</div></div>")
+                    f"<span>{item['activation']:.3f}</span></div><div>{body}</div></div>")
     return "\n".join(rows)
 
 
@@ -90,7 +108,10 @@ def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
                      f"{feature['label_score_lexical']:.2f} (lexical): AUROC of the label picking out texts the "
                      "feature fires on among texts it does not, on texts not used to make the label; 0.5 is chance</p>")
     parts.append("<h2>Activations</h2>" + _histogram_svg(feature["histogram"], feature["max_act"]))
-    parts.append("<h2>Top texts</h2>" + _texts_html(feature["top_texts"], feature["max_act"]))
+    note = ("<p class='meta highlight-note'>Words colored by how much the activation drops when the word is "
+            "removed (orange) or rises (blue); hover a word for the change.</p>"
+            if any(item.get("words") for item in feature["top_texts"]) else "")
+    parts.append("<h2>Top texts</h2>" + note + _texts_html(feature["top_texts"], feature["max_act"]))
     if feature["quantile_texts"]:
         parts.append("<h2>Lower activations</h2>" + _texts_html(feature["quantile_texts"], feature["max_act"], "quantile"))
     parts.append("<h2>Co-activating features</h2><p class='meta'>P(other fires | this fires)</p>"

@@ -1,16 +1,18 @@
-"""Keyword labels for features, without network access or a language model.
+"""Keyword terms for features, without network access or a language model.
 
-The earlier research project's method, made fast: for each feature's top texts,
+The earlier research project's method, made fast, with one change: for each feature's top texts,
 1. candidates are the words and two-word phrases of the text (stop words excluded), KeyBERT-style
    scored by the cosine between the candidate's embedding and the text's embedding (same
-   Sentence-BERT model); each text keeps its best ``per_text`` candidates (3: on WordNet, labels
-   named their texts' category more often than with 5);
+   Sentence-BERT model); each text keeps its best ``per_text`` candidates;
 2. candidates of the feature that are near-duplicates (cosine >= 0.9) are merged;
 3. each term scores (mean score over the texts that have it) x log(1 + number of such texts),
    times a contrastive factor log(1 + F / f), F the number of labelled features and f the number
    whose texts contain the term (c-TF-IDF style: terms common to every feature say little);
-4. similar terms are clustered greedily (cosine >= 0.7 to a chosen term joins its cluster) and the
-   best term of each of the top three clusters makes the label.
+4. new: the best ``n_candidates`` terms are ranked again by how well each alone separates the
+   feature's texts from contrast texts it does not fire on (cosine AUROC), so the first term names
+   what the feature's texts share and the rest of the corpus lacks;
+5. similar terms are clustered greedily (cosine >= 0.7 to a chosen term joins its cluster) and the
+   best term of each of the top ``n_terms`` clusters is kept, best first.
 
 Speed comes from embedding each distinct candidate once for the whole SAE, in large batches, with
 the model's ``fast`` backend (bf16 on CPU: about half the time, the same labels on WordNet).
@@ -19,7 +21,6 @@ the model's ``fast`` backend (bf16 on CPU: about half the time, the same labels 
 from __future__ import annotations
 
 import math
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -28,70 +29,70 @@ import numpy as np
 import torch
 
 from ..embeddings import encode_texts
-
-STOP_WORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being below
-between both but by can could did do does doing down during each either else etc even ever every few for from
-further had has have having he her here hers herself him himself his how however i if in into is it its itself
-just less let like made make many may me might more most much must my myself neither no nor not now of off
-often on once one only or other others otherwise our ours ourselves out over own per rather same shall she
-should since so some such than that the their theirs them themselves then there therefore these they this those
-though through thus to too under until up upon us used using very via was we were what when where whether which
-while who whom whose why will with within without would yet you your yours yourself yourselves especially
-something someone usually sometimes typically often etc e g ie eg
-""".split())
-
-WORD = re.compile(r"[A-Za-z][A-Za-z'\-]*[A-Za-z]|[A-Za-z]")
-
-
-def candidates(text: str) -> list[str]:
-    """Words (3+ letters) and two-word phrases of ``text`` without stop words, lower-cased, unique."""
-    words = [w.lower() for w in WORD.findall(text)]
-    found: dict[str, None] = {}
-    for i, word in enumerate(words):
-        if word in STOP_WORDS or len(word) < 3:
-            continue
-        found[word] = None
-        if i + 1 < len(words) and words[i + 1] not in STOP_WORDS and len(words[i + 1]) >= 3:
-            found[f"{word} {words[i + 1]}"] = None
-    return list(found)
+from ..tracking import progress_bar
+from .label_score import separation
+from .words import candidates
 
 
 @dataclass
 class KeywordLabeler:
-    """Labels features from their top texts; ``model`` embeds the candidate terms (the model that
-    made the text embeddings, possibly in lower precision)."""
+    """Ranks terms for features from their top texts; ``model`` embeds the candidate terms (the
+    model that made the text embeddings, possibly in lower precision)."""
 
     model: Any
     per_text: int = 3
     merge_cosine: float = 0.9
     cluster_cosine: float = 0.7
     n_terms: int = 3
+    n_candidates: int = 12
     contrastive: bool = True
     batch_size: int = 256
 
-    def label_all(self, feature_texts: Sequence[Sequence[str]], text_embeddings: Sequence[torch.Tensor]) -> list[list[str]]:
-        """Labels (up to ``n_terms`` terms) for each feature, given its top texts and their embeddings."""
+    def terms_all(self, feature_texts: Sequence[Sequence[str]], text_embeddings: Sequence[torch.Tensor],
+                  positives: Sequence[torch.Tensor] | None = None, negatives: Sequence[torch.Tensor] | None = None,
+                  ) -> list[list[str]]:
+        """Up to ``n_terms`` terms per feature, best first, from its top texts and their embeddings.
+        With ``positives[i]`` and ``negatives[i]`` (embeddings of texts feature i fires on and does
+        not, none of them scored), terms are ranked by how well they separate the two (step 4)."""
         per_feature = [[candidates(text) for text in texts] for texts in feature_texts]
         vocabulary = sorted({c for texts in per_feature for cands in texts for c in cands})
         if not vocabulary:
             return [[] for _ in feature_texts]
         index = {term: i for i, term in enumerate(vocabulary)}
-        term_embeddings = torch.nn.functional.normalize(
-            encode_texts(self.model, vocabulary, self.batch_size).float().cpu(), dim=-1)
-        scored = [self._term_scores(cands, embeddings, index, term_embeddings)
-                  for cands, embeddings in zip(per_feature, text_embeddings)]
+        with progress_bar(len(vocabulary), "embed terms") as bar:
+            term_embeddings = torch.nn.functional.normalize(
+                encode_texts(self.model, vocabulary, self.batch_size, progress=bar.update).float().cpu(), dim=-1)
+        with progress_bar(len(per_feature), "score terms") as bar:
+            scored = []
+            for cands, embeddings in zip(per_feature, text_embeddings):
+                scored.append(self._term_scores(cands, embeddings, index, term_embeddings))
+                bar.update(1)
         frequency: dict[str, int] = defaultdict(int)
         for scores in scored:
             for term in scores:
                 frequency[term] += 1
         n_features = max(sum(1 for s in scored if s), 1)
-        labels = []
-        for scores in scored:
-            if self.contrastive:
-                scores = {t: s * math.log(1 + n_features / frequency[t]) for t, s in scores.items()}
-            labels.append(self._top_clusters(scores, index, term_embeddings))
-        return labels
+        ranked = []
+        with progress_bar(len(scored), "rank terms") as bar:
+            for i, scores in enumerate(scored):
+                if self.contrastive:
+                    scores = {t: s * math.log(1 + n_features / frequency[t]) for t, s in scores.items()}
+                if positives is not None and negatives is not None and scores and len(negatives[i]):
+                    scores = self._by_separation(scores, positives[i], negatives[i], index, term_embeddings)
+                ranked.append(self._top_clusters(scores, index, term_embeddings))
+                bar.update(1)
+        return ranked
+
+    def _by_separation(self, scores: dict[str, float], positives: torch.Tensor, negatives: torch.Tensor,
+                       index: dict[str, int], term_embeddings: torch.Tensor) -> dict[str, float]:
+        """The best ``n_candidates`` terms rescored by how well each separates the positives from the
+        negatives (cosine AUROC), their keyword score breaking ties."""
+        best = sorted(scores, key=lambda t: -scores[t])[: self.n_candidates]
+        vectors = term_embeddings[[index[t] for t in best]]
+        unit = torch.nn.functional.normalize
+        auc = separation(vectors @ unit(positives.float().cpu(), dim=-1).T, vectors @ unit(negatives.float().cpu(), dim=-1).T)
+        top = max(scores[t] for t in best)
+        return {t: float(a) + 1e-3 * scores[t] / top for t, a in zip(best, auc)}
 
     def _term_scores(self, cands_per_text: list[list[str]], text_embeddings: torch.Tensor,
                      index: dict[str, int], term_embeddings: torch.Tensor) -> dict[str, float]:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .keywords import STOP_WORDS, WORD
+from .words import content_words, spellings
 
 SCORING_POSITIVES = 20
 NEGATIVE_POOL = 1000
@@ -33,15 +33,31 @@ GOOD_SCORE = 0.8
 BM25_K1, BM25_B = 1.2, 0.75
 
 
+SUPPORT_TEXTS = 24
+"""Firing texts beyond the label texts that the labeler may read (never scored), spread over activations."""
+CONTRAST_POOL = 500
+"""Random texts outside the scoring pool that the labeler contrasts a feature's texts with."""
+
+
 class ScoringSet(NamedTuple):
     features: np.ndarray  # the scored features
     positives: list[np.ndarray]  # per scored feature: rows it fires on (not its label texts)
     negatives: list[np.ndarray]  # per scored feature: pool rows it does not fire on
+    pool: np.ndarray  # the shared pool the negatives come from
+
+
+class LabellingSet(NamedTuple):
+    """The texts a labeler may read, none of them scored."""
+
+    support: list[np.ndarray]  # per feature: its label texts, then up to SUPPORT_TEXTS unscored firing rows
+    contrast: np.ndarray  # random rows outside the scoring pool
 
 
 def scoring_set(firing_rows: Sequence[np.ndarray], label_texts: int, n_rows: int, seed: int = 0) -> ScoringSet:
     """Positives and negatives per feature; ``firing_rows[f]`` holds f's rows, strongest first."""
-    pool = np.sort(np.random.default_rng(seed).choice(n_rows, size=min(NEGATIVE_POOL, n_rows), replace=False))
+    # On a small corpus half the texts stay outside the pool, for the labeler's contrast texts.
+    size = min(NEGATIVE_POOL, max(n_rows // 2, 1))
+    pool = np.sort(np.random.default_rng(seed).choice(n_rows, size=size, replace=False))
     features, positives, negatives = [], [], []
     for feature, rows in enumerate(firing_rows):
         rest = rows[label_texts:]
@@ -54,7 +70,32 @@ def scoring_set(firing_rows: Sequence[np.ndarray], label_texts: int, n_rows: int
         features.append(feature)
         positives.append(rest[picks])
         negatives.append(negative)
-    return ScoringSet(np.asarray(features, dtype=np.int64), positives, negatives)
+    return ScoringSet(np.asarray(features, dtype=np.int64), positives, negatives, pool)
+
+
+def labelling_set(firing_rows: Sequence[np.ndarray], scoring: ScoringSet, label_texts: int, n_rows: int,
+                  seed: int = 1) -> LabellingSet:
+    """Per feature, the firing texts a labeler may read, and the shared contrast texts; disjoint from
+    every text the scoring set scores."""
+    scored = dict(zip(scoring.features.tolist(), scoring.positives))
+    outside = np.setdiff1d(np.arange(n_rows), scoring.pool)
+    contrast = np.sort(np.random.default_rng(seed).choice(outside, size=min(CONTRAST_POOL, len(outside)), replace=False))
+    support = []
+    for feature, rows in enumerate(firing_rows):
+        rest = rows[label_texts:]
+        if feature in scored:
+            rest = rest[~np.isin(rest, scored[feature])]
+        picks = np.unique(np.linspace(0, len(rest) - 1, min(SUPPORT_TEXTS, len(rest))).round().astype(int))
+        support.append(np.concatenate([rows[:label_texts], rest[picks]]) if len(rest) else rows[:label_texts])
+    return LabellingSet(support, contrast)
+
+
+def separation(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """AUROC per row, on torch tensors: P(a positive scores above a negative), ties half; [K, P] and
+    [K, N] -> [K]."""
+    greater = (positive[:, :, None] > negative[:, None, :]).float().mean((1, 2))
+    ties = (positive[:, :, None] == negative[:, None, :]).float().mean((1, 2))
+    return greater + ties / 2
 
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
@@ -64,8 +105,7 @@ def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     return float((ranks[:p].sum() - p * (p + 1) / 2) / (p * q))
 
 
-def words(text: str) -> list[str]:
-    return [w for w in (m.lower() for m in WORD.findall(text)) if w not in STOP_WORDS and len(w) >= 3]
+words = content_words
 
 
 class ScoringTexts:
@@ -109,7 +149,7 @@ class ScoringTexts:
 
 
 def most_frequent_word(texts: Sequence[str]) -> str:
-    """The content word in the most of ``texts`` (then the most often, then alphabetically)."""
+    """The content word in the most of ``texts`` (then the most often, then alphabetically), as first spelled."""
     in_texts: Counter = Counter()
     overall: Counter = Counter()
     for text in texts:
@@ -118,7 +158,8 @@ def most_frequent_word(texts: Sequence[str]) -> str:
         in_texts.update(set(found))
     if not in_texts:
         return ""
-    return min(in_texts, key=lambda w: (-in_texts[w], -overall[w], w))
+    best = min(in_texts, key=lambda w: (-in_texts[w], -overall[w], w))
+    return spellings(texts).get(best, best)
 
 
 def score_labels(labels: Sequence[str], label_embeddings: torch.Tensor, texts: ScoringTexts,

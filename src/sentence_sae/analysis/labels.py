@@ -1,0 +1,145 @@
+"""Feature labels: a short concept name, then supporting keywords, chosen by how well they pick out
+the feature's texts. No language model is involved, and no text the label score later reads.
+
+For every live feature:
+1. terms: the keyword labeler's terms from its top texts, ranked by how well each alone separates
+   the feature's *support* texts (top texts and a spread of other firing texts) from *contrast* texts
+   it does not fire on; the first is the concept name (1 to 3 words);
+2. distinctive words: words of the support texts significantly more common there than in the contrast
+   texts (one-sided two-proportion z >= MIN_Z), taken greedily by how many support texts not yet
+   covered by the label each one covers;
+3. the label is the best of four: the concept alone, with the other terms, with the distinctive
+   words, with both; "best" is the sum of two AUROCs on the support and contrast texts, one by the
+   label's embedding (as the embedding label score) and one by which texts contain a label word (as
+   the lexical label score), so the choice follows the same two views the label is scored by.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from ..embeddings import encode_texts
+from ..tracking import progress_bar
+from .keywords import KeywordLabeler
+from .label_score import LabellingSet, separation
+from .words import content_words, spellings
+
+MIN_Z = 3.0
+"""A distinctive word is over-represented in the feature's texts at one-sided p < 0.0014."""
+MIN_TEXTS = 2
+"""A distinctive word appears in at least this many of the feature's texts."""
+N_KEYWORDS = 3
+
+
+class FeatureLabel(NamedTuple):
+    """A feature's label: a short concept name, then supporting keywords."""
+
+    concept: str
+    keywords: tuple[str, ...]
+
+    @property
+    def text(self) -> str:
+        return f"{self.concept}: {', '.join(self.keywords)}" if self.keywords else self.concept
+
+
+class Contrast(NamedTuple):
+    """Rows a feature's labels are chosen on: its support rows against the contrast rows it does not fire on."""
+
+    units: torch.Tensor  # [rows, d] unit embeddings of every row below
+    rows: np.ndarray  # the corpus row of each unit
+    support: list[np.ndarray]  # per labelled feature: positions in ``units``
+    contrast: list[np.ndarray]
+
+
+def label_features(model: Any, texts: Sequence[str], embeddings_of: Callable[[np.ndarray], torch.Tensor],
+                   features: Sequence[int], top_rows: Sequence[np.ndarray], firing_rows: Callable[[int], np.ndarray],
+                   labelling: LabellingSet, labeler: KeywordLabeler | None = None) -> list[FeatureLabel]:
+    """A label for each of ``features``; ``texts`` and ``embeddings_of`` are indexed by corpus row."""
+    labeler = labeler or KeywordLabeler(model)
+    contrast = _contrast(features, firing_rows, labelling, embeddings_of)
+    units = contrast.units
+    terms = labeler.terms_all([[texts[r] for r in rows] for rows in top_rows], [embeddings_of(rows) for rows in top_rows],
+                              [units[i] for i in contrast.support], [units[i] for i in contrast.contrast])
+    word_sets = [frozenset(content_words(texts[r])) for r in contrast.rows.tolist()]
+    in_contrast = Counter(w for i in np.searchsorted(contrast.rows, labelling.contrast) for w in word_sets[i])
+    surface = spellings(texts[r] for r in contrast.rows.tolist())
+    options = []
+    for i, ranked in enumerate(terms):
+        if not ranked:
+            options.append([FeatureLabel("", ())])
+            continue
+        sets = [word_sets[j] for j in contrast.support[i]]
+        words = distinctive_words(sets, in_contrast, len(labelling.contrast), set(content_words(ranked[0])))
+        words = [surface.get(w, w) for w in words]
+        both = tuple(dict.fromkeys([*ranked[1:], *words]))
+        options.append(list(dict.fromkeys([FeatureLabel(ranked[0], ()), FeatureLabel(ranked[0], tuple(ranked[1:])),
+                                           FeatureLabel(ranked[0], tuple(words)), FeatureLabel(ranked[0], both)])))
+    return _choose(model, options, contrast, word_sets, labeler.batch_size)
+
+
+def distinctive_words(sets: Sequence[frozenset], in_contrast: Counter, n_contrast: int, covered: set[str],
+                      n: int = N_KEYWORDS) -> list[str]:
+    """Up to ``n`` words over-represented in ``sets`` (one word set per text) against the contrast
+    texts, each the one that covers the most texts no word of ``covered`` or before it covers."""
+    counts = Counter(w for found in sets for w in found)
+    words = [w for w, c in counts.items() if c >= MIN_TEXTS and w not in covered]
+    if not words or not n_contrast:
+        return []
+    a = np.array([counts[w] for w in words], float)
+    b = np.array([in_contrast.get(w, 0) for w in words], float)
+    n_a = len(sets)
+    pooled = (a + b) / (n_a + n_contrast)
+    z = (a / n_a - b / n_contrast) / np.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_contrast) + 1e-12)
+    pool = {w: counts[w] for w, keep in zip(words, z >= MIN_Z) if keep}
+    uncovered = [found for found in sets if not found & covered]
+    chosen = []
+    while len(chosen) < n and pool:
+        # most newly covered texts, then in the most texts, then alphabetically first
+        best = max(sorted(pool), key=lambda w: (sum(w in found for found in uncovered), pool[w]))
+        chosen.append(best)
+        del pool[best]
+        uncovered = [found for found in uncovered if best not in found]
+    return chosen
+
+
+def _contrast(features: Sequence[int], firing_rows: Callable[[int], np.ndarray], labelling: LabellingSet,
+              embeddings_of: Callable[[np.ndarray], torch.Tensor]) -> Contrast:
+    support = [labelling.support[f] for f in features]
+    rows = np.unique(np.concatenate([labelling.contrast, *support])).astype(np.int64)
+    units = torch.nn.functional.normalize(embeddings_of(rows).float().cpu(), dim=-1)
+    where_contrast = np.searchsorted(rows, labelling.contrast)
+    negatives = [where_contrast[~np.isin(labelling.contrast, firing_rows(f))] for f in features]
+    return Contrast(units, rows, [np.searchsorted(rows, s) for s in support], negatives)
+
+
+def _choose(model: Any, options: list[list[FeatureLabel]], contrast: Contrast, word_sets: list[frozenset],
+            batch_size: int) -> list[FeatureLabel]:
+    """Each feature's option with the best embedding + word-coverage AUROC on its support vs contrast rows."""
+    strings = sorted({option.text for opts in options for option in opts if option.concept})
+    if not strings:
+        return [opts[0] for opts in options]
+    index = {s: i for i, s in enumerate(strings)}
+    with progress_bar(len(strings), "embed labels") as bar:
+        vectors = torch.nn.functional.normalize(
+            encode_texts(model, strings, batch_size, progress=bar.update).float().cpu(), dim=-1)
+    chosen = []
+    bar = progress_bar(len(options), "choose labels")
+    for opts, support, negatives in zip(options, contrast.support, contrast.contrast):
+        bar.update(1)
+        if len(opts) == 1 or not len(negatives):
+            chosen.append(opts[0])
+            continue
+        v = vectors[[index[o.text] for o in opts]]
+        score = separation(v @ contrast.units[support].T, v @ contrast.units[negatives].T)
+        for k, option in enumerate(opts):
+            words = set(content_words(option.text))
+            hit_support = np.mean([bool(words & word_sets[j]) for j in support])
+            hit_contrast = np.mean([bool(words & word_sets[j]) for j in negatives])
+            score[k] += 0.5 + 0.5 * (hit_support - hit_contrast)  # AUROC of a yes/no score
+        chosen.append(opts[int(score.argmax())])
+    bar.close()
+    return chosen
