@@ -205,3 +205,18 @@ def test_new_architectures_work_with_every_command(tmp_path, jsonl_file, sae_typ
     proc = run_cli("explain", run_dir)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["alive"] > 0
+
+
+def test_a_feature_on_most_texts_is_nobodys_parent():
+    # Feature 0 fires on 90 of 100 texts, 1 on 30 (always with 0 and with 2), 2 on 40, 3 on 20 (always with 1).
+    counts = np.array([90, 30, 40, 20])
+    co = np.array([[90, 30, 36, 20],
+                   [30, 30, 30, 20],
+                   [36, 30, 40, 20],
+                   [20, 20, 20, 20]], dtype=np.float32)
+    capped = build_families(counts, co, min_weight=0.5, min_size=2, n_texts=100, max_parent_density=0.5)
+    assert capped["parents"] == {"1": 2, "3": 1}  # 0 would adopt 2; at density 0.9 it is no one's parent
+    assert capped["share_in_family"] == 0.75 and capped["max_depth"] == 2 and capped["largest_share"] == 0.75
+    uncapped = build_families(counts, co, min_weight=0.5, min_size=2)
+    assert uncapped["parents"] == {"1": 2, "2": 0, "3": 1} and uncapped["max_depth"] == 3
+    assert uncapped["share_in_family"] == 1.0

@@ -22,7 +22,7 @@ from ..files import atomic_write_text
 from ..runs import open_run
 from ..tracking import progress_bar
 from .browser import write_browser
-from .families import build_families
+from .families import MIN_WEIGHT, build_families
 from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
 from .features import FeatureStats, collect_feature_stats
 from .label_score import (ScoringSet, ScoringTexts, labelling_set, most_frequent_word, score_labels, scoring_set,
@@ -38,7 +38,7 @@ HIGHLIGHT_TEXTS = 3
 
 def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
                 text_column: str | None = None, top_n: int = 10, label_texts: int = 8,
-                device: str | None = None, model: Any = None, family_min_weight: float = 0.5,
+                device: str | None = None, model: Any = None, family_min_weight: float = MIN_WEIGHT,
                 with_map: bool = True, highlight: bool = False) -> dict[str, Any]:
     """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset);
     ``with_map`` adds the feature map (``browser/map.html``) when umap-learn is installed;
@@ -56,9 +56,12 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     label_of = {f: label.text for f, label in labelled.labels.items()}
     scores, score_summary = _score_labels(labelled.scoring, label_of, labelled.label_rows, texts, labelled.embeddings_of,
                                           labelled.model)
+    highlight_started = time.perf_counter()
     words = _highlight(run.sae, labelled.model, texts, stats, list(labelled.labels)) if highlight else {}
+    highlight_seconds = time.perf_counter() - highlight_started
     labels = [label_of.get(f, "") for f in range(run.sae.d_sae)]
-    families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight)
+    families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight,
+                               n_texts=stats.n_texts)
                 if stats.coactivation is not None else None)
     features = _feature_records(stats, texts, labelled.labels, families, scores, words)
     folder = run.folder
@@ -77,10 +80,12 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         "alive": len(labelled.labels),
         "dead": run.sae.d_sae - len(labelled.labels),
         "n_families": len(families["families"]) if families else 0,
+        **({key: families[key] for key in ("share_in_family", "largest_share", "max_depth")} if families else {}),
         "label_scores": score_summary,
         "map": str(index.parent / "map.html") if "map.html" in pages else None,
         **({} if "map.html" in pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
         "seconds": round(seconds, 2),
+        "seconds_highlighting": round(highlight_seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
     }
 
