@@ -6,7 +6,8 @@ descriptions (a seeded random 10,000 held out, the other 50,315 for training): t
 texts and scores every label (AUROC of the label picking out the texts its feature fires on, by
 embedding cosine and by BM25, on texts not used to make the label), with three baselines measured in
 the same run: the labels shuffled across features, the most frequent content word of the label texts,
-and the top text itself.
+and the top text itself. Beside them, on the same scoring texts: the earlier labeler (its keyword
+terms from the top 8 texts, joined, with no concept choice, no support or contrast texts).
 
     python benchmarks/labels.py [--corpora wordnet,debian]
 
@@ -69,13 +70,38 @@ def held_out_file(path: Path, rows: np.ndarray, embeddings: np.ndarray, model, f
     return out
 
 
+def earlier_labeler_scores(run_dir: Path, held_path: Path, model) -> tuple[np.ndarray, np.ndarray]:
+    """(embedding, lexical) label scores of the earlier labeler, on the scoring texts explain used."""
+    import torch
+
+    from sentence_sae.analysis.features import collect_feature_stats
+    from sentence_sae.analysis.keywords import KeywordLabeler
+    from sentence_sae.analysis.label_score import ScoringTexts, score_labels, scoring_set
+    from sentence_sae.embeddings import encode_texts
+    from sentence_sae.runs import open_run
+
+    run = open_run(run_dir, "cpu", model, dataset_path=str(held_path))
+    texts = [json.loads(line)["text"] for line in held_path.read_text().splitlines()]
+    corpus = run.corpus()
+    embeddings = torch.from_numpy(np.asarray(corpus.cache.embeddings())[: len(texts)].copy())
+    corpus.close()
+    stats = collect_feature_stats(run.sae, iter(embeddings.split(4096)))
+    scoring = scoring_set([stats.firing_rows(f) for f in range(run.sae.d_sae)], 8, len(texts))
+    alive = [f for f in range(run.sae.d_sae) if stats.counts[f] > 0]  # c-TF-IDF counts over all labelled features
+    rows = [stats.top_rows[f][:8] for f in alive]
+    terms = dict(zip(alive, KeywordLabeler(model).terms_all([[texts[r] for r in r8] for r8 in rows],
+                                                            [embeddings[r8] for r8 in rows])))
+    labels = [", ".join(terms[int(f)]) for f in scoring.features]
+    return score_labels(labels, encode_texts(model, labels, 256), ScoringTexts(scoring, texts, lambda r: embeddings[r]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="wordnet,debian")
     args = parser.parse_args()
     model = load_sentence_model(SAEConfig().model_name, "cpu", BACKEND)
-    table = ["| corpus | scorer | labels | shuffled | most frequent word | top text | labels >= 0.8 |",
-             "|---|---|---|---|---|---|---|"]
+    table = ["| corpus | scorer | labels | earlier labeler | shuffled | most frequent word | top text | labels >= 0.8 "
+             "| earlier >= 0.8 |", "|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as folder:
         for name in args.corpora.split(","):
             train_rows, held_rows, path = split(name)
@@ -96,10 +122,12 @@ def main() -> None:
             scores = summary["label_scores"]
             print(f"{name}: {summary['texts']} held-out texts, {summary['alive']} live features, "
                   f"{scores['scored_features']} scored; explain {summary['seconds']:.0f} s", flush=True)
-            for scorer in ("embedding", "lexical"):
+            earlier = earlier_labeler_scores(run_dir, held_path, model)
+            for index, scorer in enumerate(("embedding", "lexical")):
                 s = scores[scorer]
-                table.append(f"| {name} | {scorer} | {s['labels']:.3f} | {s['shuffled']:.3f} | {s['frequent_word']:.3f} "
-                             f"| {s['top_text']:.3f} | {s['share_at_0.8']:.0%} |")
+                table.append(f"| {name} | {scorer} | {s['labels']:.3f} | {earlier[index].mean():.3f} | {s['shuffled']:.3f} "
+                             f"| {s['frequent_word']:.3f} | {s['top_text']:.3f} | {s['share_at_0.8']:.0%} "
+                             f"| {(earlier[index] >= 0.8).mean():.0%} |")
     print("\n" + "\n".join(table))
 
 

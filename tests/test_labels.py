@@ -148,3 +148,12 @@ def test_feature_pages_show_the_highlighting_in_chromium(labelled_run, tmp_path)
         assert driver.find_elements(By.CSS_SELECTOR, ".highlight-note")
         driver.save_screenshot(str(tmp_path / "feature.png"))
         shutil.copy(tmp_path / "feature.png", "/tmp/exp/feature_test.png")
+
+
+def test_labelling_and_highlighting_read_a_capped_number_of_words():
+    from sentence_sae.analysis.words import MAX_WORDS, candidates
+
+    words = [f"word{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}" for i in range(300)]
+    long_text = " ".join(words)
+    assert candidates(long_text) == candidates(" ".join(words[:MAX_WORDS]))
+    assert len(word_spans(long_text)) == MAX_WORDS and len(word_spans(" ".join(words[:10]))) == 10
