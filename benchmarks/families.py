@@ -28,14 +28,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from labels import BACKEND, RECIPE, split  # noqa: E402
+from labels import BACKEND, train_default  # noqa: E402
 
-from sentence_sae import SAEConfig, create_sae, embed, load_embeddings, post_init_cfg  # noqa: E402
-from sentence_sae.activation_store import EmbeddingStore  # noqa: E402
+from sentence_sae import SAEConfig  # noqa: E402
 from sentence_sae.analysis.families import MAX_PARENT_DENSITY, MIN_WEIGHT, build_families  # noqa: E402
 from sentence_sae.analysis.features import collect_feature_stats  # noqa: E402
 from sentence_sae.embeddings import load_sentence_model  # noqa: E402
-from sentence_sae.trainer import Trainer  # noqa: E402
+from sentence_sae.runs import open_run  # noqa: E402
 
 SETTINGS = [(0.5, None), (0.3, None), (0.5, 0.2), (0.3, 0.2), (0.5, MAX_PARENT_DENSITY), (MIN_WEIGHT, MAX_PARENT_DENSITY)]
 
@@ -60,19 +59,9 @@ def main() -> None:
              "| max depth | parent-child label likeness (x random pairs) |", "|---|---|---|---|---|---|---|---|"]
     folder = tempfile.mkdtemp()
     for name in args.corpora.split(","):
-        train_rows, held_rows, path = split(name)
-        if not path.exists():
-            sys.exit(f"families: {path} is missing")
-        info = embed({"dataset_path": str(path), "num_examples": None, "encode_backend": BACKEND, "wandb_mode": "disabled"})
-        embeddings = np.asarray(load_embeddings(info["cache_dir"]))
+        run_dir, embeddings, held_rows, path = train_default(name, Path(folder), model)
         labels = np.array([json.loads(line)["label"] for line in gzip.open(path, "rt")])[held_rows]
-        cfg = post_init_cfg(SAEConfig().replace(**RECIPE, dataset_path=str(path), encode_backend=BACKEND, num_eval_examples=0,
-                                                perf_log_freq=0, checkpoint_freq=0, output_dir=folder,
-                                                wandb_mode="disabled"), model)
-        torch.manual_seed(0)
-        trainer = Trainer(create_sae(cfg), EmbeddingStore(torch.from_numpy(embeddings[train_rows]), cfg), cfg)
-        trainer.train()
-        sae = trainer.sae
+        sae = open_run(run_dir, "cpu", model).sae
         held = torch.from_numpy(embeddings[held_rows])
         stats = collect_feature_stats(sae, iter(held.split(4096)))
         unit = label_profiles(stats, labels)

@@ -95,6 +95,23 @@ def earlier_labeler_scores(run_dir: Path, held_path: Path, model) -> tuple[np.nd
     return score_labels(labels, encode_texts(model, labels, 256), ScoringTexts(scoring, texts, lambda r: embeddings[r]))
 
 
+def train_default(name: str, folder: Path, model) -> tuple[Path, np.ndarray, np.ndarray, Path]:
+    """The RECIPE SAE trained on a corpus's training rows: (run folder, all embeddings, held-out rows, data file)."""
+    import torch
+
+    train_rows, held_rows, path = split(name)
+    if not path.exists():
+        sys.exit(f"{path} is missing")
+    info = embed({"dataset_path": str(path), "num_examples": None, "encode_backend": BACKEND, "wandb_mode": "disabled"})
+    embeddings = np.asarray(load_embeddings(info["cache_dir"]))
+    cfg = post_init_cfg(SAEConfig().replace(**RECIPE, dataset_path=str(path), encode_backend=BACKEND, num_eval_examples=0,
+                                            perf_log_freq=0, checkpoint_freq=0, output_dir=str(folder / "runs"),
+                                            wandb_mode="disabled"), model)
+    torch.manual_seed(0)
+    run_dir = Trainer(create_sae(cfg), EmbeddingStore(torch.from_numpy(embeddings[train_rows]), cfg), cfg).train().run_dir
+    return run_dir, embeddings, held_rows, path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="wordnet,debian")
@@ -104,20 +121,8 @@ def main() -> None:
              "| earlier >= 0.8 |", "|---|---|---|---|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as folder:
         for name in args.corpora.split(","):
-            train_rows, held_rows, path = split(name)
-            if not path.exists():
-                sys.exit(f"labels: {path} is missing")
-            info = embed({"dataset_path": str(path), "num_examples": None, "encode_backend": BACKEND,
-                          "wandb_mode": "disabled"})
-            embeddings = np.asarray(load_embeddings(info["cache_dir"]))
+            run_dir, embeddings, held_rows, path = train_default(name, Path(folder), model)
             held_path = held_out_file(path, held_rows, embeddings, model, Path(folder))
-            cfg = post_init_cfg(SAEConfig().replace(**RECIPE, dataset_path=str(path), encode_backend=BACKEND,
-                                                    num_eval_examples=0, perf_log_freq=0, checkpoint_freq=0,
-                                                    output_dir=str(Path(folder) / "runs"), wandb_mode="disabled"), model)
-            import torch
-
-            torch.manual_seed(0)
-            run_dir = Trainer(create_sae(cfg), EmbeddingStore(torch.from_numpy(embeddings[train_rows]), cfg), cfg).train().run_dir
             summary = explain_run(run_dir, dataset_path=str(held_path), model=model, with_map=False)
             scores = summary["label_scores"]
             print(f"{name}: {summary['texts']} held-out texts, {summary['alive']} live features, "
