@@ -61,9 +61,8 @@ def label_features(model: Any, texts: Sequence[str], embeddings_of: Callable[[np
     """A label for each of ``features``; ``texts`` and ``embeddings_of`` are indexed by corpus row."""
     labeler = labeler or KeywordLabeler(model)
     contrast = _contrast(features, firing_rows, labelling, embeddings_of)
-    units = contrast.units
     terms = labeler.terms_all([[texts[r] for r in rows] for rows in top_rows], [embeddings_of(rows) for rows in top_rows],
-                              [units[i] for i in contrast.support], [units[i] for i in contrast.contrast])
+                              contrast.units, contrast.support, contrast.contrast)
     word_sets = [frozenset(content_words(texts[r])) for r in contrast.rows.tolist()]
     in_contrast = Counter(w for i in np.searchsorted(contrast.rows, labelling.contrast) for w in word_sets[i])
     surface = spellings(texts[r] for r in contrast.rows.tolist())
