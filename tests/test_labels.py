@@ -8,15 +8,14 @@ import shutil
 from collections import Counter
 
 import numpy as np
-import pytest
 import torch
 
 from helpers import headless_chrome, needs_chromium, run_cli
-from sentence_sae.analysis.highlight import without, word_contributions, word_spans
+from sentence_sae.analysis.highlight import without, word_contributions
 from sentence_sae.analysis.label_score import labelling_set, scoring_set
 from sentence_sae.analysis.labels import distinctive_words, label_features
 from sentence_sae.analysis.lookup import colored_words
-from sentence_sae.analysis.words import stem
+from sentence_sae.analysis.words import stem, word_spans
 from sentence_sae.runs import open_run, text_codes
 
 TOPICS = {

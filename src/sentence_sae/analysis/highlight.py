@@ -9,7 +9,6 @@ removed in turn, so the cost grows with the number of texts, not with their leng
 
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -18,9 +17,8 @@ import torch
 from ..embeddings import encode_texts, resolve_prompt
 from ..tracking import progress_bar
 from ..sae import BaseSAE, eval_mode
-from .words import MAX_WORDS
+from .words import word_spans
 
-WORD = re.compile(r"\w+(?:['\-]\w+)*")
 ENCODE_CHUNK = 4096
 """Variants run through the SAE this many at a time (bounds the dense codes' memory)."""
 
@@ -31,11 +29,6 @@ class WordContributions(NamedTuple):
     spans: list[tuple[int, int]]
     activation: np.ndarray  # [n_features] the features' activations on the whole text
     contributions: np.ndarray  # [n_features, n_words]
-
-
-def word_spans(text: str) -> list[tuple[int, int]]:
-    """Character spans of the text's first MAX_WORDS words."""
-    return [match.span() for match in WORD.finditer(text)][:MAX_WORDS]
 
 
 def without(text: str, span: tuple[int, int]) -> str:

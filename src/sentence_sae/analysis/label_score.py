@@ -105,8 +105,6 @@ def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:
     return float((ranks[:p].sum() - p * (p + 1) / 2) / (p * q))
 
 
-words = content_words
-
 
 class ScoringTexts:
     """The scoring texts, each once: unit embeddings and BM25 term weights (idf and lengths from them),
@@ -124,7 +122,7 @@ class ScoringTexts:
         self.vocabulary: dict[str, int] = {}
         indices, data, pointers = [], [], [0]
         for row in self.rows.tolist():
-            counts = Counter(words(texts[row]))
+            counts = Counter(content_words(texts[row]))
             indices.extend(self.vocabulary.setdefault(w, len(self.vocabulary)) for w in counts)
             data.extend(counts.values())
             pointers.append(len(indices))
@@ -143,7 +141,7 @@ class ScoringTexts:
 
         indices, pointers = [], [0]
         for label in labels:
-            indices.extend(sorted({self.vocabulary[w] for w in words(label) if w in self.vocabulary}))
+            indices.extend(sorted({self.vocabulary[w] for w in content_words(label) if w in self.vocabulary}))
             pointers.append(len(indices))
         return sparse.csr_matrix((np.ones(len(indices)), indices, pointers), shape=(len(labels), len(self.vocabulary)))
 
@@ -153,7 +151,7 @@ def most_frequent_word(texts: Sequence[str]) -> str:
     in_texts: Counter = Counter()
     overall: Counter = Counter()
     for text in texts:
-        found = words(text)
+        found = content_words(text)
         overall.update(found)
         in_texts.update(set(found))
     if not in_texts:

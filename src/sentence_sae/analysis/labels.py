@@ -126,19 +126,18 @@ def _choose(model: Any, options: list[list[FeatureLabel]], contrast: Contrast, w
         vectors = torch.nn.functional.normalize(
             encode_texts(model, strings, batch_size, progress=bar.update).float().cpu(), dim=-1)
     chosen = []
-    bar = progress_bar(len(options), "choose labels")
-    for opts, support, negatives in zip(options, contrast.support, contrast.contrast):
-        bar.update(1)
-        if len(opts) == 1 or not len(negatives):
-            chosen.append(opts[0])
-            continue
-        v = vectors[[index[o.text] for o in opts]]
-        score = separation(v @ contrast.units[support].T, v @ contrast.units[negatives].T)
-        for k, option in enumerate(opts):
-            words = set(content_words(option.text))
-            hit_support = np.mean([bool(words & word_sets[j]) for j in support])
-            hit_contrast = np.mean([bool(words & word_sets[j]) for j in negatives])
-            score[k] += 0.5 + 0.5 * (hit_support - hit_contrast)  # AUROC of a yes/no score
-        chosen.append(opts[int(score.argmax())])
-    bar.close()
+    with progress_bar(len(options), "choose labels") as bar:
+        for opts, support, negatives in zip(options, contrast.support, contrast.contrast):
+            bar.update(1)
+            if len(opts) == 1 or not len(negatives):
+                chosen.append(opts[0])
+                continue
+            v = vectors[[index[o.text] for o in opts]]
+            score = separation(v @ contrast.units[support].T, v @ contrast.units[negatives].T)
+            for k, option in enumerate(opts):
+                words = set(content_words(option.text))
+                hit_support = np.mean([bool(words & word_sets[j]) for j in support])
+                hit_contrast = np.mean([bool(words & word_sets[j]) for j in negatives])
+                score[k] += 0.5 + 0.5 * (hit_support - hit_contrast)  # AUROC of a yes/no score
+            chosen.append(opts[int(score.argmax())])
     return chosen

@@ -1,6 +1,7 @@
 """The words of a text, as the labeler and the lexical label scorer read them: stop words out,
 lower-cased, plurals folded by Harman's S-stemmer, and candidate terms (words and two-word phrases)
-from a text's first MAX_WORDS words."""
+from a text's first MAX_WORDS words; and the tokens highlighting removes in turn (also the first
+MAX_WORDS)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def spellings(texts: Iterable[str]) -> dict[str, str]:
 
 MAX_WORDS = 64
 """Candidates come from a text's first MAX_WORDS words, so labelling cost stops growing with length."""
+
+
+TOKEN = re.compile(r"\w+(?:['\-]\w+)*")
+"""A word as highlighting removes it: digits and names included, unlike WORD."""
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the text's first MAX_WORDS tokens (the words highlighting removes in turn)."""
+    return [match.span() for match in TOKEN.finditer(text)][:MAX_WORDS]
 
 
 def candidates(text: str) -> list[str]:
