@@ -13,16 +13,17 @@ from sentence_sae.recipe import RunSize, batch_size_for, fill_recipe
 from sentence_sae.steering import SparsityCoefficient
 
 
-def test_the_batch_grows_with_the_run_while_it_keeps_500_steps():
+def test_the_batch_grows_as_the_square_root_of_the_run():
     assert {examples: batch_size_for(examples) for examples in (2_000, 5_000, 20_000, 60_000, 100_000, 300_000,
                                                                   10**7)} == {
-        2_000: 16, 5_000: 16, 20_000: 32, 60_000: 64, 100_000: 128, 300_000: 256, 10**7: 256}
+        2_000: 16, 5_000: 16, 20_000: 32, 60_000: 64, 100_000: 64, 300_000: 128, 10**7: 256}
     assert batch_size_for(None) == 256  # a hub stream of unknown length
     # ...and while a pass still takes 128 steps: 20 passes over 5,000 texts want small batches
     assert batch_size_for(100_000, training_texts=2_233) == 16  # python-docs
     assert batch_size_for(100_000, training_texts=5_000) == 32
     assert batch_size_for(100_000, training_texts=10_000) == 64
-    assert batch_size_for(100_000, training_texts=115_000) == 128
+    assert batch_size_for(100_000, training_texts=115_000) == 64
+    assert batch_size_for(1_000_000) == 256 and batch_size_for(1_000_000, training_texts=20_000) == 128
 
 
 def test_unset_values_are_derived_and_set_ones_win():

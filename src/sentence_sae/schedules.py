@@ -1,7 +1,19 @@
-"""The schedules of a training run, as functions of the step: the learning rate, the sparsity
-coefficient and the k of the k-based SAEs."""
+"""The optimizer of a training run and its schedules, as functions of the step: the learning rate,
+the sparsity coefficient and the k of the k-based SAEs."""
 
 from __future__ import annotations
+
+import torch
+
+
+def adam(parameters: list[torch.nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """Adam, fused into one kernel where PyTorch has one for these parameters: the update reads and
+    writes every weight of the SAE each step, and on CPU the fused kernel does that 4x faster than
+    the per-tensor loop (``benchmarks/sae_step.py``), which is most of a small batch's step."""
+    try:
+        return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
+        return torch.optim.Adam(parameters, lr=lr, betas=betas)
 
 
 def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:

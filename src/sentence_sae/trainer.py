@@ -32,7 +32,7 @@ from .metrics import reconstruction_metrics
 from .sae import BaseSAE, eval_mode
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from .recipe import RunSize, fill_recipe, sparsity_target
-from .schedules import lr_multiplier, warmup_top_k
+from .schedules import adam, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
 from .steering import DeadFeatures, SparsityCoefficient
 from .tracking import RunLogger, progress_bar
@@ -98,7 +98,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.started = time.perf_counter()  # the run's seconds include waiting for the first embeddings
         self.last_checkpoint: Path | None = None
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.optimizer = adam(list(sae.parameters()), cfg.lr, (cfg.beta1, cfg.beta2))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
