@@ -15,8 +15,13 @@ Criteria (issue "Good SAEs on every corpus and budget"): defaults within 3% of t
 and below the earlier script's settings; held-out L0 within 10% of top_k for batchtopk and
 matryoshka (15% for the coefficient variants, and topk is exact by construction).
 
-    python benchmarks/panel.py --quick   # python-docs, Debian 5k and WordNet 5k (about 15 min)
+    python benchmarks/panel.py --quick   # python-docs, Debian 5k and WordNet 5k
     python benchmarks/panel.py           # everything (a long run on 2 cores)
+
+Runs train --workers at a time (default: one per core), each in a thread of this process on one
+torch thread. --resume keeps the runs the log already holds, so a stopped panel continues, and the
+tuned grid (whose settings the defaults do not touch) need not be trained again after a change to
+the recipe.
 
 It prints one JSON line per run (appended to --log), then the table and the criteria that failed,
 and draws held-out FVU per point into --plot.
@@ -107,7 +112,7 @@ def budgets() -> dict[str, dict]:
     return {"one pass": {"num_examples": None, "num_epochs": 1}, "defaults": {"num_examples": DEFAULT_EXAMPLES}}
 
 
-def runs_for_point(quick: bool, wide: bool, n_train: int) -> list[tuple[str, dict]]:
+def runs_for_point(wide: bool, n_train: int) -> list[tuple[str, dict]]:
     """(row name, settings) of one corpus x budget point."""
     runs = []
     earlier_batch = min(1024, 2 ** int(math.log2(max(16, n_train // 16))))  # 1,024, or less on small corpora
@@ -118,7 +123,7 @@ def runs_for_point(quick: bool, wide: bool, n_train: int) -> list[tuple[str, dic
                 runs.append((f"{variant} L0 32 8xd", {"sae_type": variant, "top_k": 32, "dict_size": 8 * 384}))
     runs.append(("earlier script", {**EARLIER_SCRIPT, "batch_size": earlier_batch}))
     for variant in ("topk", "batchtopk"):
-        for batch, lr in GRID[1::2] if quick else GRID:
+        for batch, lr in GRID:
             runs.append((f"grid {variant} b{batch} lr{lr:g}", {"sae_type": variant, "top_k": 32, "batch_size": batch,
                                                                 "lr": lr}))
     return runs
@@ -223,11 +228,14 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="python-docs, Debian 5k and WordNet 5k; a smaller grid")
+    parser.add_argument("--quick", action="store_true", help="python-docs, Debian 5k and WordNet 5k only")
     parser.add_argument("--corpora", default=None, help="comma-separated corpus names (default: all, or --quick's)")
     parser.add_argument("--encode_backend", default="fast")
     parser.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "panel.jsonl"))
     parser.add_argument("--plot", default=str(Path(__file__).with_name("panel.png")))
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs --log already holds (same corpus, budget and run) instead of training "
+                             "them again; only for a log written by the same code and defaults")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="runs trained at once, each on one thread (default: one per core)")
     args = parser.parse_args()
@@ -242,13 +250,18 @@ def main() -> None:
         training, held_out = split(corpus_embeddings(path, args.encode_backend), size)
         wide = size is None and name != "python-docs" and not args.quick
         for budget, settings in budgets().items():
-            for run, extra in runs_for_point(args.quick, wide, len(training)):
+            for run, extra in runs_for_point(wide, len(training)):
                 jobs.append({"corpus": name, "budget": budget, "run": run, "training": training,
                              "held_out": held_out, "settings": {**settings, **extra}})
+    done = {}
+    if args.resume and Path(args.log).exists():
+        done = {(r["corpus"], r["budget"], r["run"]): r for r in map(json.loads, Path(args.log).read_text().splitlines())}
+    todo = [job for job in jobs if (job["corpus"], job["budget"], job["run"]) not in done]
     started = time.perf_counter()
-    rows = run_all(jobs, args.workers, args.log)
-    print(f"\n{len(rows)} runs in {(time.perf_counter() - started) / 60:.1f} minutes of training "
-          f"({args.workers} at a time)")
+    trained = iter(run_all(todo, args.workers, args.log))
+    rows = [done.get((job["corpus"], job["budget"], job["run"])) or next(trained) for job in jobs]
+    print(f"\n{len(todo)} runs in {(time.perf_counter() - started) / 60:.1f} minutes of training "
+          f"({args.workers} at a time)" + (f"; {len(jobs) - len(todo)} kept from {args.log}" if done else ""))
     print("\nheld-out FVU / held-out L0\n")
     print(table(rows))
     failures = check(rows)

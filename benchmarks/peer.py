@@ -5,7 +5,7 @@ features, k 32, 200,000 examples; TopK and BatchTopK. Three runs of each:
 - sentence-sae with its defaults (the recipe that follows the run);
 - SAELens (the installed sae-lens, from the test extra) at its own defaults: lr 3e-4, batch 4,096, a
   constant learning rate, dead window 1,000 steps;
-- SAELens at our settings: lr 3e-3, the batch our recipe picks for 200,000 examples, 5% warm-up,
+- SAELens at our settings: the batch and lr our recipe picks for 200,000 examples (128, 2.4e-3), 5% warm-up,
   linear decay to 0 over the last half, dead window 20,000 examples.
 SAELens's models are saved for inference and loaded back (`SAE.load_from_disk`), so its BatchTopK is
 judged as it ships: a JumpReLU with the threshold it learned. Each line prints the FVU and L0 on the
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from panel import CORPORA, corpus_embeddings, train_one
-from sentence_sae.recipe import batch_size_for
+from sentence_sae.recipe import batch_size_for, learning_rate_for
 
 EXAMPLES, DICT, K = 200_000, 3072, 32
 
@@ -53,7 +53,7 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
                                  **(overrides or {})))
     batch = batch_size_for(examples) if ours else 4096
     steps = examples // batch
-    schedule = dict(lr=3e-3, lr_warm_up_steps=math.ceil(0.05 * steps), lr_decay_steps=steps // 2,
+    schedule = dict(lr=learning_rate_for(steps), lr_warm_up_steps=math.ceil(0.05 * steps), lr_decay_steps=steps // 2,
                     dead_feature_window=20_000 // batch) if ours else {}
     lr = schedule.get("lr", 3e-4)
     # lr_end is filled by SAELens's runner config, not by the trainer's: set it as the runner does

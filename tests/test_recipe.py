@@ -29,6 +29,11 @@ def test_the_batch_grows_as_the_square_root_of_the_run():
 def test_unset_values_are_derived_and_set_ones_win():
     derived = fill_recipe(SAEConfig(), RunSize(20_000))
     assert (derived.batch_size, derived.lr, derived.lr_warmup_steps) == (32, 3e-3, 31)  # 5% of 625 steps
+    # longer runs take smaller steps: 20 passes over 5,000 texts at batch 32 are 3,125 steps
+    # ...when the encoder starts small (topk, batchtopk); at full scale (the others) 3e-3 holds
+    long = fill_recipe(SAEConfig(), RunSize(100_000, training_texts=5_000), small_encoder_start=True)
+    assert (long.batch_size, long.lr) == (32, pytest.approx(3e-3 * (1_000 / 3_125) ** 0.5, rel=0.01))
+    assert fill_recipe(SAEConfig(), RunSize(100_000, training_texts=5_000)).lr == 3e-3
     given = fill_recipe(SAEConfig(batch_size=64, lr=1e-4, lr_warmup_steps=0), RunSize(20_000))
     assert (given.batch_size, given.lr, given.lr_warmup_steps) == (64, 1e-4, 0)
     assert fill_recipe(SAEConfig(), RunSize(20_000), world_size=2).batch_size == 32

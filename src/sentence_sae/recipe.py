@@ -26,6 +26,15 @@ small corpus want small batches (Debian, 5,000 texts, 20 passes: batch 128 is 3.
 batch 32 1.4%)."""
 MIN_BATCH, MAX_BATCH = 16, 256
 LEARNING_RATE = 3e-3
+"""Adam's rate, for every run of the SAEs that start with the encoder at full scale, and for runs of
+up to LR_STEPS steps of those that start small (``encoder_init_scale`` < 1: topk, batchtopk)..."""
+LR_STEPS = 1_000
+"""...whose longer runs take 3e-3 x sqrt(LR_STEPS / steps): the step size of a fixed-length run
+shrinks as one over the square root of its length. With a small encoder start, Adam's early steps
+are large against the weights, and at 3,000 to 6,000 steps 3e-3 leaves features fitted to the
+training texts alone (python-docs, 2,710 steps: 48% never fire on held-out texts, 17% at 1.5e-3)
+and 1e-3 to 2.2e-3 give lower held-out FVU. Starting at full scale, the same shorter steps cost
+matryoshka 4-7% and jumprelu 10-16% of held-out FVU (``benchmarks/panel.py``, RESULTS.md)."""
 WARMUP_FRACTION = 0.05
 VALIDATION_FRACTION = 0.05
 MIN_VALIDATION, MAX_VALIDATION = 64, 2_048
@@ -50,6 +59,14 @@ def batch_size_for(planned_examples: int | None, training_texts: int | None = No
     while training_texts is not None and batch > MIN_BATCH and training_texts / batch < STEPS_PER_PASS:
         batch //= 2
     return min(MAX_BATCH, max(MIN_BATCH, batch))
+
+
+def learning_rate_for(steps: int | None, small_encoder_start: bool = True) -> float:
+    """LEARNING_RATE, times sqrt(LR_STEPS / steps) past LR_STEPS steps for an SAE whose encoder
+    starts small (unknown length: LEARNING_RATE)."""
+    if not small_encoder_start or steps is None or steps <= LR_STEPS:
+        return LEARNING_RATE
+    return float(f"{LEARNING_RATE * math.sqrt(LR_STEPS / steps):.2g}")
 
 
 def validation_size(cfg: SAEConfig, training_texts: int | None) -> int:
@@ -78,18 +95,19 @@ def needs_recipe(cfg: SAEConfig) -> bool:
     return cfg.batch_size is None or cfg.lr is None or cfg.lr_warmup_steps is None
 
 
-def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1) -> SAEConfig:
-    """``cfg`` with batch_size, lr and lr_warmup_steps filled where unset."""
+def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1, small_encoder_start: bool = False) -> SAEConfig:
+    """``cfg`` with batch_size, lr and lr_warmup_steps filled where unset; ``small_encoder_start``:
+    the architecture's encoder_init_scale is below 1 (see LR_STEPS)."""
     changes: dict[str, object] = {}
     batch_size = cfg.batch_size
     if batch_size is None:
         batch_size = max(batch_size_for(size.planned_examples, size.training_texts), world_size)
         batch_size -= batch_size % world_size
         changes["batch_size"] = batch_size
+    steps = math.ceil(size.planned_examples / batch_size) if size.planned_examples else 0
     if cfg.lr is None:
-        changes["lr"] = LEARNING_RATE
+        changes["lr"] = learning_rate_for(steps or None, small_encoder_start)
     if cfg.lr_warmup_steps is None:
-        steps = math.ceil(size.planned_examples / batch_size) if size.planned_examples else 0
         changes["lr_warmup_steps"] = max(1, round(WARMUP_FRACTION * steps)) if steps else 20
     if batch_size % world_size:
         raise ConfigError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")

@@ -116,7 +116,8 @@ class Trainer:
         num_val = getattr(store, "num_val_examples", cfg.num_val_examples)
         if num_val != cfg.num_val_examples:
             cfg = cfg.replace(num_val_examples=num_val)
-        return fill_recipe(cfg, RunSize(total, getattr(store, "training_texts", None)), self.world_size)
+        return fill_recipe(cfg, RunSize(total, getattr(store, "training_texts", None)), self.world_size,
+                           small_encoder_start=self.sae.encoder_init_scale < 1)
 
     # -------------------------------------------------------------- one step
     def sparsity_coeff(self) -> float:

@@ -96,7 +96,7 @@ def sampled_dot(a: torch.Tensor, w: torch.Tensor, selection: Selection) -> torch
 INDEX_ADD_ENTRIES_PER_ROW = 2
 """scatter_outer adds the entries' rows one by one while there are at most this many entries per
 output row; past that a sparse matmul is faster (batch 16 x k 32 into 1,536 rows: 5x faster one by
-one; batch 256: 1.3x slower; ``benchmarks/sae_step.py``)."""
+one; batch 256: 1.3x slower; ``benchmarks/small_step.py``)."""
 
 
 def scatter_outer(width: int, selection: Selection, coef: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
