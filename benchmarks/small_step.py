@@ -74,7 +74,7 @@ def main() -> None:
     after = per_call_ms(lambda: project_in_place(w_dec, grad), args.repeats)
     print(f"decoder-gradient projection: {before:.2f} / {after:.2f} ms ({before / after:.1f}x)")
     w_enc = torch.randn(D, WIDTH)
-    for batch in (16, 64, 256):
+    for batch in (16, 24, 32, 64, 256):
         selection = selection_from_topk(torch.randn(batch, WIDTH).topk(K, dim=-1).indices)
         coef, rows = torch.randn(batch * K), torch.randn(batch, D)
         torch.testing.assert_close(scatter_outer(WIDTH, selection, coef, rows),

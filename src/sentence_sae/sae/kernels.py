@@ -94,9 +94,9 @@ def sampled_dot(a: torch.Tensor, w: torch.Tensor, selection: Selection) -> torch
 
 
 INDEX_ADD_ENTRIES_PER_ROW = 2
-"""scatter_outer adds the entries' rows one by one while there are at most this many entries per
-output row; past that a sparse matmul is faster (batch 16 x k 32 into 1,536 rows: 5x faster one by
-one; batch 256: 1.3x slower; ``benchmarks/small_step.py``)."""
+"""scatter_outer and gather_rows add the entries one by one (or through a dense code) while there are
+at most this many entries per feature; past that a sparse matmul (1,536 features, k 32: batch 16 is
+1.5-5x faster one by one, batch 64 up to 1.4x slower; ``benchmarks/small_step.py``)."""
 
 
 def scatter_outer(width: int, selection: Selection, coef: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
