@@ -140,8 +140,8 @@ def estimated_cost(settings: dict, n_train: int) -> float:
 
 def run_all(jobs: list[dict], workers: int, log: str) -> list[dict]:
     """Train every job, ``workers`` at a time in threads of this process (the training steps release
-    the GIL: two single-threaded trainers on 2 cores do 1.7x the work of one using both cores);
-    returns the rows in the jobs' order."""
+    the GIL, and a small batch's step gains little from a second core: two single-threaded trainers
+    get more done than one using both); returns the rows in the jobs' order."""
     if workers > 1:
         torch.set_num_threads(1)
     lock = threading.Lock()
