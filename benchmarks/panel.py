@@ -221,7 +221,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.plot(range(len(points)), tuned, marker="_", markersize=20, linestyle="", color="k", label="tuned reference")
     ax.set_xticks(range(len(points)), [f"{c}\n{b}" for c, b in points], fontsize=7)
     ax.set_ylabel("held-out FVU (lower is better)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

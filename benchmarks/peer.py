@@ -53,7 +53,8 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
                                  **(overrides or {})))
     batch = batch_size_for(examples) if ours else 4096
     steps = examples // batch
-    schedule = dict(lr=learning_rate_for(steps), lr_warm_up_steps=math.ceil(0.05 * steps), lr_decay_steps=steps // 2,
+    schedule = dict(lr=learning_rate_for(steps, small_encoder_start=True), lr_warm_up_steps=math.ceil(0.05 * steps),
+                    lr_decay_steps=steps // 2,
                     dead_feature_window=20_000 // batch) if ours else {}
     lr = schedule.get("lr", 3e-4)
     # lr_end is filled by SAELens's runner config, not by the trainer's: set it as the runner does

@@ -31,10 +31,11 @@ up to LR_STEPS steps of those that start small (``encoder_init_scale`` < 1: topk
 LR_STEPS = 1_000
 """...whose longer runs take 3e-3 x sqrt(LR_STEPS / steps): the step size of a fixed-length run
 shrinks as one over the square root of its length. With a small encoder start, Adam's early steps
-are large against the weights, and at 3,000 to 6,000 steps 3e-3 leaves features fitted to the
-training texts alone (python-docs, 2,710 steps: 48% never fire on held-out texts, 17% at 1.5e-3)
-and 1e-3 to 2.2e-3 give lower held-out FVU. Starting at full scale, the same shorter steps cost
-matryoshka 4-7% and jumprelu 10-16% of held-out FVU (``benchmarks/panel.py``, RESULTS.md)."""
+are large against the weights: over thousands of steps 3e-3 leaves features fitted to the training
+texts alone (python-docs, 2,710 steps at batch 16: 48% never fire on held-out texts, 8-13% at 1e-3)
+and at 6,250 steps loses 12-16% of held-out FVU to 1e-3. Starting at full scale, 3e-3 gives lower
+held-out FVU in 21 of 24 default-budget cells (jumprelu up to 22%), so those keep it
+(``benchmarks/panel.py``, RESULTS.md)."""
 WARMUP_FRACTION = 0.05
 VALIDATION_FRACTION = 0.05
 MIN_VALIDATION, MAX_VALIDATION = 64, 2_048
@@ -61,7 +62,7 @@ def batch_size_for(planned_examples: int | None, training_texts: int | None = No
     return min(MAX_BATCH, max(MIN_BATCH, batch))
 
 
-def learning_rate_for(steps: int | None, small_encoder_start: bool = True) -> float:
+def learning_rate_for(steps: int | None, *, small_encoder_start: bool) -> float:
     """LEARNING_RATE, times sqrt(LR_STEPS / steps) past LR_STEPS steps for an SAE whose encoder
     starts small (unknown length: LEARNING_RATE)."""
     if not small_encoder_start or steps is None or steps <= LR_STEPS:
@@ -106,7 +107,7 @@ def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1, small_encode
         changes["batch_size"] = batch_size
     steps = math.ceil(size.planned_examples / batch_size) if size.planned_examples else 0
     if cfg.lr is None:
-        changes["lr"] = learning_rate_for(steps or None, small_encoder_start)
+        changes["lr"] = learning_rate_for(steps or None, small_encoder_start=small_encoder_start)
     if cfg.lr_warmup_steps is None:
         changes["lr_warmup_steps"] = max(1, round(WARMUP_FRACTION * steps)) if steps else 20
     if batch_size % world_size:

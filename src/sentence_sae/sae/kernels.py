@@ -93,15 +93,19 @@ def sampled_dot(a: torch.Tensor, w: torch.Tensor, selection: Selection) -> torch
     return torch.sparse.sampled_addmm(pattern, a, w.t(), beta=0.0).values()
 
 
-INDEX_ADD_ENTRIES_PER_ROW = 2
+FEW_ENTRIES_PER_FEATURE = 2
 """scatter_outer and gather_rows add the entries one by one (or through a dense code) while there are
 at most this many entries per feature; past that a sparse matmul (1,536 features, k 32: batch 16 is
 1.5-5x faster one by one, batch 64 up to 1.4x slower; ``benchmarks/small_step.py``)."""
 
 
+def _few_entries(selection: Selection, width: int) -> bool:
+    return len(selection.cols) <= FEW_ENTRIES_PER_FEATURE * width
+
+
 def scatter_outer(width: int, selection: Selection, coef: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """out[m] = sum over entries n of feature m of coef[n] * a[rows[n]]: (S^T a) for the sparse S."""
-    if len(selection.cols) <= INDEX_ADD_ENTRIES_PER_ROW * width:
+    if _few_entries(selection, width):
         return a.new_zeros(width, a.shape[1]).index_add_(0, selection.cols, coef[:, None] * a[selection.rows])
     return _csr(selection, coef, width).t() @ a
 
@@ -111,7 +115,7 @@ def gather_rows(w_enc: torch.Tensor, selection: Selection, coef: torch.Tensor) -
     [d, width] encoder. Few entries per row: a dense product with the code, which reads w_enc
     in place; more: the selected rows of a transposed copy."""
     width = w_enc.shape[1]
-    if len(selection.cols) <= INDEX_ADD_ENTRIES_PER_ROW * width:
+    if _few_entries(selection, width):
         dense = coef.new_zeros(selection.batch, width).index_put_((selection.rows, selection.cols), coef, accumulate=True)
         return dense @ w_enc.t()
     return bag_sum(w_enc.t().contiguous(), selection, coef)
