@@ -105,3 +105,24 @@ def test_one_knob_sets_the_sparsity_of_every_variant(tmp_path):
     assert trainer(sae_type="batchtopk").sparsity.target is None  # k-based: top_k itself
     derived = trainer(sae_type="topk")
     assert derived.cfg.batch_size == 16 and derived.cfg.num_val_examples == 39  # 390 texts: at most 10% (64 is too many)
+
+
+def test_an_l0_the_run_cannot_reach_is_said_at_its_end(tmp_path, capsys):
+    """jumprelu asked for 30 of its 32 features on texts about half of whose pre-activations are
+    negative: even at zero threshold it cannot fire that often, and the run says so."""
+    from sentence_sae import EmbeddingStore, create_sae
+    from sentence_sae.trainer import Trainer
+
+    torch.manual_seed(0)
+    cfg = SAEConfig(act_size=8, dict_size=32, device="cpu", wandb_mode="disabled", output_dir=str(tmp_path),
+                    num_eval_examples=10, sae_type="jumprelu", target_l0=30, num_examples=800)
+    result = Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg).train()
+    assert result.metrics["val_l0"] < 0.85 * 30
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warning == [f"warning: jumprelu ends at L0 {result.metrics['val_l0']:.1f} on the validation texts, "
+                       f"{1 - result.metrics['val_l0'] / 30:.0%} below target_l0=30: fewer of its features fire "
+                       "on new texts than it could be made to fire: on a corpus that is small next to dict_size "
+                       "the features fit the training texts closely; more texts or a smaller dict_size get closer"]
+    # within tolerance: nothing to say
+    trainer = Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg)
+    assert trainer.l0_miss(27.0) is None and trainer.l0_miss(34.4) is None and trainer.l0_miss(35.0) is not None

@@ -47,6 +47,8 @@ def test_each_variant_beats_the_best_linear_code_of_its_size(trained, docs_split
     # the L0 asked for (top_k 32; target_l0 follows it), on texts the SAE never trained on
     tolerance = 0.10 if sae_type in ("topk", "batchtopk", "matryoshka") else 0.15
     assert abs(l0 - 32) <= tolerance * 32, f"{sae_type} held-out L0 {l0} is not within {tolerance:.0%} of 32"
+    val_l0 = result.metrics["val_l0"]  # what the end-of-run warning reads (none here)
+    assert abs(val_l0 - 32) <= tolerance * 32, f"{sae_type} validation L0 {val_l0} is not within {tolerance:.0%} of 32"
     baseline = pca_fvu(train, held_out, k=round(l0))
     assert result.metrics["fvu"] < 0.7 * baseline, (sae_type, result.metrics["fvu"], baseline)
     assert result.metrics["cos"] > 0.85
