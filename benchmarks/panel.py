@@ -49,6 +49,7 @@ import torch  # noqa: E402
 from sentence_sae import EmbeddingStore, SAEConfig, create_sae, embed, load_embeddings  # noqa: E402
 from sentence_sae.cache import default_cache_root  # noqa: E402
 from sentence_sae.recipe import batch_size_for  # noqa: E402
+from sentence_sae.steering import l0_tolerance  # noqa: E402
 from sentence_sae.trainer import Trainer  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -183,7 +184,7 @@ def check(rows: list[dict]) -> list[str]:
             if name.startswith("grid") or name == "earlier script":
                 continue
             variant, target = name.split()[0], int(name.split()[2])
-            tolerance = 0.10 if variant in K_BASED else 0.15
+            tolerance = l0_tolerance(variant in K_BASED)
             if abs(r["l0"] - target) > tolerance * target:
                 failures.append(f"{corpus} {budget}: {name} held-out L0 {r['l0']} outside {target} +- "
                                 f"{tolerance:.0%}")

@@ -121,8 +121,9 @@ def test_an_l0_the_run_cannot_reach_is_said_at_its_end(tmp_path, capsys):
     warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warning == [f"warning: jumprelu ends at L0 {result.metrics['val_l0']:.1f} on the validation texts, "
                        f"{1 - result.metrics['val_l0'] / 30:.0%} below target_l0=30: fewer of its features fire "
-                       "on new texts than it could be made to fire: on a corpus that is small next to dict_size "
-                       "the features fit the training texts closely; more texts or a smaller dict_size get closer"]
+                       "on unseen texts than asked, and no threshold or coefficient raises that; it happens on a "
+                       "corpus that is small next to dict_size (the features fit the training texts closely): "
+                       "more texts or a smaller dict_size get closer"]
     # within tolerance: nothing to say
     trainer = Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg)
     assert trainer.l0_miss(27.0) is None and trainer.l0_miss(34.4) is None and trainer.l0_miss(35.0) is not None

@@ -18,6 +18,14 @@ MAX_CHANGE = 0.2
 """The most log(coefficient) changes at one measurement, however far apart measurements are."""
 MEASUREMENTS = 200
 """L0 measurements per run on the validation texts (each costs one encoder pass over them)."""
+L0_TOLERANCE_K_BASED = 0.10
+L0_TOLERANCE_STEERED = 0.15
+"""How far unseen texts' mean L0 may miss top_k (k-based variants) or target_l0 (steered ones), as a
+fraction of it: the issue's bounds, which the panel checks and a run's end warns past."""
+
+
+def l0_tolerance(k_based: bool) -> float:
+    return L0_TOLERANCE_K_BASED if k_based else L0_TOLERANCE_STEERED
 
 
 class DeadFeatures:

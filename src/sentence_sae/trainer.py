@@ -34,7 +34,7 @@ from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decod
 from .recipe import RunSize, fill_recipe, sparsity_target
 from .schedules import adam, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
-from .steering import DeadFeatures, SparsityCoefficient
+from .steering import DeadFeatures, SparsityCoefficient, l0_tolerance
 from .tracking import RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
@@ -302,19 +302,18 @@ class Trainer:
         return float(self.cfg.top_k) if self.sae.uses_top_k else self.sparsity.target
 
     def l0_miss(self, val_l0: float | None) -> str | None:
-        """A warning when the validation texts' L0 misses the target by more than the issue's
-        tolerance (10% for the k-based variants, 15% for the steered ones); None otherwise."""
+        """A warning when the validation texts' L0 misses the target by more than L0_TOLERANCE;
+        None otherwise."""
         target = self.l0_target()
         if val_l0 is None or target is None or not math.isfinite(val_l0):
             return None
-        tolerance = 0.10 if self.sae.uses_top_k else 0.15
         miss = val_l0 / target - 1
-        if abs(miss) <= tolerance:
+        if abs(miss) <= l0_tolerance(self.sae.uses_top_k):
             return None
         setting = "top_k" if self.sae.uses_top_k else "target_l0"
-        hint = ("fewer of its features fire on new texts than it could be made to fire: on a corpus that "
-                "is small next to dict_size the features fit the training texts closely; more texts or a "
-                "smaller dict_size get closer" if miss < 0 else
+        hint = ("fewer of its features fire on unseen texts than asked, and no threshold or coefficient "
+                "raises that; it happens on a corpus that is small next to dict_size (the features fit the "
+                "training texts closely): more texts or a smaller dict_size get closer" if miss < 0 else
                 "the sparsity coefficient had too few steps to settle; a longer run (num_examples) gets closer")
         return (f"warning: {self.sae.architecture} ends at L0 {val_l0:.1f} on the validation texts, "
                 f"{abs(miss):.0%} {'below' if miss < 0 else 'above'} {setting}={target:g}: {hint}")
