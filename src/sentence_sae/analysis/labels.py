@@ -11,7 +11,10 @@ For every live feature:
 3. the label is the best of four: the concept alone, with the other terms, with the distinctive
    words, with both; "best" is the sum of two AUROCs on the support and contrast texts, one by the
    label's embedding (as the embedding label score) and one by which texts contain a label word (as
-   the lexical label score), so the choice follows the same two views the label is scored by.
+   the lexical label score), so the choice follows the same two views the label is scored by;
+4. up to KEYWORD_ROUNDS times, the label gains the word of its pool (POOL_WORDS distinctive words
+   and the other terms) that raises that sum most (in the first round it may also trade its
+   keywords for one word), until no word raises it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ MIN_Z = 3.0
 MIN_TEXTS = 2
 """A distinctive word appears in at least this many of the feature's texts."""
 N_KEYWORDS = 3
+"""Distinctive words in the four first options."""
+POOL_WORDS = 8
+"""Distinctive words a label may gain one by one in step 4 (with the other terms)."""
+KEYWORD_ROUNDS = 3
+"""Rounds of step 4: the most words a label gains (more than half of them gain that many)."""
 
 
 class FeatureLabel(NamedTuple):
@@ -66,18 +74,24 @@ def label_features(model: Any, texts: Sequence[str], embeddings_of: Callable[[np
     word_sets = [frozenset(content_words(texts[r])) for r in contrast.rows.tolist()]
     in_contrast = Counter(w for i in np.searchsorted(contrast.rows, labelling.contrast) for w in word_sets[i])
     surface = spellings(texts[r] for r in contrast.rows.tolist())
-    options = []
+    options, pools = [], []
     for i, ranked in enumerate(terms):
         if not ranked:
             options.append([FeatureLabel("", ())])
+            pools.append([])
             continue
         sets = [word_sets[j] for j in contrast.support[i]]
-        words = distinctive_words(sets, in_contrast, len(labelling.contrast), set(content_words(ranked[0])))
-        words = [surface.get(w, w) for w in words]
+        pool = distinctive_words(sets, in_contrast, len(labelling.contrast), set(content_words(ranked[0])), POOL_WORDS)
+        pool = [surface.get(w, w) for w in pool]
+        words = pool[:N_KEYWORDS]  # the greedy cover's first words: the same as asking for N_KEYWORDS
         both = tuple(dict.fromkeys([*ranked[1:], *words]))
         options.append(list(dict.fromkeys([FeatureLabel(ranked[0], ()), FeatureLabel(ranked[0], tuple(ranked[1:])),
                                            FeatureLabel(ranked[0], tuple(words)), FeatureLabel(ranked[0], both)])))
-    return _choose(model, options, contrast, word_sets, labeler.batch_size)
+        pools.append([*pool, *ranked[1:]])
+    everyone = list(range(len(options)))
+    labels = _best(options, _option_scores(model, options, everyone, contrast, word_sets, labeler.batch_size,
+                                           "choose labels"))
+    return _extend(model, labels, pools, contrast, word_sets, labeler.batch_size)
 
 
 def distinctive_words(sets: Sequence[frozenset], in_contrast: Counter, n_contrast: int, covered: set[str],
@@ -115,29 +129,61 @@ def _contrast(features: Sequence[int], firing_rows: Callable[[int], np.ndarray],
     return Contrast(units, rows, [np.searchsorted(rows, s) for s in support], negatives)
 
 
-def _choose(model: Any, options: list[list[FeatureLabel]], contrast: Contrast, word_sets: list[frozenset],
-            batch_size: int) -> list[FeatureLabel]:
-    """Each feature's option with the best embedding + word-coverage AUROC on its support vs contrast rows."""
+def _option_scores(model: Any, options: list[list[FeatureLabel]], features: list[int], contrast: Contrast,
+                   word_sets: list[frozenset], batch_size: int, phase: str) -> list[np.ndarray | None]:
+    """Per entry of ``options`` (the options of feature ``features[k]``, positions in ``contrast``):
+    each option's embedding + word-coverage AUROC on the feature's support vs contrast rows, or None
+    where there is nothing to choose."""
     strings = sorted({option.text for opts in options for option in opts if option.concept})
     if not strings:
-        return [opts[0] for opts in options]
+        return [None] * len(options)
     index = {s: i for i, s in enumerate(strings)}
-    with progress_bar(len(strings), "embed labels") as bar:
+    with progress_bar(len(strings), f"embed labels ({phase})") as bar:
         vectors = torch.nn.functional.normalize(
             encode_texts(model, strings, batch_size, progress=bar.update).float().cpu(), dim=-1)
-    chosen = []
-    with progress_bar(len(options), "choose labels") as bar:
-        for opts, support, negatives in zip(options, contrast.support, contrast.contrast):
+    scores: list[np.ndarray | None] = []
+    with progress_bar(len(options), phase) as bar:
+        for opts, feature in zip(options, features):
             bar.update(1)
-            if len(opts) == 1 or not len(negatives):
-                chosen.append(opts[0])
+            support, negatives = contrast.support[feature], contrast.contrast[feature]
+            if len(opts) == 1 or not len(negatives) or not opts[0].concept:
+                scores.append(None)
                 continue
             v = vectors[[index[o.text] for o in opts]]
-            score = separation(v @ contrast.units[support].T, v @ contrast.units[negatives].T)
+            score = separation(v @ contrast.units[support].T, v @ contrast.units[negatives].T).numpy()
             for k, option in enumerate(opts):
                 words = set(content_words(option.text))
                 hit_support = np.mean([bool(words & word_sets[j]) for j in support])
                 hit_contrast = np.mean([bool(words & word_sets[j]) for j in negatives])
                 score[k] += 0.5 + 0.5 * (hit_support - hit_contrast)  # AUROC of a yes/no score
-            chosen.append(opts[int(score.argmax())])
-    return chosen
+            scores.append(score)
+    return scores
+
+
+def _best(options: list[list[FeatureLabel]], scores: list[np.ndarray | None]) -> list[FeatureLabel]:
+    """The best-scoring option of each entry; the first where there was nothing to choose."""
+    return [opts[0] if score is None else opts[int(score.argmax())] for opts, score in zip(options, scores)]
+
+
+def _extend(model: Any, labels: list[FeatureLabel], pools: list[list[str]], contrast: Contrast,
+            word_sets: list[frozenset], batch_size: int) -> list[FeatureLabel]:
+    """Step 4: round by round, each label still growing takes the pool word that raises its score
+    most, and stops growing when none does."""
+    labels = list(labels)
+    growing = [i for i, label in enumerate(labels) if label.concept and pools[i]]
+    for round_ in range(KEYWORD_ROUNDS):
+        options = []
+        for i in growing:
+            label = labels[i]
+            added = [FeatureLabel(label.concept, (*label.keywords, w)) for w in pools[i] if w not in label.keywords]
+            alone = [FeatureLabel(label.concept, (w,)) for w in pools[i]] if round_ == 0 else []
+            options.append(list(dict.fromkeys([label, *added, *alone])))
+        best = _best(options, _option_scores(model, options, growing, contrast, word_sets, batch_size,
+                                             f"add keywords, round {round_ + 1}"))
+        changed = [i for i, label in zip(growing, best) if label != labels[i]]
+        for i, label in zip(growing, best):
+            labels[i] = label
+        growing = changed
+        if not growing:
+            break
+    return labels
