@@ -10,7 +10,7 @@ from sentence_sae.corpus import Corpus
 from sentence_sae.embeddings import encode_texts
 from sentence_sae.errors import ConfigError
 from sentence_sae.recipe import RunSize, batch_size_for, fill_recipe
-from sentence_sae.steering import SparsityCoefficient
+from sentence_sae.steering import SparsityCoefficient, l0_miss
 
 
 def test_the_batch_grows_as_the_square_root_of_the_run():
@@ -125,5 +125,6 @@ def test_an_l0_the_run_cannot_reach_is_said_at_its_end(tmp_path, capsys):
                        "corpus that is small next to dict_size (the features fit the training texts closely): "
                        "more texts or a smaller dict_size get closer"]
     # within tolerance: nothing to say
-    trainer = Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg)
-    assert trainer.l0_miss(27.0) is None and trainer.l0_miss(34.4) is None and trainer.l0_miss(35.0) is not None
+    assert l0_miss("jumprelu", 27.0, 30, False) is None and l0_miss("jumprelu", 34.4, 30, False) is None
+    assert l0_miss("batchtopk", 34.4, 30, True).startswith("warning: batchtopk ends at L0 34.4 on the validation "
+                                                           "texts, 15% above top_k=30")

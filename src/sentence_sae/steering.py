@@ -28,6 +28,22 @@ def l0_tolerance(k_based: bool) -> float:
     return L0_TOLERANCE_K_BASED if k_based else L0_TOLERANCE_STEERED
 
 
+def l0_miss(architecture: str, val_l0: float | None, target: float | None, k_based: bool) -> str | None:
+    """A warning when the validation texts' mean L0 misses ``target`` (top_k, or target_l0 while the
+    coefficient is steered) by more than l0_tolerance; None otherwise."""
+    if val_l0 is None or target is None or not math.isfinite(val_l0):
+        return None
+    miss = val_l0 / target - 1
+    if abs(miss) <= l0_tolerance(k_based):
+        return None
+    hint = ("fewer of its features fire on unseen texts than asked, and no threshold or coefficient "
+            "raises that; it happens on a corpus that is small next to dict_size (the features fit the "
+            "training texts closely): more texts or a smaller dict_size get closer" if miss < 0 else
+            "the sparsity coefficient had too few steps to settle; a longer run (num_examples) gets closer")
+    return (f"warning: {architecture} ends at L0 {val_l0:.1f} on the validation texts, {abs(miss):.0%} "
+            f"{'below' if miss < 0 else 'above'} {'top_k' if k_based else 'target_l0'}={target:g}: {hint}")
+
+
 class DeadFeatures:
     """How many training examples ago each feature last fired; dead after ``window`` of them."""
 

@@ -34,7 +34,7 @@ from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decod
 from .recipe import RunSize, fill_recipe, sparsity_target
 from .schedules import adam, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
-from .steering import DeadFeatures, SparsityCoefficient, l0_tolerance
+from .steering import DeadFeatures, SparsityCoefficient, l0_miss
 from .tracking import RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
@@ -58,19 +58,10 @@ class TrainResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON line the command line prints last: held-out metrics, and the FVU on training and on
-        validation texts (far below held-out on training texts: memorized)."""
-        return {
-            "run_dir": str(self.run_dir),
-            "fvu": self.metrics.get("fvu"),
-            "train_fvu": self.metrics.get("train_fvu"),
-            "val_fvu": self.metrics.get("val_fvu"),
-            "l0": self.metrics.get("l0"),
-            "val_l0": self.metrics.get("val_l0"),
-            "dead_frac": self.metrics.get("dead_frac"),
-            "cos": self.metrics.get("cos"),
-            "examples": self.examples,
-            "seconds": round(self.seconds, 2),
-        }
+        validation texts (far below held-out on training texts: memorized), and L0 on validation texts."""
+        shown = ("fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "cos")
+        return {"run_dir": str(self.run_dir), **{key: self.metrics.get(key) for key in shown},
+                "examples": self.examples, "seconds": round(self.seconds, 2)}
 
 
 class Trainer:
@@ -301,32 +292,13 @@ class Trainer:
         coefficient is steered (None when l1_coeff fixes it)."""
         return float(self.cfg.top_k) if self.sae.uses_top_k else self.sparsity.target
 
-    def l0_miss(self, val_l0: float | None) -> str | None:
-        """A warning when the validation texts' L0 misses the target by more than L0_TOLERANCE;
-        None otherwise."""
-        target = self.l0_target()
-        if val_l0 is None or target is None or not math.isfinite(val_l0):
-            return None
-        miss = val_l0 / target - 1
-        if abs(miss) <= l0_tolerance(self.sae.uses_top_k):
-            return None
-        setting = "top_k" if self.sae.uses_top_k else "target_l0"
-        hint = ("fewer of its features fire on unseen texts than asked, and no threshold or coefficient "
-                "raises that; it happens on a corpus that is small next to dict_size (the features fit the "
-                "training texts closely): more texts or a smaller dict_size get closer" if miss < 0 else
-                "the sparsity coefficient had too few steps to settle; a longer run (num_examples) gets closer")
-        return (f"warning: {self.sae.architecture} ends at L0 {val_l0:.1f} on the validation texts, "
-                f"{abs(miss):.0%} {'below' if miss < 0 else 'above'} {setting}={target:g}: {hint}")
-
     def final_metrics(self) -> dict[str, float]:
-        """Held-out metrics, plus the FVU and L0 on the validation texts and the FVU on a sample of training texts."""
+        """Held-out metrics, plus FVU and L0 on the validation texts and on a sample of training texts."""
         final = self.evaluate()
         for prefix, embeddings in (("val", self.store.validation_embeddings()), ("train", self.training_sample)):
             if len(embeddings) > 1:
                 measured = reconstruction_metrics(self.sae, embeddings)
-                final[f"eval/{prefix}_fvu"] = measured["fvu"]
-                if prefix == "val":
-                    final["eval/val_l0"] = measured["l0"]
+                final.update({f"eval/{prefix}_fvu": measured["fvu"], f"eval/{prefix}_l0": measured["l0"]})
         return final
 
     def finish(self, end_reason: str) -> TrainResult:
@@ -334,8 +306,7 @@ class Trainer:
         if self.is_main:
             self.calibrate()
         final = self.final_metrics() if self.is_main else {}
-        warning = self.l0_miss(final.get("eval/val_l0"))
-        if warning:
+        if warning := l0_miss(self.sae.architecture, final.get("eval/val_l0"), self.l0_target(), self.sae.uses_top_k):
             print(warning, file=sys.stderr)
         self.logger.log(final, self.step)
         self.save_final()
