@@ -18,8 +18,8 @@ matryoshka (15% for the coefficient variants, and topk is exact by construction)
     python benchmarks/panel.py --quick   # python-docs, Debian 5k and WordNet 5k
     python benchmarks/panel.py           # everything (a long run on 2 cores)
 
-Runs train --workers at a time (default: one per core), each in a thread of this process on one
-torch thread. --resume keeps the runs the log already holds, so a stopped panel continues, and the
+Runs train --workers at a time (default: one per core), each in a worker process on one torch
+thread. --resume keeps the runs the log already holds, so a stopped panel continues, and the
 tuned grid (whose settings the defaults do not touch) need not be trained again after a change to
 the recipe.
 
@@ -35,9 +35,9 @@ import math
 import os
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -139,29 +139,33 @@ def estimated_cost(settings: dict, n_train: int) -> float:
     return examples / batch * (1 + batch / 160) * settings.get("dict_size", 1536) / 1536
 
 
-def run_all(jobs: list[dict], workers: int, log: str) -> list[dict]:
-    """Train every job, ``workers`` at a time in threads of this process (the training steps release
-    the GIL, and a small batch's step gains little from a second core: two single-threaded trainers
-    get more done than one using both); returns the rows in the jobs' order."""
-    if workers > 1:
-        torch.set_num_threads(1)
-    lock = threading.Lock()
-    rows: dict[int, dict] = {}
+def _train_job(job: dict) -> dict:
+    row = {key: job[key] for key in ("corpus", "budget", "run")}
+    return {**row, "n_train": len(job["training"]), **train_one(job["training"], job["held_out"], job["settings"])}
 
-    def one(index: int) -> None:
-        job = jobs[index]
-        row = {key: job[key] for key in ("corpus", "budget", "run")}
-        row.update(n_train=len(job["training"]), **train_one(job["training"], job["held_out"], job["settings"]))
-        with lock:
-            rows[index] = row
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def run_all(jobs: list[dict], workers: int, log: str, pool: str = "process") -> list[dict]:
+    """Train every job, ``workers`` at a time, each on one torch thread; returns the rows in the jobs'
+    order. ``pool`` "process" trains each in a worker process; "thread" in threads of this process,
+    where the Python half of every small step waits for the GIL (``benchmarks/panel_workers.py``)."""
+    rows: dict[int, dict] = {}
+    order = sorted(range(len(jobs)), key=lambda i: -estimated_cost(jobs[i]["settings"], len(jobs[i]["training"])))
+    if pool == "process":
+        executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+    else:
+        _one_thread()
+        executor = ThreadPoolExecutor(workers)
+    with executor:
+        futures = {executor.submit(_train_job, jobs[index]): index for index in order}
+        for future in as_completed(futures):
+            row = rows[futures[future]] = future.result()
             print(json.dumps(row), flush=True)
             with open(log, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-
-    order = sorted(range(len(jobs)), key=lambda i: -estimated_cost(jobs[i]["settings"], len(jobs[i]["training"])))
-    with ThreadPoolExecutor(workers) as pool:
-        for future in as_completed([pool.submit(one, index) for index in order]):
-            future.result()
     return [rows[index] for index in range(len(jobs))]
 
 
