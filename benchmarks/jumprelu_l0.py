@@ -2,7 +2,7 @@
 number of positive pre-activations per text (the most that any threshold can make fire) as training
 goes, with the steered coefficient beside them.
 
-    python benchmarks/jumprelu_l0.py [--lr 1e-3]
+    python benchmarks/jumprelu_l0.py [--lr 1e-3] [--pre_act_coeff 0]
 
 The split is the panel's (benchmarks/panel.py): 2,100-odd training texts, an eighth held out.
 """
@@ -33,11 +33,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lr", type=float, default=None, help="default: the recipe's")
     parser.add_argument("--target", type=int, default=32)
+    parser.add_argument("--pre_act_coeff", type=float, default=SAEConfig().pre_act_coeff,
+                        help="the pre-activation loss's weight (0: off, as before it existed)")
     args = parser.parse_args()
     training, held_out = split(corpus_embeddings("python-docs", "fast"), None)
     cfg = SAEConfig(act_size=training.shape[1], device="cpu", wandb_mode="disabled", perf_log_freq=0,
                     checkpoint_freq=0, output_dir=tempfile.mkdtemp(prefix="jumprelu-l0-"), num_eval_examples=0,
-                    dict_size=1536, sae_type="jumprelu", top_k=args.target, lr=args.lr)
+                    dict_size=1536, sae_type="jumprelu", top_k=args.target, lr=args.lr,
+                    pre_act_coeff=args.pre_act_coeff)
     torch.manual_seed(cfg.seed)
     sae = create_sae(cfg)
     store = EmbeddingStore(training, cfg, held_out=held_out)
@@ -62,7 +65,8 @@ def main() -> None:
     trainer.training_step = training_step
     result = trainer.train()
     print(f"jumprelu, target_l0 {args.target}, {len(training)} texts (of them {store.num_val_examples} for "
-          f"validation), {result.steps} steps at batch {trainer.cfg.batch_size}, lr {trainer.cfg.lr:g}\n")
+          f"validation), {result.steps} steps at batch {trainer.cfg.batch_size}, lr {trainer.cfg.lr:g}, "
+          f"pre_act_coeff {cfg.pre_act_coeff:g}\n")
     print("| step | validation L0 | positive pre-activations per text | coefficient |\n|---|---|---|---|")
     for step_, fired, positive, coeff in rows:
         print(f"| {step_} | {fired:.1f} | {positive:.1f} | {coeff:.2e} |")

@@ -65,6 +65,7 @@ def test_unknown_sae_type_lists_the_valid_ones(model):
         ({"lr": -1e-3}, "lr must be positive"),
         ({"num_examples": 0}, "num_examples must be positive"),
         ({"num_epochs": 0}, "num_epochs must be positive"),
+        ({"pre_act_coeff": -1e-5}, "pre_act_coeff must be 0 or more"),
         ({"wandb_mode": "sometimes"}, "wandb_mode 'sometimes' is not valid"),
         ({"batch_size": 4096}, "shuffle buffer .* is smaller than batch_size"),
         ({"device": "gpu"}, "device 'gpu' is not valid"),

@@ -70,6 +70,7 @@ def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarra
         threshold = np.exp(p["log_threshold"])
         acts = np.where(pre > threshold, pre, 0.0)
         sparsity = sae.sparsity_coefficient * (pre > threshold).sum(-1).mean()
+        sparsity += cfg.pre_act_coeff * (np.maximum(threshold - pre, 0) * np.linalg.norm(p["W_dec"], axis=1)).sum(-1).mean()
     x_hat = acts @ p["W_dec"] + p["b_dec"]
     l2 = ((x_hat - x_in) ** 2).sum(-1).mean()
     extra = 0.0
@@ -89,7 +90,8 @@ def reference_forward(sae, x: np.ndarray, training: bool) -> dict[str, np.ndarra
 @pytest.mark.parametrize("input_unit_norm", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 def test_forward_matches_float64_reference(sae_type, input_unit_norm, training):
-    sae = randomized(sae_type, input_unit_norm=input_unit_norm, l1_coeff=0.01)
+    # pre_act_coeff far above its default, so that a wrong pre-activation loss shows in the total
+    sae = randomized(sae_type, input_unit_norm=input_unit_norm, l1_coeff=0.01, pre_act_coeff=0.01)
     sae.train(training)
     x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(1))
     out = sae(x)
@@ -127,7 +129,7 @@ def test_jumprelu_threshold_gradients_follow_the_pseudo_derivatives():
     """For one feature: dL/dtheta from the L0 term is -(1/eps) K((z-theta)/eps) per example, from
     the output -(theta/eps) K(...) times the upstream gradient; the log parameter gets theta x that."""
     eps, theta = 0.1, 0.5
-    sae = create_sae(tiny_cfg("jumprelu", bandwidth=eps, jumprelu_init_threshold=theta))
+    sae = create_sae(tiny_cfg("jumprelu", bandwidth=eps, jumprelu_init_threshold=theta, pre_act_coeff=0.0))
     pre = torch.tensor([[0.47, 0.70, 0.52, 0.10]]).T.expand(4, D_SAE).contiguous().requires_grad_(True)
     # Only z within eps/2 of theta (0.47 and 0.52) fall inside the rectangle kernel.
     l0 = torch.autograd.grad(sae.sparsity_loss(pre, None, coeff=1.0), sae.log_threshold)[0]
@@ -146,6 +148,21 @@ def test_jumprelu_l0_penalty_moves_the_thresholds_up():
     x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(4))
     sae(x)["sparsity_loss"].backward()
     assert sae.log_threshold.grad.sum() < 0  # gradient descent raises thresholds
+
+
+def test_jumprelu_pre_activation_loss_raises_features_that_stopped_firing():
+    """A feature whose pre-activations all lie below its threshold gets no gradient from the
+    reconstruction; the pre-activation loss gives its encoder bias one that raises it."""
+    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(5))
+    grads = {}
+    for coeff in (0.0, 1e-3):
+        sae = randomized("jumprelu", l1_coeff=0.0, pre_act_coeff=coeff)
+        with torch.no_grad():
+            sae.b_enc[:8] = -100.0  # features 0-7 never fire
+        sae(x)["loss"].backward()
+        grads[coeff] = sae.b_enc.grad[:8]
+    assert torch.all(grads[0.0] == 0)
+    assert torch.all(grads[1e-3] < 0)  # gradient descent raises their pre-activations
 
 
 def test_decoder_gradient_loses_its_parallel_part_and_rows_stay_unit_norm():

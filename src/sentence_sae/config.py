@@ -63,6 +63,10 @@ class SAEConfig:
     """JumpReLU: width of the rectangle kernel of the straight-through threshold gradient."""
     jumprelu_init_threshold: float = 0.05
     """JumpReLU: initial threshold of every feature."""
+    pre_act_coeff: float = 3e-5
+    """JumpReLU: weight of the pre-activation loss (Conerly et al. 2025) that pulls pre-activations
+    below their threshold back up; without it a long run on a small corpus drives them below zero
+    for good, and the SAE can no longer reach target_l0 (0 turns it off)."""
     input_unit_norm: bool | None = None
     """Standardize each embedding (subtract its mean, divide by its std) before the SAE; metrics stay
     on the original embeddings. Unset: on for topk, batchtopk and matryoshka (lower held-out FVU on

@@ -97,6 +97,7 @@ def validate(cfg: SAEConfig) -> None:
     _check(cfg.bandwidth > 0, f"bandwidth must be positive, got {cfg.bandwidth}")
     _check(cfg.jumprelu_init_threshold > 0,
            f"jumprelu_init_threshold must be positive, got {cfg.jumprelu_init_threshold}")
+    _check(cfg.pre_act_coeff >= 0, f"pre_act_coeff must be 0 or more (0 turns it off), got {cfg.pre_act_coeff}")
     _check(cfg.dtype in DTYPES, f"dtype '{cfg.dtype}' is not supported; use one of {', '.join(DTYPES)}")
     _check(cfg.b_dec_init in B_DEC_INITS,
            f"b_dec_init '{cfg.b_dec_init}' is not valid; use one of {', '.join(B_DEC_INITS)}")

@@ -89,8 +89,15 @@ class JumpReLUSAE(BaseSAE):
         return JumpReLUFunction.apply(pre, self.threshold, self.cfg.bandwidth)
 
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
-        l0 = StepFunction.apply(pre, self.threshold, self.cfg.bandwidth).sum(-1).mean()
-        return coeff * l0
+        threshold = self.threshold
+        l0 = StepFunction.apply(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
+        return coeff * l0 + self.cfg.pre_act_coeff * self.pre_activation_loss(pre, threshold)
+
+    def pre_activation_loss(self, pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+        """How far pre-activations lie below their thresholds, weighted by decoder norm: the only
+        gradient that raises a pre-activation that has stopped firing (the reconstruction reaches
+        only those above threshold)."""
+        return (torch.relu(threshold - pre) * self.W_dec.norm(dim=1)).sum(-1).mean()
 
     @torch.no_grad()
     def calibrate_threshold(self, embeddings: torch.Tensor, l0: float) -> None:
