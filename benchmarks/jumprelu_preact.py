@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,7 +37,7 @@ def main() -> None:
                                  "training": training, "held_out": held_out,
                                  "settings": {**settings, "sae_type": "jumprelu", "top_k": target,
                                               "pre_act_coeff": coeff}})
-    rows = panel.run_all(jobs, os.cpu_count() or 1, tempfile.mktemp(suffix=".jsonl"))
+    rows = panel.run_all(jobs, os.cpu_count() or 1, None)
     print(f"\n| corpus | budget | target L0 | FVU off | FVU {default:g} | ratio | L0 off | L0 {default:g} |")
     print("|---|---|---|---|---|---|---|---|")
     ratios = []

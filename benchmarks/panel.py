@@ -33,10 +33,10 @@ import argparse
 import json
 import math
 import os
+import multiprocessing
 import sys
 import tempfile
 import time
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -148,9 +148,9 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_all(jobs: list[dict], workers: int, log: str, pool: str = "process") -> list[dict]:
+def run_all(jobs: list[dict], workers: int, log: str | None, pool: str = "process") -> list[dict]:
     """Train every job, ``workers`` at a time, each on one torch thread; returns the rows in the jobs'
-    order. ``pool`` "process" trains each in a worker process; "thread" in threads of this process,
+    order, each also appended to ``log`` when given. ``pool`` "process" trains each in a worker process; "thread" in threads of this process,
     where the Python half of every small step waits for the GIL (``benchmarks/panel_workers.py``)."""
     rows: dict[int, dict] = {}
     order = sorted(range(len(jobs)), key=lambda i: -estimated_cost(jobs[i]["settings"], len(jobs[i]["training"])))
@@ -164,8 +164,9 @@ def run_all(jobs: list[dict], workers: int, log: str, pool: str = "process") -> 
         for future in as_completed(futures):
             row = rows[futures[future]] = future.result()
             print(json.dumps(row), flush=True)
-            with open(log, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+            if log:
+                with open(log, "a") as handle:
+                    handle.write(json.dumps(row) + "\n")
     return [rows[index] for index in range(len(jobs))]
 
 

@@ -137,7 +137,8 @@ def _contrast(features: Sequence[int], firing_rows: Callable[[int], np.ndarray],
 def _option_scores(model: Any, options: list[list[FeatureLabel]], features: list[int], contrast: Contrast,
                    word_sets: list[frozenset], batch_size: int, phase: str) -> list[np.ndarray | None]:
     """Per entry of ``options`` (the options of feature ``features[k]``, positions in ``contrast``):
-    each option's embedding + word-coverage AUROC on the feature's support vs contrast rows, or None
+    each option's embedding AUROC + COVERAGE_WEIGHT x word-coverage AUROC on the feature's support vs
+    contrast rows, or None
     where there is nothing to choose."""
     strings = sorted({option.text for opts in options for option in opts if option.concept})
     if not strings:

@@ -91,6 +91,8 @@ class JumpReLUSAE(BaseSAE):
     def sparsity_loss(self, pre: torch.Tensor, feature_acts: torch.Tensor, coeff: float) -> torch.Tensor:
         threshold = self.threshold
         l0 = StepFunction.apply(pre, threshold, self.cfg.bandwidth).sum(-1).mean()
+        if not self.cfg.pre_act_coeff:  # off: no dense [batch, d_sae] term on the training step
+            return coeff * l0
         return coeff * l0 + self.cfg.pre_act_coeff * self.pre_activation_loss(pre, threshold)
 
     def pre_activation_loss(self, pre: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
