@@ -8,7 +8,12 @@ against the earlier formulation, in the same process, and prints the ratio:
 - the weight gradients' scatter (S^T a): index_add of the entries, against a sparse CSR matmul;
 - the input gradient (S W_enc^T): a dense product with the code, against a transposed copy of
   W_enc and an embedding_bag;
-- the decoder-gradient projection: in place, against the version with [dict_size, d] temporaries.
+- the decoder-gradient projection: in place, against the version with [dict_size, d] temporaries;
+- gradient clipping: scaling only when the norm is above max_grad_norm, against ``clip_grad_norm_``,
+  which multiplies every gradient by 1 when it is not (at a norm below the maximum, as most steps);
+- the backward pass's weight and input gradients all together (``weight_and_input_gradients``), against
+  the scattered entries alone, plus the copy of W_enc's transposed gradient into its layout that
+  autograd then makes.
 
     python benchmarks/small_step.py [--threads 1] [--repeats 300]
 """
@@ -22,8 +27,9 @@ from typing import Callable
 
 import torch
 
-from sentence_sae.sae.kernels import _csr, bag_sum, gather_rows, scatter_outer, selection_from_topk
-from sentence_sae.schedules import adam
+from sentence_sae.sae.kernels import (_csr, bag_sum, gather_rows, scatter_outer, selection_from_topk,
+                                      weight_and_input_gradients)
+from sentence_sae.schedules import adam, clip_gradients
 
 D, WIDTH, K = 384, 1536, 32
 
@@ -73,7 +79,29 @@ def main() -> None:
     before = per_call_ms(lambda: project_with_temporaries(w_dec, grad), args.repeats)
     after = per_call_ms(lambda: project_in_place(w_dec, grad), args.repeats)
     print(f"decoder-gradient projection: {before:.2f} / {after:.2f} ms ({before / after:.1f}x)")
+    small = parameters()
+    for param in small:
+        param.grad /= 1e3  # a norm below max_grad_norm 1
+    before = per_call_ms(lambda: torch.nn.utils.clip_grad_norm_(small, 1.0), args.repeats)
+    after = per_call_ms(lambda: clip_gradients(small, 1.0), args.repeats)
+    print(f"gradient clipping, nothing to clip: {before:.2f} / {after:.2f} ms ({before / after:.1f}x)")
     w_enc = torch.randn(D, WIDTH)
+    for batch in (16, 32, 64, 128, 256):
+        selection = selection_from_topk(torch.randn(batch, WIDTH).topk(K, dim=-1).indices)
+        values, grad_pre = torch.randn(batch * K).abs(), torch.randn(batch * K)
+        x_cent, grad_decoded = torch.randn(batch, D), torch.randn(batch, D)
+        now = weight_and_input_gradients(selection, values, grad_pre, x_cent, grad_decoded, w_enc, True)
+        earlier = (scatter_outer(WIDTH, selection, grad_pre, x_cent).t().contiguous(),
+                   scatter_outer(WIDTH, selection, values, grad_decoded), gather_rows(w_enc, selection, grad_pre))
+        for a, b in zip(now, earlier):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        before = per_call_ms(lambda: (scatter_outer(WIDTH, selection, grad_pre, x_cent).t().contiguous(),
+                                      scatter_outer(WIDTH, selection, values, grad_decoded),
+                                      gather_rows(w_enc, selection, grad_pre)), args.repeats)
+        # .contiguous(): past DENSE_GRADIENT_MAX_BATCH, W_enc's gradient is transposed and autograd copies it too
+        after = per_call_ms(lambda: [grad.contiguous() for grad in weight_and_input_gradients(
+            selection, values, grad_pre, x_cent, grad_decoded, w_enc, True)], args.repeats)
+        print(f"batch {batch}: weight and input gradients {before:.2f} / {after:.2f} ms ({before / after:.1f}x)")
     for batch in (16, 24, 32, 64, 256):
         selection = selection_from_topk(torch.randn(batch, WIDTH).topk(K, dim=-1).indices)
         coef, rows = torch.randn(batch * K), torch.randn(batch, D)

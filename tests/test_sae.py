@@ -241,11 +241,15 @@ def test_batchtopk_threshold_moves_only_with_training_statistics():
 
 @pytest.mark.parametrize("sae_type", ["topk", "batchtopk", "matryoshka"])
 @pytest.mark.parametrize("input_unit_norm", [False, True])
-def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm):
+@pytest.mark.parametrize("batch", [64, 160])  # gradients as products with the dense codes; scattered entries
+def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm, batch):
     """Loss and every gradient of the sparse path equal the dense path's to 1e-5 relative, with
     dead features present so that the AuxK loss takes part too."""
+    from sentence_sae.sae.kernels import DENSE_GRADIENT_MAX_BATCH
+
+    assert (batch <= DENSE_GRADIENT_MAX_BATCH) == (batch == 64)
     results = {}
-    x = torch.randn(64, D_IN, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    x = torch.randn(batch, D_IN, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     for sparse in (False, True):
         sae = randomized(sae_type, dtype="float64", input_unit_norm=input_unit_norm, sparse_kernel=sparse,
                          dead_feature_window=10)
@@ -266,6 +270,21 @@ def test_sparse_kernels_match_the_dense_formulation(sae_type, input_unit_norm):
     torch.testing.assert_close(sparse_out.fired, dense_out.fired)
     if sae_type != "topk":
         torch.testing.assert_close(sparse_sae.threshold, dense_sae.threshold)
+
+
+@pytest.mark.parametrize("batch", [4, 64])  # entries added one by one; a sparse matmul
+def test_scattered_and_gathered_entries_equal_products_with_the_dense_code(batch):
+    from sentence_sae.sae.kernels import _few_entries, gather_rows, scatter_outer, selection_from_topk, to_dense
+
+    generator = torch.Generator().manual_seed(12)
+    selection = selection_from_topk(torch.randn(batch, D_SAE, generator=generator).topk(K, dim=-1).indices)
+    assert _few_entries(selection, D_SAE) == (batch == 4)
+    coef = torch.randn(batch * K, generator=generator, dtype=torch.float64)
+    rows = torch.randn(batch, D_IN, generator=generator, dtype=torch.float64)
+    w_enc = torch.randn(D_IN, D_SAE, generator=generator, dtype=torch.float64)
+    code = to_dense(coef, selection, D_SAE)
+    torch.testing.assert_close(scatter_outer(D_SAE, selection, coef, rows), code.t() @ rows)
+    torch.testing.assert_close(gather_rows(w_enc, selection, coef), code @ w_enc.t())
 
 
 def test_batch_top_k_candidates_equal_the_full_top_k_including_the_fallback():

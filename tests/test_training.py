@@ -11,7 +11,7 @@ from helpers import make_cfg, pca_fvu
 from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.metrics import reconstruction_metrics
-from sentence_sae.schedules import lr_multiplier, sparsity_multiplier, warmup_top_k
+from sentence_sae.schedules import clip_gradients, lr_multiplier, sparsity_multiplier, warmup_top_k
 from sentence_sae.steering import l0_tolerance
 from sentence_sae.trainer import Trainer
 from sentence_sae.training import load_trainer_state
@@ -137,6 +137,25 @@ def test_schedules():
     assert sparsity_multiplier(50, 100, 0.1) == 1.0
     assert [warmup_top_k(step, 100, 32, 0.05, 8) for step in (0, 1, 4, 5, 99)] == [256, 211, 77, 32, 32]
     assert warmup_top_k(0, None, 32, 0.05, 8) == warmup_top_k(0, 100, 32, 0.0, 8) == 32
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 2.0, 5.0, None])  # clipped; just below; far below; no clipping
+def test_gradient_clipping_gives_clip_grad_norm_s_gradients_and_norm(max_norm):
+    generator = torch.Generator().manual_seed(3)
+    ours, torchs = ([torch.nn.Parameter(torch.zeros(5, 3)), torch.nn.Parameter(torch.zeros(7))] for _ in range(2))
+    grads = [torch.randn(p.shape, generator=generator) for p in ours]
+    scale = 1.95 / torch.cat([g.flatten() for g in grads]).norm()  # 2.0 is just above the norm
+    for mine, theirs, grad in zip(ours, torchs, grads):
+        mine.grad, theirs.grad = grad * scale, grad * scale
+    total = torch.cat([p.grad.flatten() for p in ours]).norm().item()
+    norm = clip_gradients(ours, max_norm)
+    if max_norm is None:
+        assert norm != norm and all(torch.equal(a.grad, b.grad) for a, b in zip(ours, torchs))
+        return
+    assert norm == pytest.approx(torch.nn.utils.clip_grad_norm_(torchs, max_norm).item(), rel=1e-7)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, torchs))  # bit for bit
+    clipped = torch.cat([p.grad.flatten() for p in ours]).norm().item()
+    assert clipped == pytest.approx(min(total, max_norm), rel=1e-5)
 
 
 def test_k_based_training_starts_dense_and_ends_at_top_k(tmp_path, model, docs_split):

@@ -16,6 +16,19 @@ def adam(parameters: list[torch.nn.Parameter], lr: float, betas: tuple[float, fl
         return torch.optim.Adam(parameters, lr=lr, betas=betas)
 
 
+def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float | None) -> float:
+    """The gradients' total norm (nan when ``max_norm`` is None), after scaling them to ``max_norm``
+    when it is larger. ``clip_grad_norm_`` multiplies every gradient by 1 when nothing is clipped,
+    a pass over every weight that most small-batch steps do not need."""
+    if max_norm is None:
+        return float("nan")
+    grads = [param.grad for param in parameters if param.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if bool(max_norm / (total + 1e-6) < 1):  # clip_grad_norm_'s own test, so the numbers stay the same
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total.item()
+
+
 def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:
     """Linear warm-up from 0 over ``warmup_steps``, constant, then linear decay to 0 over the last
     ``decay_frac`` of ``total_steps`` (no decay when the length of training is unknown)."""

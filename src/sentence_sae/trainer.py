@@ -32,7 +32,7 @@ from .metrics import reconstruction_metrics
 from .sae import BaseSAE, eval_mode
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from .recipe import RunSize, fill_recipe, sparsity_target
-from .schedules import adam, lr_multiplier, warmup_top_k
+from .schedules import adam, clip_gradients, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
 from .steering import DeadFeatures, SparsityCoefficient, l0_miss
 from .tracking import RunLogger, progress_bar
@@ -137,11 +137,7 @@ class Trainer:
         output.loss.backward()
         collectives.all_reduce_gradients(sae)
         remove_parallel_decoder_grad(sae)
-        grad_norm = (
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.max_grad_norm).item()
-            if self.cfg.max_grad_norm is not None
-            else float("nan")
-        )
+        grad_norm = clip_gradients(list(sae.parameters()), self.cfg.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         normalize_decoder(sae)

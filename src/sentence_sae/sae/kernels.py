@@ -126,6 +126,14 @@ def bag_sum(weight: torch.Tensor, selection: Selection, coef: torch.Tensor) -> t
     return F.embedding_bag(selection.cols, weight, selection.offsets, mode="sum", per_sample_weights=coef)
 
 
+DENSE_GRADIENT_MAX_BATCH = 128
+"""Up to this batch the backward pass forms the [batch, dict_size] codes and takes every gradient as
+a dense product with them. Scattering the entries instead writes a zeroed [dict_size, d] gradient and,
+for ``W_enc``, a transposed copy into its [d, dict_size] layout; those passes over every weight
+cost more than the products up to about batch 128, at 1,536 to 12,288 features
+(``benchmarks/small_step.py``)."""
+
+
 class SparseCode(torch.autograd.Function):
     """From the selected pre-activations to (decoded embedding without b_dec, activations).
 
@@ -151,14 +159,25 @@ class SparseCode(torch.autograd.Function):
         grad_values = sampled_dot(grad_decoded.contiguous(), w_dec, sel) + (
             grad_values if grad_values is not None else 0
         )
-        grad_w_dec = scatter_outer(width, sel, values, grad_decoded)
         grad_pre = grad_values * (values > 0).to(grad_values.dtype)
         grad_b_enc = torch.zeros(width, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, sel.cols, grad_pre)
-        grad_w_enc = scatter_outer(width, sel, grad_pre, x_cent).t()
-        grad_x_cent = None
-        if ctx.needs_input_grad[0]:
-            grad_x_cent = gather_rows(w_enc, sel, grad_pre)
+        grad_w_enc, grad_w_dec, grad_x_cent = weight_and_input_gradients(
+            sel, values, grad_pre, x_cent, grad_decoded, w_enc, ctx.needs_input_grad[0])
         return grad_x_cent, grad_w_enc, grad_b_enc, grad_w_dec, None, None
+
+
+def weight_and_input_gradients(sel: Selection, values: torch.Tensor, grad_pre: torch.Tensor, x_cent: torch.Tensor,
+                               grad_decoded: torch.Tensor, w_enc: torch.Tensor, input_grad: bool
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(W_enc's gradient [d, dict_size], W_dec's [dict_size, d], the input's [batch, d] or None): dense
+    products with the codes up to DENSE_GRADIENT_MAX_BATCH, else gathered and scattered entries."""
+    width = w_enc.shape[1]
+    if sel.batch <= DENSE_GRADIENT_MAX_BATCH:
+        grad_code = to_dense(grad_pre, sel, width)
+        grad_x_cent = grad_code @ w_enc.t() if input_grad else None
+        return x_cent.t() @ grad_code, to_dense(values, sel, width).t() @ grad_decoded, grad_x_cent
+    grad_x_cent = gather_rows(w_enc, sel, grad_pre) if input_grad else None
+    return scatter_outer(width, sel, grad_pre, x_cent).t(), scatter_outer(width, sel, values, grad_decoded), grad_x_cent
 
 
 def sparse_code(x_cent: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
