@@ -180,6 +180,8 @@ def test_feature_browser_in_headless_chromium(labelled_run, model):
         shown = driver.find_elements(By.CSS_SELECTOR, ".text.top")
         assert len(shown) == len(target["top_texts"])
         assert target["top_texts"][0]["text"][:40] in shown[0].text
+        starts = {row.find_element(By.CSS_SELECTOR, ":scope > div:last-child").location["x"] for row in shown}
+        assert len({t["activation"] for t in target["top_texts"]}) > 1 and len(starts) == 1  # aligned, any bar
         assert driver.find_elements(By.CSS_SELECTOR, "svg.histogram rect")
         links = driver.find_elements(By.CSS_SELECTOR, "a.coactivation")
         if links:

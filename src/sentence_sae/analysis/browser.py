@@ -22,7 +22,7 @@ table{border-collapse:collapse;width:100%} th,td{padding:.3rem .5rem;border-bott
 th{background:#f4f6f8} td.num{text-align:right;font-variant-numeric:tabular-nums}
 .controls{display:flex;gap:1rem;margin:1rem 0} input[type=search]{flex:1;padding:.4rem;font-size:1rem}
 .text{margin:.35rem 0;display:flex;gap:.6rem;align-items:center}
-.bar{background:#d9e6f5;height:1.1rem;flex:none;position:relative}
+.track{width:12rem;flex:none} .bar{background:#d9e6f5;height:1.1rem;position:relative}
 .bar span{position:absolute;left:.3rem;font-size:.75rem;line-height:1.1rem;color:#123}
 mark.word{color:inherit;border-radius:2px;padding:0 1px}
 .meta{color:#666;font-size:.9rem} .label{font-weight:600} .dead{color:#a33}
@@ -79,8 +79,9 @@ def _texts_html(items: list[dict[str, Any]], max_act: float, css: str = "top") -
         prefix = f"{int(item['quantile'] * 100)}% down: " if "quantile" in item else ""
         body = (html.escape(prefix) + _highlighted(item["text"], item["words"], scale) if item.get("words")
                 else html.escape(prefix + item["text"]))
-        rows.append(f"<div class='text {css}'><div class='bar' style='width:{max(share * 12, 0.2):.2f}rem'>"
-                    f"<span>{item['activation']:.3f}</span></div><div>{body}</div></div>")
+        # a fixed-width track, so that every text starts at the same place whatever its bar's length
+        rows.append(f"<div class='text {css}'><div class='track'><div class='bar' style='width:{max(share * 12, 0.2):.2f}rem'>"
+                    f"<span>{item['activation']:.3f}</span></div></div><div>{body}</div></div>")
     return "\n".join(rows)
 
 
