@@ -130,8 +130,8 @@ DENSE_GRADIENT_MAX_BATCH = 128
 """Up to this batch the backward pass forms the [batch, dict_size] codes and takes every gradient as
 a dense product with them. Scattering the entries instead writes a zeroed [dict_size, d] gradient and,
 for ``W_enc``, a transposed copy into its [d, dict_size] layout; those passes over every weight
-cost more than the products up to about batch 128, at 1,536 to 12,288 features
-(``benchmarks/small_step.py``)."""
+cost more than the products up to about batch 128 (1,536 features: ``benchmarks/small_step.py``;
+one-off timings put the crossover near 128 at 3,072 and 12,288 features too)."""
 
 
 class SparseCode(torch.autograd.Function):
