@@ -32,8 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import multiprocessing
+import os
 import sys
 import tempfile
 import time

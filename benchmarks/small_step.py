@@ -90,17 +90,18 @@ def main() -> None:
         selection = selection_from_topk(torch.randn(batch, WIDTH).topk(K, dim=-1).indices)
         values, grad_pre = torch.randn(batch * K).abs(), torch.randn(batch * K)
         x_cent, grad_decoded = torch.randn(batch, D), torch.randn(batch, D)
-        now = weight_and_input_gradients(selection, values, grad_pre, x_cent, grad_decoded, w_enc, True)
-        earlier = (scatter_outer(WIDTH, selection, grad_pre, x_cent).t().contiguous(),
-                   scatter_outer(WIDTH, selection, values, grad_decoded), gather_rows(w_enc, selection, grad_pre))
-        for a, b in zip(now, earlier):
+
+        def scattered() -> tuple[torch.Tensor, ...]:  # W_enc's gradient copied into its layout, as autograd does
+            return (scatter_outer(WIDTH, selection, grad_pre, x_cent).t().contiguous(),
+                    scatter_outer(WIDTH, selection, values, grad_decoded), gather_rows(w_enc, selection, grad_pre))
+
+        def current() -> list[torch.Tensor]:  # past DENSE_GRADIENT_MAX_BATCH autograd copies W_enc's too
+            return [grad.contiguous() for grad in weight_and_input_gradients(
+                selection, values, grad_pre, x_cent, grad_decoded, w_enc, True)]
+
+        for a, b in zip(current(), scattered()):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-        before = per_call_ms(lambda: (scatter_outer(WIDTH, selection, grad_pre, x_cent).t().contiguous(),
-                                      scatter_outer(WIDTH, selection, values, grad_decoded),
-                                      gather_rows(w_enc, selection, grad_pre)), args.repeats)
-        # .contiguous(): past DENSE_GRADIENT_MAX_BATCH, W_enc's gradient is transposed and autograd copies it too
-        after = per_call_ms(lambda: [grad.contiguous() for grad in weight_and_input_gradients(
-            selection, values, grad_pre, x_cent, grad_decoded, w_enc, True)], args.repeats)
+        before, after = per_call_ms(scattered, args.repeats), per_call_ms(current, args.repeats)
         print(f"batch {batch}: weight and input gradients {before:.2f} / {after:.2f} ms ({before / after:.1f}x)")
     for batch in (16, 24, 32, 64, 256):
         selection = selection_from_topk(torch.randn(batch, WIDTH).topk(K, dim=-1).indices)

@@ -3,8 +3,8 @@
 The dense formulation multiplies [batch, dict_size] code matrices that are mostly zeros: decoding
 and both weight gradients cost batch x dict_size x d_in each. Here only the nnz selected entries
 take part: decoding is an ``embedding_bag`` over the selected decoder rows, and the gradients of
-``W_dec``, ``W_enc``, ``b_enc`` and the input are gathered or scattered from those entries, so the
-only dense work left is the encoder's forward matmul that chooses the features.
+``W_dec``, ``W_enc``, ``b_enc`` and the input are gathered or scattered from those entries (up to
+DENSE_GRADIENT_MAX_BATCH, products with the codes, zero outside the entries, which cost less there).
 
 Everything is plain PyTorch; ``sparse_kernel`` false in the config selects the dense formulation,
 which the tests check this one against.
