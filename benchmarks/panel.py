@@ -17,6 +17,7 @@ matryoshka (15% for the coefficient variants, and topk is exact by construction)
 
     python benchmarks/panel.py --quick   # python-docs, Debian 5k and WordNet 5k
     python benchmarks/panel.py           # everything (a long run on 2 cores)
+    python benchmarks/panel.py --embed_only   # fill the embedding cache only, timing each corpus
 
 Runs train --workers at a time (default: one per core), each in a worker process on one torch
 thread. --resume keeps the runs the log already holds, so a stopped panel continues, and the
@@ -244,21 +245,33 @@ def main() -> None:
                              "them again; only for a log written by the same code and defaults")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="runs trained at once, each on one thread (default: one per core)")
+    parser.add_argument("--embed_only", action="store_true",
+                        help="fill the embedding cache for the corpora, print how long each took, and train nothing")
     args = parser.parse_args()
     names = args.corpora.split(",") if args.corpora else (QUICK if args.quick else list(CORPORA))
     missing = [name for name in names if name != "python-docs" and not Path(CORPORA[name][0]).exists()]
     if missing:
         sys.exit(f"panel: the data of {', '.join(missing)} is not at {SHARED}; give --corpora without them")
     print(f"embedding cache: {default_cache_root()}", file=sys.stderr)
-    jobs = []
+    jobs, embedded = [], {}
     for name in names:
         path, size = CORPORA[name]
-        training, held_out = split(corpus_embeddings(path, args.encode_backend), size)
+        started = time.perf_counter()
+        embeddings = corpus_embeddings(path, args.encode_backend)
+        if path not in embedded:  # the 5k and 20k corpora are slices of the whole corpus's cache
+            embedded[path] = time.perf_counter() - started
+            print(f"{Path(path).name}: {len(embeddings):,} embeddings in {embedded[path]:.1f} s", file=sys.stderr)
+        if args.embed_only:
+            continue
+        training, held_out = split(embeddings, size)
         wide = size is None and name != "python-docs" and not args.quick
         for budget, settings in budgets().items():
             for run, extra in runs_for_point(wide, len(training)):
                 jobs.append({"corpus": name, "budget": budget, "run": run, "training": training,
                              "held_out": held_out, "settings": {**settings, **extra}})
+    if args.embed_only:
+        print(f"{len(embedded)} corpora embedded or read from the cache in {sum(embedded.values()) / 60:.1f} minutes")
+        return
     done = {}
     if args.resume and Path(args.log).exists():
         done = {(r["corpus"], r["budget"], r["run"]): r for r in map(json.loads, Path(args.log).read_text().splitlines())}
