@@ -39,7 +39,6 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 """Bottom to top: a module may import from its own layer (without cycles) and the layers below."""
 
-MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 60
 MAX_BASE_SAE_LINES = 150
 
@@ -141,12 +140,11 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         test_no_module_imports_a_layer_above_it()
 
 
-def test_modules_and_functions_stay_small():
+def test_functions_stay_small():
+    """Functions and the SAE base class have a cap; modules do not: code goes where its concept is."""
     long = []
     for name, path in modules().items():
         source = path.read_text()
-        if len(source.splitlines()) > MAX_MODULE_LINES:
-            long.append(f"module {name}: {len(source.splitlines())} lines (at most {MAX_MODULE_LINES})")
         for node in ast.walk(ast.parse(source)):
             size = getattr(node, "end_lineno", 0) - getattr(node, "lineno", 0) + 1
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and size > MAX_FUNCTION_LINES:

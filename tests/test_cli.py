@@ -28,7 +28,7 @@ def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(summary) == {"run_dir", "fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "cos", "examples",
-                            "seconds"}
+                            "skipped_texts", "seconds"}
     assert summary["examples"] == 90 and summary["l0"] <= 4  # the option overrides the file's top_k
     assert summary["train_fvu"] < summary["val_fvu"]  # 2 passes over 45 texts: they are already memorized
     cfg = json.loads((tmp_path / "runs").joinpath(os.path.basename(summary["run_dir"]), "cfg.json").read_text())

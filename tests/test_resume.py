@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +78,14 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tmp_path, resume_
     # Every step saw the same batch as in the uninterrupted run: none skipped, none twice.
     assert losses(run_dir) == pytest.approx(losses(reference), rel=1e-5)
     assert summary["fvu"] == pytest.approx(expected["eval/fvu"], rel=1e-5)
+    # Every number it prints, train_fvu included (measured on a sample that the checkpoints keep) ...
+    assert summary["train_fvu"] == pytest.approx(expected["eval/train_fvu"], rel=1e-5)
+    # ... also when the finished run is resumed once more.
+    again = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
+                           capture_output=True, text=True, env=ENV, timeout=900)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["train_fvu"] == pytest.approx(summary["train_fvu"],
+                                                                                           rel=1e-5)
 
 
 @pytest.mark.slow
@@ -94,6 +103,21 @@ def test_signals_write_a_checkpoint_before_exiting(tmp_path, resume_data, sig):
                              capture_output=True, text=True, env=ENV, timeout=900)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["examples"] == 3 * 342
+
+
+@pytest.mark.slow
+def test_resume_refuses_data_that_changed_since_the_checkpoint(tmp_path, resume_data):
+    data = Path(shutil.copy(resume_data, tmp_path / "texts.jsonl"))
+    args = train_args(data, tmp_path / "out", tmp_path / "cache", False)
+    run_dir, process = start_and_stop(args, tmp_path / "out", signal.SIGTERM, after_step=10)
+    assert process.returncode == 128 + signal.SIGTERM, process.stderr
+    with open(data, "a") as handle:
+        handle.write(json.dumps({"text": "a text added after the checkpoint"}) + "\n")
+    resumed = subprocess.run([sys.executable, "-m", "sentence_sae", "train", "--resume", str(run_dir)],
+                             capture_output=True, text=True, env=ENV, timeout=900)
+    assert resumed.returncode == 2, resumed.stderr
+    assert f"dataset {data} has changed since" in resumed.stderr and "the run recorded" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
 
 
 @pytest.mark.slow

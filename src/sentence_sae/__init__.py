@@ -4,8 +4,8 @@ The pipeline, one module per stage, each importing only from the stages before i
 module table gives the whole order; tests/test_architecture.py enforces it): ``config`` ->
 ``data`` / ``embeddings`` -> ``cache`` / ``corpus`` / ``activation_store`` -> ``sae`` ->
 ``finalize`` -> ``checkpoint`` -> ``trainer`` / ``training`` -> ``evaluation`` -> ``analysis`` -> ``cli``. The names of the earlier research script
-(``get_default_cfg``, ``post_init_cfg``, ``VanillaSAE``, ``TopKSAE``, ``BatchTopKSAE``,
-``JumpReLUSAE``, ``ActivationsStoreSBERT``, ``train_sae``) work as before.
+(``get_default_cfg``, ``get_experiment_cfg``, ``post_init_cfg``, ``sae_classes``, ``VanillaSAE``,
+``TopKSAE``, ``BatchTopKSAE``, ``JumpReLUSAE``, ``ActivationsStoreSBERT``, ``train_sae``) work as before.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .checkpoint import load_sae, save_sae
 from .config import SAEConfig, get_default_cfg
 from .embeddings import load_sentence_model
 from .errors import CacheError, CheckpointError, ConfigError, DataError, ModelError, SentenceSAEError
-from .finalize import post_init_cfg
+from .finalize import get_experiment_cfg, post_init_cfg
 from .runs import text_codes
 from .sae import *  # noqa: F403
 from .sae import __all__ as SAE_NAMES
@@ -46,6 +46,7 @@ __all__ = [
     "SAEConfig",
     "get_default_cfg",
     "post_init_cfg",
+    "get_experiment_cfg",
     "ActivationsStoreSBERT",
     "EmbeddingStore",
     "EndOfData",

@@ -48,6 +48,8 @@ class BatchSource(Protocol):
     batch_size: int | None
 
     def planned_examples(self) -> int | None: ...
+    @property
+    def dataset_fingerprint(self) -> str | None: ...
     def initial_sample(self) -> torch.Tensor: ...
     def next_batch(self) -> torch.Tensor: ...
     def held_out_embeddings(self) -> torch.Tensor: ...
@@ -113,6 +115,12 @@ class ActivationStoreBase:
     def planned_examples(self) -> int | None:
         """Training examples this store will serve in all, when that can be known in advance."""
         return self.cfg.num_examples
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        """A hash of the data it serves, recorded in checkpoints so that a resume on changed data is
+        refused (None: not known)."""
+        return None
 
     # buffer ---------------------------------------------------------------------
     @property
@@ -243,8 +251,8 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.training_texts = None if rows is None else max(rows - self.training_start, 0)
         self.corpus.show_progress(self.training_start + self.buffer_capacity)  # until the first step
         self._eval_embeddings = self.corpus.embeddings(0, cfg.num_eval_examples)
-        self._check_training_texts_exist()
         self._val_embeddings = self.corpus.embeddings(cfg.num_eval_examples, self.training_start)
+        self._check_training_texts_exist()
 
     # ------------------------------------------------------------------ texts
     @property
@@ -263,7 +271,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         if held == 0:
             raise DataError(f"dataset {self.source} holds no texts; give a dataset with texts in column "
                             f"'{self.cfg.text_column}'")
-        raise DataError(f"dataset {self.source} has only {held + self.num_val_examples} texts, all taken by the "
+        raise DataError(f"dataset {self.source} has only {held + len(self._val_embeddings)} texts, all taken by the "
                         f"held-out set (num_eval_examples={self.cfg.num_eval_examples}) and the validation set "
                         f"(num_val_examples={self.num_val_examples}); lower them")
 
@@ -306,7 +314,11 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         # A corpus that reads only this process's split of the dataset needs no further sharing.
         keep = self._keep() if self.corpus.split is None else None
         yield from self.corpus.embedding_chunks(self.training_start, None, self.chunk_size, generator, skip, keep)
-        self.counter.skipped_empty = self.corpus.skipped_empty or self.counter.skipped_empty
+        self.counter.skipped_empty = self.corpus.skipped_texts or self.counter.skipped_empty
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        return self.corpus.dataset_source.fingerprint
 
     def initial_sample(self) -> torch.Tensor:
         sample = super().initial_sample()
@@ -354,8 +366,9 @@ class EmbeddingStore(ActivationStoreBase):
         if self.n_train <= 0:
             raise DataError(f"all {len(embeddings)} embeddings are held out (num_eval_examples="
                             f"{cfg.num_eval_examples}, num_val_examples={self.num_val_examples}); lower them")
-        self._held_out = _as_tensor(held_out if held_out is not None else embeddings[:start]).to(self.device)
-        self._validation = _as_tensor(embeddings[start : self.train_start]).to(self.device)
+        self._held_out = _finite(_as_tensor(held_out if held_out is not None else embeddings[:start]),
+                                 0, "held-out embedding").to(self.device)
+        self._validation = _finite(_as_tensor(embeddings[start : self.train_start]), start).to(self.device)
 
     def held_out_embeddings(self) -> torch.Tensor:
         return self._held_out
@@ -374,16 +387,21 @@ class EmbeddingStore(ActivationStoreBase):
         for position in range(skip, len(order)):
             if keep is None or keep(position):
                 start = int(starts[order[position]])
-                chunk = _as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))])
-                offset = first_non_finite(chunk)
-                if offset is not None:
-                    raise DataError(f"embedding row {start + offset} is not finite (NaN or inf); remove or fix it")
-                yield position, chunk
+                yield position, _finite(_as_tensor(self.embeddings[start : min(start + size, len(self.embeddings))]), start)
 
 
 def _passes(cfg: SAEConfig, first: int = 0) -> Iterator[int]:
     """first, first + 1, ... for as many passes over the data as the config allows."""
     return itertools.takewhile(lambda index: index < max_passes(cfg), itertools.count(first))
+
+
+def _finite(rows: torch.Tensor, first_row: int, what: str = "embedding") -> torch.Tensor:
+    """``rows`` (rows first_row, first_row + 1, ... of the array), or a DataError naming the first
+    row that holds a NaN or infinity."""
+    offset = first_non_finite(rows)
+    if offset is not None:
+        raise DataError(f"{what} row {first_row + offset} is not finite (NaN or inf); remove or fix it")
+    return rows
 
 
 def _as_tensor(array: Any) -> torch.Tensor:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -310,6 +312,8 @@ class EmbeddingCache:
         """Become the one process allowed to extend this cache; False if another holds it."""
         import fcntl
 
+        if self.writable:
+            return True
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             handle = open(self.folder / ".lock", "w")
@@ -326,6 +330,28 @@ class EmbeddingCache:
         if (self.folder / MANIFEST).exists():
             self._read_manifest()  # another process may have extended it meanwhile
         return True
+
+    def wait_for_writer(self, timeout: float, poll_seconds: float = 0.5) -> None:
+        """Become the cache's writer, waiting while another process fills it; return early when that
+        process completes it. A CacheError when the other process writes no new shard for ``timeout``
+        seconds."""
+        if self.complete or self.acquire_writer():
+            return
+        print(f"waiting for another process that is filling the embedding cache {self.folder} (giving up after "
+              f"{timeout:g} s without a new shard)", file=sys.stderr, flush=True)
+        rows, progressed = self.rows, time.monotonic()
+        while not self.acquire_writer():
+            if (self.folder / MANIFEST).exists():
+                self._read_manifest()
+            if self.complete:
+                return
+            if self.rows != rows:
+                rows, progressed = self.rows, time.monotonic()
+            elif time.monotonic() - progressed >= timeout:
+                raise CacheError(f"another process holds the embedding cache {self.folder} and wrote no shard for "
+                                 f"{timeout:g} s (the cache is valid up to row {self.rows}); wait for it to finish "
+                                 "and run this command again, or raise cache_lock_timeout")
+            time.sleep(poll_seconds)
 
     def append(self, embeddings: np.ndarray) -> None:
         """Add the embeddings of the next rows; full shards are written as they fill."""

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .config import SAEConfig, from_mapping
 from .errors import CheckpointError, ConfigError, first_line
+from .finalize import resolve_device
 from .files import CHECKSUM_SUFFIX, atomic_write_checked, checksum_path, verify_checksum, write_checksum
 from .sae import SAE_REGISTRY, BaseSAE, create_sae
 from .version import __version__
@@ -59,7 +60,8 @@ def save_sae(sae: BaseSAE, folder: str | Path) -> Path:
 
     folder = Path(folder)
     tensors = {name: t.detach().contiguous().cpu() for name, t in sae.weights_for_saving().items()}
-    atomic_write_checked(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    atomic_write_checked(folder / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)), size)
     text = json.dumps(saelens_cfg(sae), indent=2)
     atomic_write_checked(folder / CFG_FILE, lambda tmp: tmp.write_text(text))
     return folder
@@ -174,7 +176,7 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     data = _read_cfg(folder)
     cfg = config_from_saved(data, folder)
     cfg.act_size = int(data["d_in"])
-    cfg.device = device or "cpu"
+    cfg.device = resolve_device(device or "cpu")  # an unavailable device is said as such, not as a corrupt file
     if cfg.sae_type not in SAE_REGISTRY:
         raise CheckpointError(f"{folder / CFG_FILE}: unknown sae_type '{cfg.sae_type}'")
     weights_path = folder / WEIGHTS_FILE
@@ -189,13 +191,7 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
         raise CheckpointError(f"{weights_path} is corrupt or truncated ({first_line(exc)})") from None
     sae = create_sae(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.weights_for_saving().items()}
-    for name, shape in expected.items():
-        if name not in tensors:
-            raise CheckpointError(f"{weights_path} lacks the tensor '{name}'")
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(
-                f"{weights_path}: tensor '{name}' has shape {tuple(tensors[name].shape)}, expected {shape}"
-            )
+    check_tensor_set(weights_path, cfg.sae_type, expected, {name: tuple(t.shape) for name, t in tensors.items()})
     weights = {name: tensors[name].to(sae.dtype) for name in expected}
     if data.get("apply_b_dec_to_input") is False:
         # Our encoder always subtracts b_dec first; an SAE that does not gets it folded into b_enc:
@@ -208,6 +204,23 @@ def load_sae(path: str | Path, device: str | None = None) -> BaseSAE:
     sae.load_saved_weights(weights)
     sae.eval()
     return sae
+
+
+def check_tensor_set(path: Path, sae_type: str, expected: dict[str, tuple[int, ...]],
+                     found: dict[str, tuple[int, ...]]) -> None:
+    """The saved tensors must be exactly the ones ``sae_type`` has, in its shapes: weights of another
+    architecture (a threshold beside a topk config, say) would otherwise load and be silently ignored."""
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or extra:
+        difference = "; ".join(part for part in (
+            f"lacks {', '.join(missing)}" if missing else "",
+            f"holds {', '.join(extra)}, which a {sae_type} SAE does not have" if extra else "") if part)
+        raise CheckpointError(f"{path} does not hold the tensors of a {sae_type} SAE ({difference}): the weights "
+                              f"belong to another architecture than its {CFG_FILE} names; save them with their own "
+                              f"{CFG_FILE}")
+    for name, shape in expected.items():
+        if found[name] != shape:
+            raise CheckpointError(f"{path}: tensor '{name}' has shape {found[name]}, expected {shape}")
 
 
 def saved_config(path: str | Path) -> SAEConfig:

@@ -132,6 +132,9 @@ class SAEConfig:
     """Embedding cache root; unset means $SENTENCE_SAE_CACHE or ~/.cache/sentence-sae."""
     cache_shard_size: int = DEFAULT_SHARD_ROWS
     """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
+    cache_lock_timeout: float = 600.0
+    """Seconds embed waits for another process that is filling the same cache without writing a new
+    shard, before it gives up with an error."""
 
     # --- optimization ---
     batch_size: int | None = None
@@ -343,7 +346,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def get_default_cfg() -> SAEConfig:
-    """The defaults: a TopK SAE on MiniLM embeddings of the built-in python-docs corpus."""
+    """The defaults: a BatchTopK SAE on MiniLM embeddings of the built-in python-docs corpus."""
     return SAEConfig()
 
 

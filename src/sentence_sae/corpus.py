@@ -68,6 +68,14 @@ class Corpus:
         self._counted: tuple[int | None, int | None] = (None, None)  # (rows counted, that count's limit)
 
     @property
+    def skipped_texts(self) -> int:
+        """Rows passed over for a null or empty text, as far as the dataset has been read (all of
+        them once the cache is complete)."""
+        if self.cache is not None and self.cache.complete:
+            return self.cache.skipped_texts
+        return self.skipped_empty
+
+    @property
     def fully_cached(self) -> bool:
         return self.cache is not None and self.cache.complete
 

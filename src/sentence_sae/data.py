@@ -8,6 +8,7 @@ is downloaded or held in memory as a whole.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from .files import hash_file
 # File suffix -> datasets builder. Compressed files (.gz, .bz2, .xz, .zst) use their inner suffix.
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst"}
+LOCAL_SPLIT = "train"
+"""The one split of local files and built-in corpora."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +194,8 @@ class DatasetSource:
            revision: str | None = None) -> "DatasetSource":
         if dataset_path in BUILTIN_CORPORA:
             return cls(dataset_path, "builtin", dataset_name, split, revision)
+        if "\x00" in dataset_path:
+            raise DataError(f"dataset_path {dataset_path!r} holds a NUL character; give a file, folder or hub id")
         local = Path(dataset_path).expanduser()
         if local.exists():
             return cls(str(local.resolve()), "local", dataset_name, split, revision)
@@ -220,10 +225,14 @@ class DatasetSource:
         """A streaming ``datasets.IterableDataset`` of its rows."""
         import datasets
 
-        if self.kind == "builtin":
-            return datasets.IterableDataset.from_generator(BUILTIN_CORPORA[self.path])
         if self.kind == "missing":
             raise DataError(f"dataset file {self.path} does not exist; check the path")
+        if self.kind in ("builtin", "local") and self.split != LOCAL_SPLIT:
+            what = "the built-in corpus" if self.kind == "builtin" else "local files"
+            raise DataError(f"split '{self.split}' does not exist: {what} ({self.path}) have the one split "
+                            f"'{LOCAL_SPLIT}'; drop split, or point dataset_path at the file of that split")
+        if self.kind == "builtin":
+            return datasets.IterableDataset.from_generator(BUILTIN_CORPORA[self.path])
         if self.kind == "local":
             return _open_local(Path(self.path))
         try:
@@ -236,16 +245,40 @@ class DatasetSource:
             ) from None
 
 
+def check_csv_fields(file: Path) -> None:
+    """A DataError naming the first line of a CSV file whose number of fields differs from its
+    header's. pandas would read a row with one field too many as an index and shift every column
+    by one without a word (the text column then holds the next column's values)."""
+    import csv
+
+    with _open_decompressed(file) as raw:
+        lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            return
+        for record in reader:
+            if record and len(record) != len(header):
+                raise DataError(f"line {reader.line_num} of {file} has {len(record)} fields where its header has "
+                                f"{len(header)}; quote the fields that hold commas, or fix that line")
+
+
 def _open_local(path: Path) -> Any:
     import datasets
 
     builder, files = _local_data_files(path)
+    if builder == "csv":
+        for file in files:
+            if Path(file).suffix.lower() != ".zst":
+                check_csv_fields(Path(file))
     # The file readers log their own error line before raising; the caller reports it better.
     logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     if all(Path(file).stat().st_size == 0 for file in files):
         raise DataError(f"dataset {path} holds no texts (its files are empty); give a file with texts")
+    # CSV: "NA", "null" or "nan" are texts, not missing values (pandas's default would drop them)
+    options = {"keep_default_na": False} if builder == "csv" else {}
     try:
-        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True)
+        return datasets.load_dataset(builder, data_files=files, split="train", streaming=True, **options)
     except Exception as exc:  # datasets raises many types for unreadable files
         raise DataError(f"cannot read {path} as {builder}: {first_line(exc)}") from None
 

@@ -43,6 +43,14 @@ class CacheError(SentenceSAEError):
     """An embedding cache folder that is corrupt, truncated or belongs to other data."""
 
 
+class DiskFullError(SentenceSAEError, OSError):
+    """A write that failed for want of disk space; ``needed`` and ``free`` are in bytes."""
+
+    def __init__(self, message: str, path: str = "", needed: int = 0, free: int = 0):
+        super().__init__(message)
+        self.path, self.needed, self.free = path, needed, free
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none), for one-line errors."""
     text = str(exc).strip()

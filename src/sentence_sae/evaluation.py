@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     densities = (codes > 0).double().mean(0).numpy()
     plot = density_histogram(densities, run.folder / "density_histogram.png",
                              f"{run.folder.name}: feature densities on {len(embeddings)} texts")
+    metrics, missing = split_missing(metrics, len(embeddings))
     report = {
         **metrics,
+        **({"missing": missing} if missing else {}),
         "examples": len(embeddings),
         "dataset_path": run.cfg.dataset_path,
         "held_out": run.own_dataset and len(embeddings) <= run.cfg.num_eval_examples,
@@ -59,6 +62,23 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     }
     atomic_write_text(run.folder / "eval.json", json.dumps(report, indent=2))
     return report
+
+
+MISSING_REASONS = {
+    "recall_at_10": "needs more than 10 texts",
+    "sim_spearman": "needs at least 3 texts",
+    "label_purity": "no feature fires on 5 or more of the texts",
+    "probe_acc_sae": "the probe's 20% test split is empty",
+    "probe_acc_embed": "the probe's 20% test split is empty",
+}
+"""Why a metric cannot be measured on an evaluation this small (it is reported as null, never NaN)."""
+
+
+def split_missing(metrics: dict[str, Any], texts: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metrics with each non-finite value replaced by None, and the reason each is missing."""
+    missing = {key: f"{MISSING_REASONS.get(key, 'not measurable')} ({texts} evaluated)" for key, value in metrics.items()
+               if isinstance(value, float) and not math.isfinite(value)}
+    return {key: None if key in missing else value for key, value in metrics.items()}, missing
 
 
 def label_metrics(codes: torch.Tensor, embeddings: torch.Tensor, labels_raw: list[Any], seed: int = 0) -> dict[str, float]:

@@ -8,20 +8,24 @@ SHA-256 checksum file beside them (``<name>.sha256``, in ``sha256sum`` format) t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ConfigError, SentenceSAEError
+from .errors import ConfigError, DiskFullError, SentenceSAEError
 
 CHECKSUM_SUFFIX = ".sha256"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+def atomic_write(path: Path, write: Callable[[Path], None], size_hint: int = 0) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``. A full
+    disk is a DiskFullError naming the path, the space needed (at least ``size_hint`` bytes) and that
+    the previous file is unchanged."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -29,16 +33,57 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         try:
             write(tmp)
-        except OSError:
-            raise
-        except Exception as exc:  # safetensors reports a full disk as its own error type
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        except Exception as exc:
+            if out_of_space(path.parent, exc):
+                written = tmp.stat().st_size if tmp.exists() else 0
+                tmp.unlink(missing_ok=True)
+                kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written in its place"
+                raise disk_full(path, max(written, size_hint), kept) from None
+            if isinstance(exc, OSError):
+                raise
+            # safetensors and torch report a failed write as their own error types
             raise OSError(f"could not write {path}: {exc}") from exc
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+MIN_FREE_BYTES = 1 << 20
+"""A write that fails with less than this free on its disk failed for want of space, whatever error
+type the writing library turned ENOSPC into."""
+
+
+def out_of_space(folder: Path, exc: BaseException) -> bool:
+    if isinstance(exc, DiskFullError) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
+        return True
+    free = free_bytes(folder)
+    return free is not None and free < MIN_FREE_BYTES
+
+
+def free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def disk_full(path: Path, needed: int, kept: str) -> DiskFullError:
+    """The one-line error for a write of about ``needed`` bytes to ``path`` that found the disk full."""
+    free = free_bytes(path.parent) or 0
+    return DiskFullError(f"no space left on the disk of {path.parent} to write {path.name} (it needs at least "
+                         f"{human_bytes(needed)}, {human_bytes(free)} free); {kept}; free disk space and run the "
+                         "command again", str(path), needed, free)
+
+
+def human_bytes(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    return f"{count} GiB"
 
 
 def _umask() -> int:
@@ -73,11 +118,11 @@ def write_checksum(path: Path) -> None:
     atomic_write_text(checksum_path(path), f"{sha256_file(path)}  {path.name}\n")
 
 
-def atomic_write_checked(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write_checked(path: Path, write: Callable[[Path], None], size_hint: int = 0) -> None:
     """``atomic_write`` and a checksum beside it. The old checksum goes first, so a crash in between
     leaves a file without a checksum (read unchecked), never one with a wrong checksum."""
     checksum_path(path).unlink(missing_ok=True)
-    atomic_write(path, write)
+    atomic_write(path, write, size_hint)
     write_checksum(path)
 
 

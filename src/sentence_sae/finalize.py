@@ -8,6 +8,7 @@ config that would fail later. It sits above the model loader and the SAE registr
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,10 @@ from .data import DatasetSource
 from .embeddings import ENCODE_BACKENDS, embedding_dim, load_sentence_model, resolve_prompt
 from .errors import ConfigError
 from .sae import SAE_REGISTRY
+
+
+MAX_INTEGER = 2**62
+"""The largest integer a config key takes: counts beyond it overflow the readers' and torch's indices."""
 
 
 def resolve_device(requested: str | None) -> str:
@@ -64,6 +69,7 @@ def _check(condition: bool, message: str) -> None:
 
 def validate(cfg: SAEConfig) -> None:
     """Check the ranges of every value (types are checked on assignment), naming the key and the fix."""
+    check_numbers(cfg)
     _check(
         cfg.sae_type in SAE_REGISTRY,
         f"unknown sae_type '{cfg.sae_type}'; valid types: {', '.join(sorted(SAE_REGISTRY))}",
@@ -114,6 +120,60 @@ def validate(cfg: SAEConfig) -> None:
     _check(cfg.encode_backend in ENCODE_BACKENDS,
            f"encode_backend '{cfg.encode_backend}' is not valid; use one of {', '.join(ENCODE_BACKENDS)}")
     _check(bool(cfg.dataset_path), "dataset_path must not be empty")
+    _check(cfg.cache_lock_timeout >= 0, f"cache_lock_timeout must not be negative, got {cfg.cache_lock_timeout}")
+    if cfg.name is not None:
+        check_path_part("name", cfg.name)
+
+
+def check_numbers(cfg: SAEConfig) -> None:
+    """Every number finite and within what the readers and torch can index; a seed torch accepts."""
+    for key, value in cfg.items():
+        # inf and nan pass every range comparison the wrong way (or fail deep inside a schedule)
+        _check(not isinstance(value, float) or math.isfinite(value), f"{key} must be a finite number, got {value}")
+        _check(not isinstance(value, int) or isinstance(value, bool) or abs(value) <= MAX_INTEGER,
+               f"{key} is too large ({value}); it must be at most {MAX_INTEGER}")
+    _check(cfg.seed >= 0, f"seed must not be negative, got {cfg.seed}")
+
+
+def check_path_part(key: str, value: str) -> None:
+    """A name that becomes one folder under output_dir: no separators, no '..', nothing that leaves it."""
+    _check(bool(value.strip()) and value not in (".", "..") and not re.search(r"[/\\\x00]", value),
+           f"{key} '{value}' must be a plain folder name (no '/', '\\', '..' or empty name): it names a folder "
+           "under output_dir; put the path in output_dir instead")
+
+
+def check_memory(cfg: SAEConfig) -> None:
+    """Refuse a dictionary whose weights, gradients and optimizer state cannot fit, before allocating it."""
+    need = sae_training_bytes(cfg)
+    have = available_memory(cfg.device)
+    if have is not None and need > have:
+        raise ConfigError(f"dict_size {cfg.dict_size} needs about {need / 2**30:,.1f} GiB for the SAE's weights, "
+                          f"gradients and optimizer state at {cfg.act_size} dimensions, but {cfg.device} has "
+                          f"{have / 2**30:,.1f} GiB available; lower dict_size")
+
+
+def sae_training_bytes(cfg: SAEConfig) -> int:
+    """Weights, gradients and Adam's two moments of an SAE of this config (activations not counted)."""
+    import torch
+
+    parameters = 2 * cfg.act_size * cfg.dict_size + 2 * cfg.dict_size + cfg.act_size
+    return 4 * parameters * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for new tensors on ``device`` (None when it cannot be told)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(torch.device(device))[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def default_run_name(cfg: SAEConfig) -> str:
@@ -131,12 +191,13 @@ def _make_paths_absolute(cfg: SAEConfig) -> None:
         cfg.cache_dir = str(Path(cfg.cache_dir).expanduser().absolute())
 
 
-def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEConfig:
+def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None,
+                  embedding_width: int | None = None) -> SAEConfig:
     """Finalize a config: validate every value and fill the derived ones.
 
-    ``act_size`` comes from ``model`` (a SentenceTransformer); without one, the model named by
-    ``cfg.model_name`` is loaded (once per process). Calling it again on a finalized config is
-    harmless.
+    ``act_size`` comes from ``model`` (a SentenceTransformer), or from ``embedding_width`` when the
+    embeddings are given without a model; with neither, the model named by ``cfg.model_name`` is
+    loaded (once per process). Calling it again on a finalized config is harmless.
     """
     if not isinstance(cfg, SAEConfig):
         cfg = from_mapping(cfg)
@@ -152,16 +213,17 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
     _make_paths_absolute(cfg)
     cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
 
-    if model is None:
+    if model is None and embedding_width is None:
         model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    model_dim = embedding_dim(model)
-    if cfg.act_size is not None and cfg.act_size != model_dim:
-        raise ConfigError(
-            f"act_size is {cfg.act_size}, but model '{cfg.model_name}' gives {model_dim}-dimensional "
-            f"embeddings; remove act_size or set it to {model_dim}"
-        )
-    cfg.act_size = model_dim
-    resolve_prompt(model, cfg.prompt, cfg.prompt_name)  # an unknown prompt name fails here, before any work
+    width = embedding_dim(model) if model is not None else embedding_width
+    if cfg.act_size is not None and cfg.act_size != width:
+        given = f"model '{cfg.model_name}' gives" if model is not None else "the store serves"
+        raise ConfigError(f"act_size is {cfg.act_size}, but {given} {width}-dimensional embeddings; remove act_size "
+                          f"or set it to {width}")
+    cfg.act_size = width
+    check_memory(cfg)
+    if model is not None:
+        resolve_prompt(model, cfg.prompt, cfg.prompt_name)  # an unknown prompt name fails here, before any work
     if cfg.input_unit_norm is None:
         cfg.input_unit_norm = SAE_REGISTRY[cfg.sae_type].default_input_unit_norm
     if cfg.top_k_aux > cfg.dict_size:
@@ -169,3 +231,9 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None) -> SAEC
     if cfg.name is None:
         cfg.name = default_run_name(cfg)
     return cfg
+
+
+def get_experiment_cfg(**overrides: Any) -> SAEConfig:
+    """The earlier script's experiment config: the defaults with ``overrides``, finalized (act_size
+    from the model, run name, device), ready for ``sae_classes[cfg["sae_type"]](cfg)``."""
+    return post_init_cfg({**SAEConfig().to_dict(), **overrides})

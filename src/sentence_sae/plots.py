@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .errors import CheckpointError
+from .files import atomic_write
 from .tracking import METRICS_FILE, read_metrics
 
 
@@ -35,8 +38,7 @@ def density_histogram(densities: np.ndarray, path: Path, title: str = "") -> Pat
     ax.text(0.99, 0.97, f"{len(densities)} features\n{dead} never fire\n{int((densities > 0.1).sum())} fire on >10%",
             transform=ax.transAxes, ha="right", va="top", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -47,6 +49,9 @@ CURVES = [("train/loss", "loss"), ("eval/fvu", "held-out FVU"), ("train/l0", "L0
 def training_curves(run_dir: Path, path: Path | None = None) -> Path:
     """Loss, held-out FVU, L0 and dead fraction against training examples, from metrics.jsonl."""
     rows = read_metrics(Path(run_dir) / METRICS_FILE)
+    if not any(key in row for row in rows for key, _ in CURVES):
+        raise CheckpointError(f"{Path(run_dir) / METRICS_FILE} holds no training metrics to plot; train the run "
+                              "first (or give the folder of a run that logged steps)")
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
     last_examples = 0.0
@@ -66,6 +71,13 @@ def training_curves(run_dir: Path, path: Path | None = None) -> Path:
     fig.suptitle(Path(run_dir).name, fontsize=10)
     fig.tight_layout()
     path = path or Path(run_dir) / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a figure as PNG atomically (a full disk leaves the previous picture, and says so)."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        _pyplot().close(fig)

@@ -1,5 +1,6 @@
 """What the trainer steers from its own measurements, step by step: which features are dead (for
-AuxK) and, for the coefficient-based variants, the sparsity coefficient that reaches target_l0."""
+AuxK) and, for the coefficient-based variants, the sparsity coefficient that reaches target_l0; and
+what it watches for: a diverging reconstruction, and results that miss what the run asked for."""
 
 from __future__ import annotations
 
@@ -42,6 +43,25 @@ def l0_miss(architecture: str, val_l0: float | None, target: float | None, k_bas
             "the sparsity coefficient had too few steps to settle; a longer run (num_examples) gets closer")
     return (f"warning: {architecture} ends at L0 {val_l0:.1f} on the validation texts, {abs(miss):.0%} "
             f"{'below' if miss < 0 else 'above'} {'top_k' if k_based else 'target_l0'}={target:g}: {hint}")
+
+
+DIVERGENCE_FACTOR = 100.0
+"""A training batch whose reconstruction error exceeds this many times the first batch's (or the
+data's variance, the error of predicting the mean, when that is larger) has diverged: a working
+run's error falls from about the variance."""
+
+
+def diverged(relative_error: float, first_relative_error: float) -> bool:
+    """Whether an error (over the data's variance) says the run diverged; NaN counts as diverged."""
+    return not relative_error <= DIVERGENCE_FACTOR * max(first_relative_error, 1.0)
+
+
+def fvu_miss(fvu: float | None) -> str | None:
+    """A warning when the held-out FVU is above 1: the SAE reconstructs worse than the mean embedding."""
+    if fvu is None or not fvu > 1:
+        return None
+    return (f"warning: the held-out FVU is {fvu:.3g}, above 1: the SAE reconstructs unseen texts worse than their "
+            "mean embedding does; train on more examples (num_examples) or lower lr")
 
 
 class DeadFeatures:

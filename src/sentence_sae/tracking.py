@@ -15,7 +15,7 @@ from typing import Any
 
 from .config import SAEConfig
 from .errors import CheckpointError, first_line
-from .files import checksum_path, verify_checksum, write_checksum
+from .files import checksum_path, disk_full, out_of_space, verify_checksum, write_checksum
 
 
 METRICS_FILE = "metrics.jsonl"
@@ -59,10 +59,15 @@ class RunLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **metrics}
+        line = json.dumps({"step": step, **metrics}) + "\n"
         assert self._metrics_file is not None
-        self._metrics_file.write(json.dumps(record) + "\n")
-        self._metrics_file.flush()
+        try:
+            self._metrics_file.write(line)
+            self._metrics_file.flush()
+        except OSError as exc:
+            if out_of_space(self.run_dir, exc):
+                raise disk_full(self.metrics_path, len(line), "the steps logged before it are kept") from None
+            raise
         if self.wandb_run is not None:
             self.wandb_run.log(metrics, step=step)
 
@@ -79,9 +84,14 @@ class RunLogger:
         """Close metrics.jsonl and the wandb run; a non-zero ``exit_code`` marks the run failed."""
         self.exit_code = exit_code
         if self._metrics_file is not None:
-            self._metrics_file.close()
-            self._metrics_file = None
-            write_checksum(self.metrics_path)
+            handle, self._metrics_file = self._metrics_file, None
+            try:
+                handle.close()
+                write_checksum(self.metrics_path)
+            except OSError:
+                if exit_code == 0:
+                    raise
+                # a run that already failed (a full disk, say) reports that failure, not this one
         if self.wandb_run is not None:
             for key, value in summary.items():
                 self.wandb_run.summary[key] = value

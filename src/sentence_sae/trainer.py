@@ -26,21 +26,34 @@ from .activation_store import BatchSource, EndOfData
 from .checkpoint import save_checkpoint_folder, save_sae
 from .config import SAEConfig
 from .distributed import SingleProcess
-from .errors import CheckpointError, DataError, TrainingStopped
-from .files import new_run_dir
+from .errors import CheckpointError, DataError, DiskFullError, TrainingStopped
+from .files import atomic_write, free_bytes, human_bytes, new_run_dir, out_of_space
 from .metrics import reconstruction_metrics
 from .sae import BaseSAE, eval_mode
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from .recipe import RunSize, fill_recipe, sparsity_target
 from .schedules import adam, clip_gradients, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
-from .steering import DeadFeatures, SparsityCoefficient, l0_miss
+from .steering import DeadFeatures, SparsityCoefficient, diverged, fvu_miss, l0_miss
 from .tracking import RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
 TRAINER_STATE = "trainer_state.pt"
+NO_VARIANCE = 1e-9
+"""Embeddings whose variance is below this fraction of their squared norm differ by rounding only."""
 TRAINING_SAMPLE = 2_048
 """Training embeddings kept from the first buffer to report the training FVU at the end."""
+
+
+def tensor_bytes(value: Any) -> int:
+    """Bytes of the tensors in a (nested) state: what writing it takes on disk, about."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(item) for item in value)
+    return 0
 
 
 @dataclass
@@ -61,7 +74,7 @@ class TrainResult:
         validation texts (far below held-out on training texts: memorized), and L0 on validation texts."""
         shown = ("fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "cos")
         return {"run_dir": str(self.run_dir), **{key: self.metrics.get(key) for key in shown},
-                "examples": self.examples, "seconds": round(self.seconds, 2)}
+                "examples": self.examples, "skipped_texts": self.skipped_texts, "seconds": round(self.seconds, 2)}
 
 
 class Trainer:
@@ -86,6 +99,9 @@ class Trainer:
         self.training_sample = torch.empty(0, sae.d_in)
         self.run_dir = run_dir or (new_run_dir(cfg.output_dir, cfg.name) if is_main else Path(cfg.output_dir))
         self.step = 0
+        self.first_error: float | None = None
+        """The first step's squared reconstruction error per example over the data's variance."""
+        self.reference_variance: float | None = None
         self.total_steps: int | None = None
         self.history: list[dict[str, float]] = []
         self.started = time.perf_counter()  # the run's seconds include waiting for the first embeddings
@@ -148,8 +164,10 @@ class Trainer:
             self.sparsity.record(self._steering_l0(output.l0_norm), self.total_steps)
         with torch.no_grad():
             x = batch.to(output.sae_out.dtype)
+            squared_error = (output.sae_out - x).pow(2).sum()
             variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
-            fvu = ((output.sae_out - x).pow(2).sum() / variance).item()
+            fvu = (squared_error / variance).item()
+        self._stop_if_diverged(squared_error.item() / len(batch))
         return {
             "train/loss": loss,
             "train/l2_loss": output.l2_loss.item(),
@@ -163,6 +181,22 @@ class Trainer:
             "train/sparsity_coeff": coeff,
             "train/examples": float(self.store.examples_served * self.world_size),
         }
+
+    def _stop_if_diverged(self, squared_error: float) -> None:
+        """Stop, without saving, a run whose reconstruction has blown up (see steering.diverged). The
+        error is measured against the variance of the fixed training sample, not the batch's: a batch of
+        near-identical texts has almost none."""
+        if self.reference_variance is None:
+            sample = self.training_sample.double()
+            self.reference_variance = max((sample - sample.mean(0)).pow(2).sum(-1).mean().item(), 1e-12)
+        relative = squared_error / self.reference_variance
+        if self.first_error is None:
+            self.first_error = relative
+        if diverged(relative, self.first_error):
+            raise TrainingStopped(
+                f"training diverged: the reconstruction error of step {self.step}'s batch is {relative:.3g} times the "
+                f"data's variance, against {self.first_error:.3g} at the first step; training stopped without saving "
+                f"the diverged SAE{self._checkpoint_note()}; lower lr or max_grad_norm", exit_code=1)
 
     def _steering_l0(self, batch_l0: torch.Tensor) -> float:
         """L0 on the validation texts (the same in every process), or the batch's without them."""
@@ -186,7 +220,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, the data position included."""
         return {
-            "format_version": 2,
+            "format_version": 3,
             "step": self.step,
             "total_steps": self.total_steps,
             "sae": {name: tensor.detach().cpu().clone() for name, tensor in self.sae.state_dict().items()},
@@ -197,6 +231,9 @@ class Trainer:
             "stores": self.collectives.gather(self.store.state_dict()),
             "history": self.history,
             "wandb_id": self.logger.wandb_id,
+            "first_error": self.first_error,
+            "training_sample": self.training_sample.cpu().clone(),
+            "dataset_fingerprint": self.store.dataset_fingerprint,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -213,6 +250,9 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = list(state.get("history", []))
+        self.first_error = state.get("first_error")
+        if state.get("training_sample") is not None:  # checkpoints of format 3 on: train_fvu as if never stopped
+            self.training_sample = state["training_sample"].to(self.sae.device)
 
     def save_checkpoint(self) -> Path | None:
         """checkpoints/step_NNNNNNN/: the SAE (SAELens layout) and trainer_state.pt, written under a
@@ -221,9 +261,16 @@ class Trainer:
         if not self.is_main:
             return None
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
+        size = tensor_bytes(state) + tensor_bytes(self.sae.weights_for_saving())
         try:
-            save_checkpoint_folder(self.sae, folder, lambda staging: torch.save(state, staging / TRAINER_STATE))
+            save_checkpoint_folder(self.sae, folder, lambda staging: atomic_write(
+                staging / TRAINER_STATE, lambda tmp: torch.save(state, tmp), size))
         except OSError as exc:
+            if out_of_space(self.run_dir, exc):
+                raise CheckpointError(
+                    f"no space left on the disk of {folder.parent} for the checkpoint {folder.name} (it needs about "
+                    f"{human_bytes(size)}, {human_bytes(free_bytes(self.run_dir) or 0)} free)"
+                    f"{self._checkpoint_note() or '; no earlier checkpoint was written'}; free disk space first") from None
             raise CheckpointError(
                 f"could not write the checkpoint {folder} ({exc.strerror or exc}){self._checkpoint_note()}"
             ) from None
@@ -244,6 +291,8 @@ class Trainer:
             return
         try:
             save_sae(self.sae, self.run_dir)
+        except DiskFullError as exc:
+            raise CheckpointError(f"{exc}{self._checkpoint_note()}") from None
         except OSError as exc:
             raise CheckpointError(f"could not save the SAE into {self.run_dir} ({exc.strerror or exc})"
                                   f"{self._checkpoint_note()}") from None
@@ -252,10 +301,14 @@ class Trainer:
     # -------------------------------------------------------------- the run, batch by batch
     def prepare(self, planned: int | None, sample: torch.Tensor) -> None:
         """Plan the schedule and initialize the decoder bias from the first training buffer."""
-        self.training_sample = sample[:TRAINING_SAMPLE].clone()  # for the training FVU at the end
         if self.resumed:
+            if len(self.training_sample) == 0:
+                self.training_sample = sample[:TRAINING_SAMPLE].clone()
             return
-        if len(sample) > 1 and not bool((sample != sample[0]).any()):
+        # A fixed set of training embeddings (saved with every checkpoint) for the training FVU at the end
+        self.training_sample = sample[:TRAINING_SAMPLE].clone()
+        spread = (sample - sample.mean(0)).pow(2).sum(-1).mean()
+        if len(sample) > 1 and spread <= NO_VARIANCE * sample.pow(2).sum(-1).mean():
             raise DataError(f"the first {len(sample)} training embeddings are all identical (no variance): the "
                             "texts are probably all the same; give a dataset of distinct texts")
         if planned is not None:
@@ -302,7 +355,9 @@ class Trainer:
         if self.is_main:
             self.calibrate()
         final = self.final_metrics() if self.is_main else {}
-        if warning := l0_miss(self.sae.architecture, final.get("eval/val_l0"), self.l0_target(), self.sae.uses_top_k):
+        warnings = (l0_miss(self.sae.architecture, final.get("eval/val_l0"), self.l0_target(), self.sae.uses_top_k),
+                    fvu_miss(final.get("eval/fvu")))
+        for warning in filter(None, warnings):
             print(warning, file=sys.stderr)
         self.logger.log(final, self.step)
         self.save_final()
@@ -329,7 +384,7 @@ def run_training(trainers: list[Trainer], store: BatchSource) -> list[TrainResul
         print(
             f"Training stopped: {end_reason}; {store.examples_served * trainers[0].world_size} examples in "
             f"{trainers[0].step} steps, {time.perf_counter() - started:.1f}s"
-            + (f"; skipped {skipped} empty texts" if skipped else ""),
+            + (f"; skipped {skipped} rows with a null or empty text" if skipped else ""),
             file=sys.stderr,
         )
     return results

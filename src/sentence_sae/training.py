@@ -14,42 +14,72 @@ from typing import Any
 import torch
 
 from .activation_store import ActivationsStoreSBERT, BatchSource
+from .cache import open_cache
 from .checkpoint import saved_config
 from .config import SAEConfig, from_mapping
+from .corpus import Corpus
 from .distributed import DistributedContext
 from .embeddings import load_sentence_model, require_dim
-from .errors import CheckpointError, ConfigError, first_line
+from .errors import CacheError, CheckpointError, ConfigError, TrainingStopped, first_line
 from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
 from .sae import BaseSAE, create_sae
+from .signals import SignalReceived, StopOnSignals
 from .tracking import read_metrics
 from .trainer import TRAINER_STATE, Trainer, TrainResult
 
 
 def train_sae(sae: BaseSAE, activation_store: BatchSource, model: Any, cfg: SAEConfig) -> TrainResult:
-    """Train ``sae`` on the embeddings ``activation_store`` serves (the earlier script's entry point)."""
-    cfg = post_init_cfg(cfg, model)
-    require_dim(model, sae.d_in)
+    """Train ``sae`` on the embeddings ``activation_store`` serves (the earlier script's entry point).
+    ``model`` may be None for embeddings you already have (an ``EmbeddingStore``): their width is
+    the array's."""
+    width = getattr(activation_store, "d_in", None)
+    cfg = post_init_cfg(cfg, model, embedding_width=width if model is None else None)
+    if model is not None:
+        require_dim(model, sae.d_in)
+    if width is not None and width != sae.d_in:
+        raise ConfigError(f"the SAE reads {sae.d_in}-dimensional embeddings, but the store serves {width}-dimensional "
+                          "ones; create the SAE from a config finalized for these embeddings")
     return Trainer(sae, activation_store, cfg).train()
 
 
 def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
     """Fill the embedding cache for ``cfg``'s dataset: the rows a run of this config reads (the
-    held-out set plus num_examples), or the whole dataset when num_examples is unset."""
+    held-out set plus num_examples), or the whole dataset when num_examples is unset. Another
+    process filling the same cache is waited for; a signal stops it with a line saying how far the
+    cache is valid."""
     cfg = post_init_cfg(cfg if isinstance(cfg, SAEConfig) else from_mapping(cfg))
     if not cfg.use_cache:
         raise ConfigError("embed writes the embedding cache; drop use_cache=false")
     model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
     started = time.perf_counter()
-    store = ActivationsStoreSBERT(model, cfg)
-    before = store.cache.rows
-    stop = None if cfg.num_examples is None else store.training_start + cfg.num_examples
+    cache = open_cache(cfg, model)
+    cache.wait_for_writer(cfg.cache_lock_timeout)
+    before = cache.rows
+    corpus = Corpus(model, cfg, cfg.device or "cpu", cache=cache)
+    store: ActivationsStoreSBERT | None = None
     try:
-        rows = store.corpus.precompute(stop, store.chunk_size)
-    finally:
-        store.close()
-    return {"cache_dir": str(store.cache.folder), "rows": rows, "encoded": rows - before,
-            "complete": store.cache.complete, "seconds": round(time.perf_counter() - started, 2)}
+        with StopOnSignals(immediately=True):
+            try:
+                store = ActivationsStoreSBERT(model, cfg, corpus=corpus)
+                stop = None if cfg.num_examples is None else store.training_start + cfg.num_examples
+                rows = corpus.precompute(stop, store.chunk_size)
+            finally:
+                (store or corpus).close()  # writes the rows encoded so far
+    except SignalReceived as received:
+        raise TrainingStopped(f"{received.name} received; the embedding cache {cache.folder} is valid up to row "
+                              f"{cache.rows}; run the same command again to continue from there",
+                              exit_code=128 + received.signum) from None
+    wanted = rows if stop is None else stop
+    if not cache.complete and rows < wanted:
+        raise CacheError(f"the embedding cache {cache.folder} holds {rows} of the {wanted} rows asked for; "
+                         "run the same command again to finish it")
+    skipped = corpus.skipped_texts
+    if skipped:
+        print(f"skipped {skipped} rows of {cfg.dataset_path} with a null or empty '{cfg.text_column}'",
+              file=sys.stderr)
+    return {"cache_dir": str(cache.folder), "rows": rows, "encoded": rows - before, "complete": cache.complete,
+            "skipped_texts": skipped, "seconds": round(time.perf_counter() - started, 2)}
 
 
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
@@ -102,11 +132,19 @@ def resume(run_dir: str | Path) -> TrainResult:
             raise CheckpointError(f"{checkpoint} was written by {len(state['stores'])} process(es); resume it "
                                   f"with as many, not {context.world_size}")
         cfg, store, sae = _set_up(context, saved_config(checkpoint))
+        check_same_data(state.get("dataset_fingerprint"), store.dataset_fingerprint, cfg, checkpoint)
         store.load_state_dict(state["stores"][context.rank])
         truncate_metrics(folder / "metrics.jsonl", int(state["step"]))
         print(f"Resuming {folder} from step {state['step']} ({checkpoint.name})", file=sys.stderr)
         return Trainer(sae, store, cfg, run_dir=folder, resume_state=state, is_main=context.is_main,
                        collectives=context.collectives).train()
+
+
+def check_same_data(recorded: str | None, current: str | None, cfg: SAEConfig, checkpoint: Path) -> None:
+    """A resumed run must read the data it was trained on: its position in the data means nothing else."""
+    if recorded is not None and current is not None and recorded != current:
+        raise CheckpointError(f"dataset {cfg.dataset_path} has changed since {checkpoint} was written (fingerprint "
+                              f"{current[:16]}, the run recorded {recorded[:16]}); restore the data, or train a new run")
 
 
 def truncate_metrics(path: Path, step: int) -> None:

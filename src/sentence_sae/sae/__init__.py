@@ -7,7 +7,7 @@ A new architecture subclasses :class:`BaseSAE`, sets ``architecture`` and decora
 from __future__ import annotations
 
 from .base import BaseSAE, SAEOutput, eval_mode
-from .registry import SAE_REGISTRY, create_sae, register_sae
+from .registry import SAE_REGISTRY, create_sae, register_sae, sae_classes
 from .vanilla import VanillaSAE
 from .topk import TopKSAE
 from .batchtopk import BatchTopKSAE
@@ -20,6 +20,7 @@ __all__ = [
     "SAEOutput",
     "eval_mode",
     "SAE_REGISTRY",
+    "sae_classes",
     "create_sae",
     "register_sae",
     "VanillaSAE",

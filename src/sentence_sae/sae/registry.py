@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from .base import BaseSAE
 
 SAE_REGISTRY: dict[str, type["BaseSAE"]] = {}
+sae_classes = SAE_REGISTRY
+"""The earlier script's name for the table: ``sae_classes[cfg["sae_type"]](cfg)`` builds an SAE."""
 
 T = TypeVar("T", bound=type)
 
