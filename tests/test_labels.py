@@ -146,7 +146,6 @@ def test_feature_pages_show_the_highlighting_in_chromium(labelled_run, tmp_path)
         assert chosen.value_of_css_property("background-color") == full  # the strongest word is fully colored
         assert driver.find_elements(By.CSS_SELECTOR, ".highlight-note")
         driver.save_screenshot(str(tmp_path / "feature.png"))
-        shutil.copy(tmp_path / "feature.png", "/tmp/exp/feature_test.png")
 
 
 def test_labelling_and_highlighting_read_a_capped_number_of_words():

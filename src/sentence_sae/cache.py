@@ -76,7 +76,8 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=8)
-def _weights_fingerprint(model: Any) -> str:
+def model_fingerprint(model: Any) -> str:
+    """A hash of the model's weights: two models share a cache only if they compute the same thing."""
     import torch
 
     hasher = hashlib.sha256()
@@ -85,11 +86,6 @@ def _weights_fingerprint(model: Any) -> str:
         hasher.update(str(tuple(tensor.shape)).encode())
         hasher.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return hasher.hexdigest()
-
-
-def model_fingerprint(model: Any) -> str:
-    """A hash of the model's weights: two models share a cache only if they compute the same thing."""
-    return _weights_fingerprint(model)
 
 
 @dataclass(frozen=True)

@@ -92,10 +92,6 @@ def sparsity_target(cfg: SAEConfig) -> float:
     return float(cfg.target_l0 if cfg.target_l0 is not None else cfg.top_k)
 
 
-def needs_recipe(cfg: SAEConfig) -> bool:
-    return cfg.batch_size is None or cfg.lr is None or cfg.lr_warmup_steps is None
-
-
 def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1, small_encoder_start: bool = False) -> SAEConfig:
     """``cfg`` with batch_size, lr and lr_warmup_steps filled where unset; ``small_encoder_start``:
     the architecture's encoder_init_scale is below 1 (see LR_STEPS)."""

@@ -27,7 +27,6 @@ THRESHOLD_EMA_RATE = 0.01
 class BatchTopKSAE(TopKSAE):
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
-    uses_auxk = True
     has_threshold = True
 
     def __init__(self, cfg: SAEConfig):
