@@ -118,7 +118,7 @@ def test_an_l0_the_run_cannot_reach_is_said_at_its_end(tmp_path, capsys):
                     num_eval_examples=10, sae_type="jumprelu", target_l0=30, num_examples=800)
     result = Trainer(create_sae(cfg), EmbeddingStore(torch.randn(400, 8), cfg), cfg).train()
     assert result.metrics["val_l0"] < 0.85 * 30
-    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    warning = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: jumprelu ends at L0")]
     assert warning == [f"warning: jumprelu ends at L0 {result.metrics['val_l0']:.1f} on the validation texts, "
                        f"{1 - result.metrics['val_l0'] / 30:.0%} below target_l0=30: fewer of its features fire "
                        "on unseen texts than asked, and no threshold or coefficient raises that; it happens on a "

@@ -167,7 +167,7 @@ class Trainer:
             squared_error = (output.sae_out - x).pow(2).sum()
             variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
             fvu = (squared_error / variance).item()
-        self._stop_if_diverged(squared_error.item() / len(batch))
+        self._stop_if_diverged(squared_error.item() / len(batch), x)
         return {
             "train/loss": loss,
             "train/l2_loss": output.l2_loss.item(),
@@ -182,12 +182,12 @@ class Trainer:
             "train/examples": float(self.store.examples_served * self.world_size),
         }
 
-    def _stop_if_diverged(self, squared_error: float) -> None:
+    def _stop_if_diverged(self, squared_error: float, batch: torch.Tensor) -> None:
         """Stop, without saving, a run whose reconstruction has blown up (see steering.diverged). The
         error is measured against the variance of the fixed training sample, not the batch's: a batch of
         near-identical texts has almost none."""
-        if self.reference_variance is None:
-            sample = self.training_sample.double()
+        if self.reference_variance is None:  # the batch's own, for a trainer stepped without prepare()
+            sample = (self.training_sample if len(self.training_sample) > 1 else batch).double()
             self.reference_variance = max((sample - sample.mean(0)).pow(2).sum(-1).mean().item(), 1e-12)
         relative = squared_error / self.reference_variance
         if self.first_error is None:
