@@ -245,12 +245,15 @@ class DatasetSource:
             ) from None
 
 
-def check_csv_fields(file: Path) -> None:
+@lru_cache(maxsize=64)
+def check_csv_fields(name: str, size: int, mtime_ns: int) -> None:
     """A DataError naming the first line of a CSV file whose number of fields differs from its
     header's. pandas would read a row with one field too many as an index and shift every column
-    by one without a word (the text column then holds the next column's values)."""
+    by one without a word (the text column then holds the next column's values). Checked once per
+    file version (size and mtime are part of the key), however often the dataset is opened."""
     import csv
 
+    file = Path(name)
     with _open_decompressed(file) as raw:
         lines = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         reader = csv.reader(lines)
@@ -270,7 +273,8 @@ def _open_local(path: Path) -> Any:
     if builder == "csv":
         for file in files:
             if Path(file).suffix.lower() != ".zst":
-                check_csv_fields(Path(file))
+                stat = Path(file).stat()
+                check_csv_fields(file, stat.st_size, stat.st_mtime_ns)
     # The file readers log their own error line before raising; the caller reports it better.
     logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
     if all(Path(file).stat().st_size == 0 for file in files):

@@ -44,11 +44,7 @@ class CacheError(SentenceSAEError):
 
 
 class DiskFullError(SentenceSAEError, OSError):
-    """A write that failed for want of disk space; ``needed`` and ``free`` are in bytes."""
-
-    def __init__(self, message: str, path: str = "", needed: int = 0, free: int = 0):
-        super().__init__(message)
-        self.path, self.needed, self.free = path, needed, free
+    """A write that failed for want of disk space; the message names the file, the space and what was kept."""
 
 
 def first_line(exc: BaseException) -> str:

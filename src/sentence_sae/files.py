@@ -75,15 +75,14 @@ def disk_full(path: Path, needed: int, kept: str) -> DiskFullError:
     free = free_bytes(path.parent) or 0
     return DiskFullError(f"no space left on the disk of {path.parent} to write {path.name} (it needs at least "
                          f"{human_bytes(needed)}, {human_bytes(free)} free); {kept}; free disk space and run the "
-                         "command again", str(path), needed, free)
+                         "command again")
 
 
 def human_bytes(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:,.0f} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1024
-    return f"{count} GiB"
+    if count < 1024:
+        return f"{count:,} bytes"
+    exponent = min(3, (int(count).bit_length() - 1) // 10)
+    return f"{count / 1024 ** exponent:,.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
 
 
 def _umask() -> int:

@@ -45,6 +45,12 @@ TRAINING_SAMPLE = 2_048
 """Training embeddings kept from the first buffer to report the training FVU at the end."""
 
 
+def spread(embeddings: torch.Tensor) -> float:
+    """Mean squared distance of the embeddings from their mean: the error of predicting the mean."""
+    x = embeddings.double()
+    return (x - x.mean(0)).pow(2).sum(-1).mean().item()
+
+
 def tensor_bytes(value: Any) -> int:
     """Bytes of the tensors in a (nested) state: what writing it takes on disk, about."""
     if isinstance(value, torch.Tensor):
@@ -164,10 +170,9 @@ class Trainer:
             self.sparsity.record(self._steering_l0(output.l0_norm), self.total_steps)
         with torch.no_grad():
             x = batch.to(output.sae_out.dtype)
-            squared_error = (output.sae_out - x).pow(2).sum()
-            variance = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
-            fvu = (squared_error / variance).item()
-        self._stop_if_diverged(squared_error.item() / len(batch), x)
+            squared_error = (output.sae_out - x).pow(2).sum().item()
+            fvu = squared_error / max((x - x.mean(0)).pow(2).sum().item(), 1e-12)
+        self._stop_if_diverged(squared_error / len(batch), x)
         return {
             "train/loss": loss,
             "train/l2_loss": output.l2_loss.item(),
@@ -187,8 +192,8 @@ class Trainer:
         error is measured against the variance of the fixed training sample, not the batch's: a batch of
         near-identical texts has almost none."""
         if self.reference_variance is None:  # the batch's own, for a trainer stepped without prepare()
-            sample = (self.training_sample if len(self.training_sample) > 1 else batch).double()
-            self.reference_variance = max((sample - sample.mean(0)).pow(2).sum(-1).mean().item(), 1e-12)
+            sample = self.training_sample if len(self.training_sample) > 1 else batch
+            self.reference_variance = max(spread(sample), 1e-12)
         relative = squared_error / self.reference_variance
         if self.first_error is None:
             self.first_error = relative
@@ -261,12 +266,12 @@ class Trainer:
         if not self.is_main:
             return None
         folder = self.run_dir / "checkpoints" / f"step_{self.step:07d}"
-        size = tensor_bytes(state) + tensor_bytes(self.sae.weights_for_saving())
         try:
             save_checkpoint_folder(self.sae, folder, lambda staging: atomic_write(
-                staging / TRAINER_STATE, lambda tmp: torch.save(state, tmp), size))
+                staging / TRAINER_STATE, lambda tmp: torch.save(state, tmp)))
         except OSError as exc:
             if out_of_space(self.run_dir, exc):
+                size = tensor_bytes(state) + tensor_bytes(self.sae.weights_for_saving())
                 raise CheckpointError(
                     f"no space left on the disk of {folder.parent} for the checkpoint {folder.name} (it needs about "
                     f"{human_bytes(size)}, {human_bytes(free_bytes(self.run_dir) or 0)} free)"
@@ -307,8 +312,7 @@ class Trainer:
             return
         # A fixed set of training embeddings (saved with every checkpoint) for the training FVU at the end
         self.training_sample = sample[:TRAINING_SAMPLE].clone()
-        spread = (sample - sample.mean(0)).pow(2).sum(-1).mean()
-        if len(sample) > 1 and spread <= NO_VARIANCE * sample.pow(2).sum(-1).mean():
+        if len(sample) > 1 and spread(sample) <= NO_VARIANCE * sample.double().pow(2).sum(-1).mean().item():
             raise DataError(f"the first {len(sample)} training embeddings are all identical (no variance): the "
                             "texts are probably all the same; give a dataset of distinct texts")
         if planned is not None:

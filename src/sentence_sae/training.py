@@ -70,9 +70,8 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
         raise TrainingStopped(f"{received.name} received; the embedding cache {cache.folder} is valid up to row "
                               f"{cache.rows}; run the same command again to continue from there",
                               exit_code=128 + received.signum) from None
-    wanted = rows if stop is None else stop
-    if not cache.complete and rows < wanted:
-        raise CacheError(f"the embedding cache {cache.folder} holds {rows} of the {wanted} rows asked for; "
+    if stop is not None and rows < stop and not cache.complete:
+        raise CacheError(f"the embedding cache {cache.folder} holds {rows} of the {stop} rows asked for; "
                          "run the same command again to finish it")
     skipped = corpus.skipped_texts
     if skipped:
