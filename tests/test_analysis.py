@@ -4,6 +4,8 @@ the feature browser, and each command's bad inputs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ from helpers import headless_chrome, needs_chromium, make_cfg, run_cli
 from sentence_sae import create_sae, save_sae
 from sentence_sae.analysis import explain_run
 from sentence_sae.analysis.families import build_families
+from sentence_sae.analysis.records import SCHEMA_VERSION, FeatureRecord, Family, TextExample, read_features
 from sentence_sae.analysis.words import candidates
 from sentence_sae.errors import CheckpointError, DataError, ModelError
 from sentence_sae.evaluation import evaluate_run
@@ -82,6 +85,36 @@ def test_explain_writes_features_families_and_browser(labelled_run, model):
     assert browser.name == "index.html" and len(list((browser.parent / "features").glob("f*.html"))) == 512
     per_10k = summary["seconds"] / summary["texts"] * 10_000  # from the rounded seconds
     assert summary["seconds_per_10k_texts"] == pytest.approx(per_10k, abs=0.006 * 10_000 / summary["texts"] + 0.01)
+    # every line is a FeatureRecord of the current schema, and reads back as what was written
+    assert {f["schema_version"] for f in lines} == {SCHEMA_VERSION}
+    assert [record.to_json() for record in read_features(run_dir)] == lines
+
+
+def test_feature_records_of_an_unknown_version_or_shape_are_refused(tmp_path):
+    record = FeatureRecord(id=0, label="chess: board", concept="chess", keywords=["board"], dead=False, density=0.5,
+                           count=1, n_texts=2, mean_act=1.0, max_act=1.0, top_texts=[TextExample("Chess", 1.0, 0)],
+                           quantile_texts=[], histogram=[1], family=Family(None, [1]))
+    path = tmp_path / "features.jsonl"
+    written = record.to_json()
+    path.write_text(json.dumps({key: value for key, value in written.items() if key != "schema_version"}) + "\n")
+    assert read_features(tmp_path) == [record]  # a file from before versions: the same keys, version 1
+    path.write_text(json.dumps({**written, "schema_version": SCHEMA_VERSION + 1}) + "\n")
+    with pytest.raises(DataError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
+        read_features(tmp_path)
+    path.write_text(json.dumps(written) + "\n" + json.dumps({"id": 1, "label": "x"}) + "\n")
+    with pytest.raises(DataError, match="line 2 of .* is not a feature record"):
+        read_features(tmp_path)
+    assert read_features(tmp_path / "not-explained") is None
+
+
+def test_the_questions_about_texts_do_not_load_the_explain_pipeline():
+    """features, compare and search start without scipy, umap or the explain pipeline."""
+    code = ("import sys\nimport sentence_sae.cli\nfrom sentence_sae.analysis import lookup, compare, search, records\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'umap', 'sklearn', 'numba')"
+            " or m == 'sentence_sae.analysis.explain'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[]", run.stdout
 
 
 def test_families_follow_the_asymmetric_conditional_probabilities():

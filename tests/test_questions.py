@@ -19,6 +19,7 @@ from sentence_sae.analysis.compare import compare_texts, features_for_share, sim
 from sentence_sae.analysis.diff import diff_run, firing_diff, two_proportion_p_values
 from sentence_sae.analysis.feature_map import family_roots
 from sentence_sae.analysis.search import feature_search, search_run
+from sentence_sae.analysis.records import FeatureRecord, TextExample
 from sentence_sae.analysis.search_page import WORD, text_index
 from sentence_sae.metrics import encode_in_batches
 from sentence_sae.sae import eval_mode
@@ -287,8 +288,12 @@ def test_feature_map_in_headless_chromium(labelled_run, model):
 
 
 def test_the_text_index_holds_every_top_text_once():
-    features = [{"id": 0, "top_texts": [{"text": "Chess engine", "activation": 2.0}, {"text": "Go board", "activation": 1.0}]},
-                {"id": 1, "top_texts": [{"text": "Chess engine", "activation": 3.0}]}]
+    def record(feature, *texts):
+        return FeatureRecord(id=feature, label="", concept="", keywords=[], dead=False, density=0.5, count=1, n_texts=2,
+                             mean_act=1.0, max_act=3.0, top_texts=[TextExample(text, act, row) for row, (text, act)
+                                                                   in enumerate(texts)], quantile_texts=[], histogram=[])
+
+    features = [record(0, ("Chess engine", 2.0), ("Go board", 1.0)), record(1, ("Chess engine", 3.0))]
     index = text_index(features)
     assert index["texts"] == ["Chess engine", "Go board"]
     assert index["features"][0] == [(1, 3.0), (0, 2.0)]

@@ -1,6 +1,6 @@
 """sentence-sae: sparse autoencoders on Sentence-BERT embeddings.
 
-The pipeline, one module per stage, each importing only from the stages before it (the README's
+The pipeline, one module per stage, each importing only from the stages before it (docs/pipeline.md's
 module table gives the whole order; tests/test_architecture.py enforces it): ``config`` ->
 ``data`` / ``embeddings`` -> ``cache`` / ``corpus`` / ``activation_store`` -> ``sae`` ->
 ``finalize`` -> ``checkpoint`` -> ``trainer`` / ``training`` -> ``evaluation`` -> ``analysis`` -> ``cli``. The names of the earlier research script
@@ -27,7 +27,7 @@ from .training import embed, resume, train, train_sae
 
 # The analysis entry points load on first use: they pull in scipy and the browser, about a second that
 # every command (and every torchrun worker) would otherwise pay at start-up.
-_LAZY = {"explain_run": ("analysis", "explain_run"), "compare": ("analysis.compare", "compare_texts"),
+_LAZY = {"explain_run": ("analysis.explain", "explain_run"), "compare": ("analysis.compare", "compare_texts"),
          "diff": ("analysis.diff", "diff_run"), "search": ("analysis.search", "search_run"),
          "feature_search": ("analysis.search", "feature_search")}
 

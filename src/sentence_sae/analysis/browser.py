@@ -15,6 +15,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .records import Coactivation, Family, FeatureRecord, TextExample
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:60rem;color:#222;padding:0 1rem}
 h1{font-size:1.4rem} a{color:#1f5a96;text-decoration:none} a:hover{text-decoration:underline}
@@ -71,60 +73,60 @@ def _highlighted(text: str, words: list[list[float]], scale: float) -> str:
     return "".join(out) + html.escape(text[position:])
 
 
-def _texts_html(items: list[dict[str, Any]], max_act: float, css: str = "top") -> str:
+def _texts_html(items: list[TextExample], max_act: float, css: str = "top") -> str:
     rows = []
-    scale = max((abs(c) for item in items for _, _, c in item.get("words", [])), default=0.0)
+    scale = max((abs(c) for item in items for _, _, c in item.words or []), default=0.0)
     for item in items:
-        share = item["activation"] / max_act if max_act > 0 else 0
-        prefix = f"{int(item['quantile'] * 100)}% down: " if "quantile" in item else ""
-        body = (html.escape(prefix) + _highlighted(item["text"], item["words"], scale) if item.get("words")
-                else html.escape(prefix + item["text"]))
+        share = item.activation / max_act if max_act > 0 else 0
+        prefix = f"{int(item.quantile * 100)}% down: " if item.quantile is not None else ""
+        body = (html.escape(prefix) + _highlighted(item.text, item.words, scale) if item.words
+                else html.escape(prefix + item.text))
         # a fixed-width track, so that every text starts at the same place whatever its bar's length
         rows.append(f"<div class='text {css}'><div class='track'><div class='bar' style='width:{max(share * 12, 0.2):.2f}rem'>"
-                    f"<span>{item['activation']:.3f}</span></div></div><div>{body}</div></div>")
+                    f"<span>{item.activation:.3f}</span></div></div><div>{body}</div></div>")
     return "\n".join(rows)
 
 
-def _links(features: list[dict[str, Any]], label_of: dict[int, str], key: str) -> str:
+def _coactivating_links(features: list[Coactivation], label_of: dict[int, str]) -> str:
     if not features:
         return "<p class='meta'>none</p>"
     return "<ul>" + "".join(
-        f"<li><a class='coactivation' href='{feature_file(f['id'])}'>#{f['id']}</a> "
-        f"{html.escape(label_of.get(f['id'], ''))} <span class='meta'>{key} {f[key]:.2f}</span></li>"
+        f"<li><a class='coactivation' href='{feature_file(f.id)}'>#{f.id}</a> "
+        f"{html.escape(label_of.get(f.id, ''))} <span class='meta'>p {f.p:.2f}</span></li>"
         for f in features) + "</ul>"
 
 
-def feature_page(feature: dict[str, Any], label_of: dict[int, str]) -> str:
-    fid = feature["id"]
-    label = feature["label"] or "(no label)"
+def feature_page(feature: FeatureRecord, label_of: dict[int, str]) -> str:
+    fid = feature.id
+    label = feature.label or "(no label)"
     parts = ["<p><a href='../index.html'>&larr; all features</a></p>",
              f"<h1>Feature #{fid}: <span class='label'>{html.escape(label)}</span></h1>"]
-    if feature["dead"]:
-        parts.append(f"<p class='dead'>Dead: never fires on the {feature['n_texts']} texts explained.</p>")
+    if feature.dead:
+        parts.append(f"<p class='dead'>Dead: never fires on the {feature.n_texts} texts explained.</p>")
         return page(f"Feature {fid}", "\n".join(parts))
-    parts.append(f"<p class='meta'>density {feature['density']:.4%} ({feature['count']} of {feature['n_texts']} texts) "
-                 f"&middot; mean activation {feature['mean_act']:.3f} &middot; max {feature['max_act']:.3f}</p>")
-    if feature.get("label_score") is not None:
-        parts.append(f"<p class='meta label-score'>label score {feature['label_score']:.2f} (embedding) &middot; "
-                     f"{feature['label_score_lexical']:.2f} (lexical): AUROC of the label picking out texts the "
+    parts.append(f"<p class='meta'>density {feature.density:.4%} ({feature.count} of {feature.n_texts} texts) "
+                 f"&middot; mean activation {feature.mean_act:.3f} &middot; max {feature.max_act:.3f}</p>")
+    if feature.label_score is not None:
+        parts.append(f"<p class='meta label-score'>label score {feature.label_score:.2f} (embedding) &middot; "
+                     f"{feature.label_score_lexical:.2f} (lexical): AUROC of the label picking out texts the "
                      "feature fires on among texts it does not, on texts not used to make the label; 0.5 is chance</p>")
-    parts.append("<h2>Activations</h2>" + _histogram_svg(feature["histogram"], feature["max_act"]))
+    parts.append("<h2>Activations</h2>" + _histogram_svg(feature.histogram, feature.max_act))
     note = ("<p class='meta highlight-note'>Words colored by how much the activation drops when the word is "
             "removed (orange) or rises (blue); hover a word for the change.</p>"
-            if any(item.get("words") for item in feature["top_texts"]) else "")
-    parts.append("<h2>Top texts</h2>" + note + _texts_html(feature["top_texts"], feature["max_act"]))
-    if feature["quantile_texts"]:
-        parts.append("<h2>Lower activations</h2>" + _texts_html(feature["quantile_texts"], feature["max_act"], "quantile"))
+            if any(item.words for item in feature.top_texts) else "")
+    parts.append("<h2>Top texts</h2>" + note + _texts_html(feature.top_texts, feature.max_act))
+    if feature.quantile_texts:
+        parts.append("<h2>Lower activations</h2>" + _texts_html(feature.quantile_texts, feature.max_act, "quantile"))
     parts.append("<h2>Co-activating features</h2><p class='meta'>P(other fires | this fires)</p>"
-                 + _links(feature.get("coactivating", []), label_of, "p"))
-    family = feature.get("family") or {}
-    if family.get("parent") is not None:
-        parts.append(f"<h2>Family</h2><p>Parent: <a class='parent' href='{feature_file(family['parent'])}'>"
-                     f"#{family['parent']}</a> {html.escape(label_of.get(family['parent'], ''))}</p>")
-    if family.get("children"):
+                 + _coactivating_links(feature.coactivating, label_of))
+    family = feature.family or Family(None)
+    if family.parent is not None:
+        parts.append(f"<h2>Family</h2><p>Parent: <a class='parent' href='{feature_file(family.parent)}'>"
+                     f"#{family.parent}</a> {html.escape(label_of.get(family.parent, ''))}</p>")
+    if family.children:
         parts.append("<h2>Children</h2><ul>" + "".join(
             f"<li><a href='{feature_file(c)}'>#{c}</a> {html.escape(label_of.get(c, ''))}</li>"
-            for c in family["children"]) + "</ul>")
+            for c in family.children) + "</ul>")
     return page(f"Feature {fid}: {label}", "\n".join(parts))
 
 
@@ -152,9 +154,9 @@ render();
 """
 
 
-def index_page(features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> str:
-    data = [{"id": f["id"], "label": f["label"] or "", "density": f["density"], "max_act": f["max_act"],
-             "dead": f["dead"], "file": feature_file(f["id"]), "label_score": f.get("label_score")} for f in features]
+def index_page(features: list[FeatureRecord], title: str, pages: dict[str, str] | None = None) -> str:
+    data = [{"id": f.id, "label": f.label, "density": f.density, "max_act": f.max_act,
+             "dead": f.dead, "file": feature_file(f.id), "label_score": f.label_score} for f in features]
     payload = inline_json(data)
     links = " &middot; ".join(f"<a class='page-link' href='{name}'>{html.escape(Path(name).stem)}</a>" for name in pages or {})
     body = f"""<h1>{html.escape(title)}</h1>{f"<p>{links}</p>" if links else ""}
@@ -170,16 +172,16 @@ def index_page(features: list[dict[str, Any]], title: str, pages: dict[str, str]
     return page(title, body)
 
 
-def write_browser(folder: Path, features: list[dict[str, Any]], title: str, pages: dict[str, str] | None = None) -> Path:
+def write_browser(folder: Path, features: list[FeatureRecord], title: str, pages: dict[str, str] | None = None) -> Path:
     """Write the site into ``folder`` (replacing an earlier one) and return its index page; ``pages``
     (file name -> HTML) are written beside the index and linked from it."""
     staging = folder.with_name(folder.name + ".tmp")
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "features").mkdir(parents=True)
-    label_of = {f["id"]: f["label"] or "" for f in features}
+    label_of = {f.id: f.label for f in features}
     for feature in features:
-        (staging / "features" / feature_file(feature["id"])).write_text(feature_page(feature, label_of))
+        (staging / "features" / feature_file(feature.id)).write_text(feature_page(feature, label_of))
     for name, text in (pages or {}).items():
         (staging / name).write_text(text)
     (staging / "index.html").write_text(index_page(features, title, pages))

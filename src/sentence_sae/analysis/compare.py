@@ -22,7 +22,7 @@ import torch
 from ..errors import ConfigError, check_positive
 from ..runs import open_run
 from ..sae import BaseSAE, eval_mode
-from .lookup import feature_labels
+from .records import feature_labels
 
 EXPLAINED_SHARE = 0.9
 """``features_for_90pct`` counts the largest shares needed to reach this part of the features' total."""

@@ -24,7 +24,7 @@ from ..metrics import encode_in_batches
 from ..runs import open_run
 from ..sae import BaseSAE
 from .browser import feature_file, page
-from .lookup import feature_labels
+from .records import feature_labels
 
 EXAMPLES_PER_SIDE = 3
 MIN_EXPECTED_FOR_Z = 5

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .browser import feature_file, inline_json, page
+from .records import FeatureRecord
 
 MAP_EXTRA = "pip install 'sentence-sae[map]' (umap-learn)"
 N_NEIGHBORS = 15
@@ -121,14 +122,14 @@ document.body.dataset.rendered = performance.now().toFixed(1);
 """
 
 
-def map_page(features: list[dict[str, Any]], coords: np.ndarray, roots: list[int], title: str) -> str:
+def map_page(features: list[FeatureRecord], coords: np.ndarray, roots: list[int], title: str) -> str:
     """The map page for the live features (dead ones have no direction worth placing)."""
-    live = [f for f in features if not f["dead"]]
-    data = {"id": [f["id"] for f in live], "label": [f["label"] or "" for f in live],
-            "x": [round(float(coords[f["id"], 0]), 4) for f in live],
-            "y": [round(float(coords[f["id"], 1]), 4) for f in live],
-            "density": [round(float(f["density"]), 6) for f in live], "root": [roots[f["id"]] for f in live],
-            "file": [feature_file(f["id"]) for f in live]}
+    live = [f for f in features if not f.dead]
+    data = {"id": [f.id for f in live], "label": [f.label for f in live],
+            "x": [round(float(coords[f.id, 0]), 4) for f in live],
+            "y": [round(float(coords[f.id, 1]), 4) for f in live],
+            "density": [round(float(f.density), 6) for f in live], "root": [roots[f.id] for f in live],
+            "file": [feature_file(f.id) for f in live]}
     payload = inline_json(data)
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
 <p class="meta">Each point is a feature, placed by UMAP of its decoder direction, colored by family (grey: none),

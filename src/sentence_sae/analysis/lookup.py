@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +9,7 @@ from ..errors import ConfigError, check_positive
 from ..embeddings import resolve_prompt
 from ..runs import open_run, text_codes
 from .highlight import word_contributions, word_records
-
-
-def feature_labels(run_dir: Path) -> dict[int, str]:
-    """Labels from features.jsonl, or none if the run was not explained yet."""
-    path = Path(run_dir) / "features.jsonl"
-    if not path.is_file():
-        return {}
-    return {record["id"]: record.get("label", "") for record in map(json.loads, path.read_text().splitlines())}
+from .records import feature_labels
 
 
 def top_features(run_dir: str | Path, text: str, top: int = 10, device: str | None = None) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from ..errors import ConfigError, DataError, check_positive
 from ..metrics import encode_in_batches
 from ..runs import Run, open_run
 from .compare import similarity_shares
-from .lookup import feature_labels
+from .records import feature_labels
 
 SHARED_FEATURES = 3
 """Features shown with each match: those with the largest shares of the query-match similarity."""

@@ -13,22 +13,23 @@ import re
 from typing import Any
 
 from .browser import feature_file, inline_json, page
+from .records import FeatureRecord
 
 WORD = re.compile(r"[a-z0-9]{2,}")
 
 
-def text_index(features: list[dict[str, Any]]) -> dict[str, Any]:
+def text_index(features: list[FeatureRecord]) -> dict[str, Any]:
     """Distinct top texts, the (feature, activation) pairs of each, strongest first, and word -> texts."""
     position: dict[str, int] = {}
     texts: list[str] = []
     fired: list[list[tuple[int, float]]] = []
     for feature in features:
-        for item in feature["top_texts"]:
-            index = position.setdefault(item["text"], len(texts))
+        for item in feature.top_texts:
+            index = position.setdefault(item.text, len(texts))
             if index == len(texts):
-                texts.append(item["text"])
+                texts.append(item.text)
                 fired.append([])
-            fired[index].append((feature["id"], round(item["activation"], 3)))
+            fired[index].append((feature.id, round(item.activation, 3)))
     words: dict[str, list[int]] = {}
     for index, text in enumerate(texts):
         for word in sorted(set(WORD.findall(text.lower()))):
@@ -62,8 +63,8 @@ run();
 
 def search_page(features: list[dict[str, Any]], title: str) -> str:
     index = inline_json(text_index(features))
-    labels = inline_json({f["id"]: f["label"] for f in features})
-    files = inline_json({f["id"]: feature_file(f["id"]) for f in features})
+    labels = inline_json({f.id: f.label for f in features})
+    files = inline_json({f.id: feature_file(f.id) for f in features})
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
 <p class="meta">Texts the browser shows (each feature's top texts) that contain every word you type (as a word
 start), with the features that fire most on them. Search by meaning with <code>sentence-sae search RUN "query"</code>.</p>
