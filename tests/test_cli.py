@@ -74,6 +74,14 @@ def test_help_lists_every_config_key_with_its_docstring():
     proc = run_cli("train", "--help")
     assert proc.returncode == 0
     assert "--dead_feature_window" in proc.stdout and "counts as dead" in proc.stdout
+    # grouped by the config's sections, each key under its own
+    from sentence_sae.config import sections
+
+    starts = [proc.stdout.index(f"\n{title} (config keys") for title in sections()]
+    assert starts == sorted(starts)
+    for (title, keys), start, end in zip(sections().items(), starts, starts[1:] + [len(proc.stdout)]):
+        assert all(f"--{key} " in proc.stdout[start:end] for key in keys), title
+    assert "--dtype {float32,float64,bfloat16,float16}" in proc.stdout and "--matryoshka_widths INT,..." in proc.stdout
 
 
 @pytest.mark.slow

