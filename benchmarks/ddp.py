@@ -1,10 +1,10 @@
-"""1 process against 2 torchrun processes (gloo, CPU) on the same cached data (issue: scale-out).
+"""1 process against 2 torchrun processes (gloo, CPU) on the same cached data.
 
 Trains the same default (BatchTopK) SAE (dict_size 3,072, k 32, batch 256 in all, 300,000 examples) on WordNet
 definitions from a complete embedding cache, once in one process and once with
 `torchrun --nproc_per_node 2`, and prints whole-process seconds, examples/s and held-out FVU.
 
-    python benchmarks/ddp.py [--data ../shared/data/wordnet_glosses.jsonl.gz]
+    python -m benchmarks.ddp [--data ../shared/data/wordnet_glosses.jsonl.gz]
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import socket
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _process import run_process  # noqa: E402
-from _wordnet import DEFAULT_DATA  # noqa: E402
+from benchmarks.common import run_process  # noqa: E402
+from benchmarks.common import DEFAULT_DATA  # noqa: E402
 
 ENV = {"TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
 

@@ -4,7 +4,7 @@ Encodes the same texts with the same batch size through each ``encode_backend`` 
 first), in one process, and prints texts/s, the speed-up over ``torch`` (fp32) and the mean and
 minimum cosine between each backend's embeddings and the fp32 ones.
 
-    python benchmarks/encode_backends.py [--texts 3000] [--batch 32] [--data ../shared/data/wordnet_glosses.jsonl.gz]
+    python -m benchmarks.encode_backends [--texts 3000] [--batch 32] [--data ../shared/data/wordnet_glosses.jsonl.gz]
 
 Without --data (or when the file is missing) it uses the built-in python-docs corpus.
 """
@@ -26,7 +26,7 @@ from sentence_sae.config import DEFAULT_MODEL  # noqa: E402
 from sentence_sae.data import python_docs_paragraphs  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
 
-from _wordnet import DEFAULT_DATA  # noqa: E402
+from benchmarks.common import DEFAULT_DATA  # noqa: E402
 
 
 def load_texts(path: Path | None, n: int) -> tuple[list[str], str]:

@@ -1,4 +1,4 @@
-"""How long does `explain` take at the sizes users run? (issue "Feature labels you can check", item 4)
+"""How long does `explain` take at the sizes users run?
 
 Two cases, each against its budget on this machine: a 12,288-feature SAE (batchtopk, k 32) trained on
 the first 100,000 WordNet glosses and explained on the other 17,659; a 1,536-feature SAE trained on
@@ -6,7 +6,7 @@ the first 100,000 WordNet glosses and explained on the other 17,659; a 1,536-fea
 once, with word highlighting; the time without it is the total less the highlighting phase, which
 nothing else waits on. Budgets: 10 minutes without highlighting, 20 with it.
 
-    python benchmarks/explain_speed.py [--cases wordnet,debian]
+    python -m benchmarks.explain_speed [--cases wordnet,debian]
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from labels import BACKEND, SHARED, held_out_file  # noqa: E402
+from benchmarks.labels import BACKEND, SHARED, held_out_file  # noqa: E402
 
 from sentence_sae import SAEConfig, create_sae, embed, load_embeddings, post_init_cfg  # noqa: E402
 from sentence_sae.activation_store import EmbeddingStore  # noqa: E402

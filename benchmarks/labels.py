@@ -1,4 +1,4 @@
-"""How good are explain's labels on texts the SAE never trained on? (issue "Feature labels you can check")
+"""How good are explain's labels on texts the SAE never trained on?
 
 For WordNet glosses (train on the first 100,000, explain the other 17,659) and the Debian package
 descriptions (a seeded random 10,000 held out, the other 50,315 for training): the default SAE
@@ -9,7 +9,7 @@ the same run: the labels shuffled across features, the most frequent content wor
 and the top text itself. Beside them, on the same scoring texts: the earlier labeler (its keyword
 terms from the top 8 texts, joined, with no concept choice, no support or contrast texts).
 
-    python benchmarks/labels.py [--corpora wordnet,debian]
+    python -m benchmarks.labels [--corpora wordnet,debian]
 
 Embeddings come from the sentence-sae cache, `--encode_backend fast` (each whole file is encoded once;
 the split files' caches are filled from it).
@@ -37,7 +37,7 @@ from sentence_sae.cache import open_cache  # noqa: E402
 from sentence_sae.embeddings import load_sentence_model  # noqa: E402
 from sentence_sae.trainer import Trainer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.common import SHARED  # noqa: E402
 BACKEND = "fast"
 RECIPE = {"sae_type": "batchtopk", "dict_size": 8 * 384, "top_k": 32, "num_examples": 300_000}
 
@@ -136,12 +136,12 @@ def main() -> None:
                              f"| {(earlier[index] >= 0.8).mean():.0%} |")
             goals.append(goal_lines(name, scores))
     print("\n" + "\n".join(table))
-    print("\ngoals (issue 10): mean embedding AUROC >= 0.85, >= 70% of scored features at >= 0.8, +0.05 over the "
+    print("\ngoals: mean embedding AUROC >= 0.85, >= 70% of scored features at >= 0.8, +0.05 over the "
           "most frequent word in both scorers\n" + "\n".join(goals))
 
 
 def goal_lines(name: str, scores: dict) -> str:
-    """The issue's goals for one corpus, from the 4-decimal means explain reports."""
+    """The label goals for one corpus, from the 4-decimal means explain reports."""
     embedding, lexical = scores["embedding"], scores["lexical"]
     checks = [(f"embedding mean {embedding['labels']:.4f}", embedding["labels"] >= 0.85),
               (f"share at >= 0.8 {embedding['share_at_0.8']:.1%}", embedding["share_at_0.8"] >= 0.70)]

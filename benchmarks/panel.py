@@ -11,13 +11,13 @@ max_epochs passes). At every corpus x budget point:
   others: one knob), dict_size 1,536;
 - the earlier script's settings (TopK, lr 3e-4, batch 1,024 or less, no schedules);
 - a tuned reference: the best of batch 16, 64, 256 x lr 1e-3, 3e-3 for topk and batchtopk at L0 32.
-Criteria (issue "Good SAEs on every corpus and budget"): defaults within 3% of the tuned reference
+Criteria: defaults within 3% of the tuned reference
 and below the earlier script's settings; held-out L0 within 10% of top_k for batchtopk and
 matryoshka (15% for the coefficient variants, and topk is exact by construction).
 
-    python benchmarks/panel.py --quick   # python-docs, Debian 5k and WordNet 5k
-    python benchmarks/panel.py           # everything (a long run on 2 cores)
-    python benchmarks/panel.py --embed_only   # fill the embedding cache only, timing each corpus
+    python -m benchmarks.panel --quick   # python-docs, Debian 5k and WordNet 5k
+    python -m benchmarks.panel           # everything (a long run on 2 cores)
+    python -m benchmarks.panel --embed_only   # fill the embedding cache only, timing each corpus
 
 Runs train --workers at a time (default: one per core), each in a worker process on one torch
 thread. --resume keeps the runs the log already holds, so a stopped panel continues, and the
@@ -53,7 +53,7 @@ from sentence_sae.recipe import batch_size_for  # noqa: E402
 from sentence_sae.steering import l0_tolerance  # noqa: E402
 from sentence_sae.trainer import Trainer  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from benchmarks.common import SHARED  # noqa: E402
 CORPORA = {
     "python-docs": ("python-docs", None),
     "debian-5k": (str(SHARED / "debian_descriptions.jsonl.gz"), 5_000),
@@ -152,7 +152,7 @@ def _one_thread() -> None:
 def run_all(jobs: list[dict], workers: int, log: str | None, pool: str = "process") -> list[dict]:
     """Train every job, ``workers`` at a time, each on one torch thread; returns the rows in the jobs'
     order, each also appended to ``log`` when given. ``pool`` "process" trains each in a worker process; "thread" in threads of this process,
-    where the Python half of every small step waits for the GIL (``benchmarks/panel_workers.py``)."""
+    where the Python half of every small step waits for the GIL (``benchmarks/studies/panel_workers.py``)."""
     rows: dict[int, dict] = {}
     order = sorted(range(len(jobs)), key=lambda i: -estimated_cost(jobs[i]["settings"], len(jobs[i]["training"])))
     if pool == "process":

@@ -1,4 +1,4 @@
-"""Side by side with SAELens on the same embeddings (issue "Good SAEs on every corpus and budget", 6).
+"""Side by side with SAELens on the same embeddings.
 
 40,000 WordNet glosses for training, 5,000 others held out (benchmarks/panel.py's split), 3,072
 features, k 32, 200,000 examples; TopK and BatchTopK. Three runs of each:
@@ -11,8 +11,8 @@ SAELens's models are saved for inference and loaded back (`SAE.load_from_disk`),
 judged as it ships: a JumpReLU with the threshold it learned. Each line prints the FVU and L0 on the
 held-out texts, and the ratio to our defaults' FVU.
 
-    python benchmarks/peer.py            # about 10 minutes on 2 cores
-    python benchmarks/peer.py --ablate   # SAELens's choices one at a time, on both sides (about 20 minutes)
+    python -m benchmarks.peer            # about 10 minutes on 2 cores
+    python -m benchmarks.peer --ablate   # SAELens's choices one at a time, on both sides (about 20 minutes)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import tempfile
 import numpy as np
 import torch
 
-from panel import CORPORA, corpus_embeddings, train_one
+from benchmarks.panel import CORPORA, corpus_embeddings, train_one
 from sentence_sae.recipe import batch_size_for, learning_rate_for
 
 EXAMPLES, DICT, K = 200_000, 3072, 32

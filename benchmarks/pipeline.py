@@ -1,4 +1,4 @@
-"""Whole-process pipeline benchmarks (issue: encode once, train fast).
+"""Whole-process pipeline benchmarks: encode once, train fast.
 
 Each figure is the wall time of complete processes (imports, model load, encoding, training, the
 SAE's evaluation and saving), measured in this run, with the child's peak resident memory:
@@ -8,7 +8,7 @@ SAE's evaluation and saving), measured in this run, with the child's peak reside
 2. cache: the same training run with an empty cache (encodes and writes it) and again (reads it);
 3. sweep: `sentence-sae sweep` of 4 SAEs against 4 separate `sentence-sae train` runs (no cache).
 
-    python benchmarks/pipeline.py [--texts 20000] [--sweep-texts 8000] [--data ../shared/data/wordnet_glosses.jsonl.gz]
+    python -m benchmarks.pipeline [--texts 20000] [--sweep-texts 8000] [--data ../shared/data/wordnet_glosses.jsonl.gz]
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _process import run_process  # noqa: E402
-from _wordnet import DEFAULT_DATA  # noqa: E402
+from benchmarks.common import run_process  # noqa: E402
+from benchmarks.common import DEFAULT_DATA  # noqa: E402
 
 BATCH = 32
 ENV = {"TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}

@@ -1,11 +1,11 @@
-"""Sparse vs dense TopK / BatchTopK training step (issue: fast SAE step).
+"""Sparse vs dense TopK / BatchTopK training step.
 
 A full training step (forward, backward, decoder-gradient projection, Adam, renormalization) at
 batch 4,096, 384 -> 6,144, k = 32, on real MiniLM embeddings of the built-in corpus, with the
 sparse kernels and with the dense formulation, in the same process. Also the bound: the encoder's
 forward matmul with top-k alone. Prints steps/s and the ratios, and peak memory.
 
-    python benchmarks/sae_step.py [--steps 10] [--batch 4096] [--dict 6144] [--k 32]
+    python -m benchmarks.sae_step [--steps 10] [--batch 4096] [--dict 6144] [--k 32]
 """
 
 from __future__ import annotations

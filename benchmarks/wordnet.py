@@ -1,5 +1,5 @@
 """WordNet figures: each SAE variant trained on the first 100,000 definitions and judged on the
-other 17,659 (issues: core figures, evaluation and explanation).
+other 17,659.
 
 Each variant with the default recipe of SAEConfig (batch 256, lr 3e-3, 20 warm-up steps, linear
 decay over the last half, each architecture's default sparsity coefficient or k = 32) at
@@ -11,7 +11,7 @@ dead after 5 batches). Then `explain` on the held-out lines for the default (Bat
 texts and how often a feature's keyword label names its texts' WordNet category (see label_match
 below), against shuffled labels and a most-frequent-word labeler.
 
-    python benchmarks/wordnet.py [--data ../shared/data/wordnet_glosses.jsonl.gz] [--only topk ...]
+    python -m benchmarks.wordnet [--data ../shared/data/wordnet_glosses.jsonl.gz] [--only topk ...]
 
 Embeddings come from the sentence-sae cache (the whole file is encoded once, about 6 minutes;
 the train and held-out files' caches are filled from it, not encoded again).
@@ -42,7 +42,7 @@ from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E
 from sentence_sae.evaluation import evaluate_run  # noqa: E402
 from sentence_sae.trainer import Trainer  # noqa: E402
 
-from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 
 RECIPE = {"dict_size": 8 * 384, "top_k": 32, "num_examples": EXAMPLES}
 VARIANTS = {

@@ -9,7 +9,7 @@ import torch
 def adam(parameters: list[torch.nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
     """Adam, fused into one kernel where PyTorch has one for these parameters: the update reads and
     writes every weight of the SAE each step, and on CPU the fused kernel does that much faster than
-    the per-tensor loop (4-7x; ``benchmarks/small_step.py``), which is most of a small batch's step."""
+    the per-tensor loop (4-7x; ``benchmarks/studies/small_step.py``), which is most of a small batch's step."""
     try:
         return torch.optim.Adam(parameters, lr=lr, betas=betas, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without the fused kernel

@@ -12,7 +12,7 @@ A feature that fires on more than MAX_PARENT_DENSITY of the texts is too general
 parent (as in O'Neill et al. 2024, who kept families below density 0.2): without that cap the densest
 features adopt most others and one family holds most of the SAE (76% of a WordNet SAE's live
 features, 98% of a Debian one's, at weight 0.3). The defaults were chosen on WordNet glosses and
-confirmed on Debian descriptions (`benchmarks/families.py`): with them a parent and its child share
+confirmed on Debian descriptions (`benchmarks/studies/families.py`): with them a parent and its child share
 their texts' WordNet categories or Debian sections 1.5x as often as random pairs of features.
 """
 

@@ -233,7 +233,7 @@ def solve_for_l0(l0_at: Callable[[float], float], l0: float, low: float, high: f
 @torch.no_grad()
 def remove_parallel_decoder_grad(sae: BaseSAE) -> None:
     """Project out the part of each decoder row's gradient that would change its norm."""
-    # in place: [dict_size, d] temporaries cost more than the projection (benchmarks/small_step.py)
+    # in place: [dict_size, d] temporaries cost more than the projection (benchmarks/studies/small_step.py)
     if sae.W_dec.grad is not None:
         norm = torch.linalg.vector_norm(sae.W_dec, dim=-1).clamp_min(1e-12)
         parallel = torch.linalg.vecdot(sae.W_dec.grad, sae.W_dec) / norm.square()

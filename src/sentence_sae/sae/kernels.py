@@ -96,7 +96,7 @@ def sampled_dot(a: torch.Tensor, w: torch.Tensor, selection: Selection) -> torch
 FEW_ENTRIES_PER_FEATURE = 2
 """scatter_outer and gather_rows add the entries one by one (or through a dense code) while there are
 at most this many entries per feature; past that a sparse matmul (1,536 features, k 32: batch 16 is
-1.5-5x faster one by one, batch 64 up to 1.4x slower; ``benchmarks/small_step.py``)."""
+1.5-5x faster one by one, batch 64 up to 1.4x slower; ``benchmarks/studies/small_step.py``)."""
 
 
 def _few_entries(selection: Selection, width: int) -> bool:
@@ -130,7 +130,7 @@ DENSE_GRADIENT_MAX_BATCH = 128
 """Up to this batch the backward pass forms the [batch, dict_size] codes and takes every gradient as
 a dense product with them. Scattering the entries instead writes a zeroed [dict_size, d] gradient and,
 for ``W_enc``, a transposed copy into its [d, dict_size] layout; those passes over every weight
-cost more than the products up to about batch 128 (1,536 features: ``benchmarks/small_step.py``;
+cost more than the products up to about batch 128 (1,536 features: ``benchmarks/studies/small_step.py``;
 one-off timings put the crossover near 128 at 3,072 and 12,288 features too)."""
 
 

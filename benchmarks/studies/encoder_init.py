@@ -1,4 +1,6 @@
-"""The encoder's starting scale for topk and batchtopk: W_enc = s x W_decᵀ, s = 1 (the old start) against
+"""Decision: topk and batchtopk start their encoder at 0.1 x W_decᵀ (`sae/topk.py`), not at W_decᵀ.
+
+The encoder's starting scale for topk and batchtopk: W_enc = s x W_decᵀ, s = 1 (the old start) against
 the architecture's default (0.1), same split, seed and recipe otherwise, judged on held-out texts.
 
 Points: the peer setting (40,000 WordNet glosses, 5,000 held out, 3,072 features, 200,000 examples,
@@ -6,7 +8,7 @@ fp32 embeddings) and panel points on other corpora and budgets (panel.py's split
 `--encode_backend fast`). Prints held-out FVU, L0 and the share of features silent on held-out texts,
 and the ratio new / old.
 
-    python benchmarks/encoder_init.py     # about 15 minutes on 2 cores
+    python -m benchmarks.studies.encoder_init     # about 15 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from panel import CORPORA, budgets, corpus_embeddings, split, train_one
+from benchmarks.panel import CORPORA, budgets, corpus_embeddings, split, train_one
 
 PANEL_POINTS = (("debian-5k", "defaults"), ("debian-20k", "defaults"), ("wordnet-20k", "one pass"),
                 ("python-docs", "one pass"))

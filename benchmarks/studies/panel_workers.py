@@ -1,24 +1,23 @@
-"""Does the panel train faster in worker processes than in threads of one process?
+"""Decision: the panel trains its runs in worker processes, not in threads of one process.
+
+Does the panel train faster in worker processes than in threads of one process?
 
 Trains the same runs of one panel point twice, --workers at a time on one torch thread each: in
 threads of this process (the panel's way before), then in worker processes (its way now); prints
 both wall times, their ratio, and whether every run gave the same numbers both ways.
 
-    python benchmarks/panel_workers.py                    # WordNet 5,000 (../shared/data), defaults
-    python benchmarks/panel_workers.py --corpus python-docs
+    python -m benchmarks.studies.panel_workers                    # WordNet 5,000 (../shared/data), defaults
+    python -m benchmarks.studies.panel_workers --corpus python-docs
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import panel  # noqa: E402
+from benchmarks import panel  # noqa: E402
 
 RUNS = ("grid topk b16 lr0.003", "grid batchtopk b16 lr0.003", "topk L0 32", "matryoshka L0 32", "jumprelu L0 16",
         "gated L0 16")

@@ -1,4 +1,6 @@
-"""Do feature families group features a person would group? (issue "Feature labels you can check", item 5)
+"""Decision: a family edge needs P(parent fires | child fires) >= 0.3 and a parent firing on at most 10% of texts (`analysis/families.py`).
+
+Do feature families group features a person would group?
 
 The default SAE of `benchmarks/labels.py` (batchtopk, 3,072 features, k 32) is trained on each corpus
 and read on its held-out texts. For each family setting (edge weight P(parent fires | child fires) >=
@@ -8,7 +10,7 @@ corpus's own labels (WordNet's 45 categories, Debian's 58 sections): the cosine 
 distributions of the texts each fires on, as a ratio to the same cosine for random pairs of live
 features measured in the same run. Chosen on WordNet, confirmed on Debian.
 
-    python benchmarks/families.py [--corpora wordnet,debian]
+    python -m benchmarks.studies.families [--corpora wordnet,debian]
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import argparse
 import gzip
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,8 +28,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
-from labels import BACKEND, train_default  # noqa: E402
+from benchmarks.labels import BACKEND, train_default  # noqa: E402
 
 from sentence_sae import SAEConfig  # noqa: E402
 from sentence_sae.analysis.families import MAX_PARENT_DENSITY, MIN_WEIGHT, build_families  # noqa: E402

@@ -1,12 +1,14 @@
-"""Finding the default recipe, and held-out FVU against L0 for every sae_type (issue: beyond the four).
+"""Decision: the default recipe (lr 3e-3, decay over the last half, input normalization, the top_k warm-up) and `batchtopk` as the default sae_type.
+
+Finding the default recipe, and held-out FVU against L0 for every sae_type.
 
 WordNet definitions: train on the first 100,000, evaluate on the other 17,659, 300,000 examples seen.
 
-    python benchmarks/recipe.py study   # one change at a time from the base recipe, TopK, 3,072 features, k 32
-    python benchmarks/recipe.py table   # FVU against L0 (16, 32, 64) for every sae_type at 1,536 (the default),
+    python -m benchmarks.studies.recipe study   # one change at a time from the base recipe, TopK, 3,072 features, k 32
+    python -m benchmarks.studies.recipe table   # FVU against L0 (16, 32, 64) for every sae_type at 1,536 (the default),
                                         # 3,072 and 12,288 features
-    python benchmarks/recipe.py matched # the L0-32 column again where a row missed L0 32, and other seeds
-    python benchmarks/recipe.py warmup  # the top_k warm-up against its neighbours (BatchTopK, 12,288 features),
+    python -m benchmarks.studies.recipe matched # the L0-32 column again where a row missed L0 32, and other seeds
+    python -m benchmarks.studies.recipe warmup  # the top_k warm-up against its neighbours (BatchTopK, 12,288 features),
                                         # and the rows it changed the most, without it
 
 Every run prints one JSON line (and appends it to --log). The table uses the default recipe of
@@ -33,7 +35,7 @@ import torch  # noqa: E402
 from sentence_sae import EmbeddingStore, SAEConfig, create_sae  # noqa: E402
 from sentence_sae.trainer import Trainer  # noqa: E402
 
-from _wordnet import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
+from benchmarks.common import DEFAULT_DATA, EXAMPLES, N_TRAIN, whole_embeddings  # noqa: E402
 
 # Each entry changes the base recipe (batch 256, lr 3e-3, 20 warm-up steps, linear decay over the
 # last 20%, dead window 20,000, b_dec = mean, no input normalization, no top_k warm-up) in one respect.

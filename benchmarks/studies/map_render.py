@@ -1,7 +1,9 @@
-"""How fast the feature map opens in a real browser with many features: explain's canvas map against
+"""Decision: the feature map draws every feature on one canvas with its data inline (`analysis/feature_map.py`), not one SVG node each.
+
+How fast the feature map opens in a real browser with many features: explain's canvas map against
 the obvious alternative (one SVG circle per feature, with its label as a tooltip), same points.
 
-    python benchmarks/map_render.py [--features 12288] [--repeats 3]
+    python -m benchmarks.studies.map_render [--features 12288] [--repeats 3]
 
 Opens each page from disk in headless Chromium (selenium) and reads, in the page, the time from
 navigation start to the second animation frame after the load event (the first frame painted with
@@ -20,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import find_browser, headless_chrome  # noqa: E402
+from tests.helpers import find_browser, headless_chrome  # noqa: E402
 
 from sentence_sae.analysis.browser import feature_file, page  # noqa: E402
 from sentence_sae.analysis.feature_map import map_page  # noqa: E402

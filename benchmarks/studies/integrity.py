@@ -1,8 +1,10 @@
-"""What checking cache shards costs: hashing every shard of a cached corpus once (what a process
+"""Decision: every cache shard's SHA-256 is checked the first time a process reads it (`cache.py`): it costs under 2% of a cached run.
+
+What checking cache shards costs: hashing every shard of a cached corpus once (what a process
 does the first time it reads them), against a cached training run on that corpus, timed in the same
 run of this script.
 
-    python benchmarks/integrity.py [--data ../shared/data/wordnet_glosses.jsonl.gz] [--num_examples 100000]
+    python -m benchmarks.studies.integrity [--data ../shared/data/wordnet_glosses.jsonl.gz] [--num_examples 100000]
 
 The corpus is encoded into the cache first if it is not there yet (not timed).
 """
@@ -21,7 +23,7 @@ from sentence_sae import embed, train  # noqa: E402
 from sentence_sae.cache import MANIFEST, EmbeddingCache  # noqa: E402
 from sentence_sae.files import sha256_file  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared/data/wordnet_glosses.jsonl.gz"
+from benchmarks.common import DEFAULT_DATA  # noqa: E402
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""Run a command as a child process and measure it whole: wall time and its own peak memory."""
+"""What the benchmarks share: the shared data folder, the WordNet split every quality benchmark uses
+(train on the first N_TRAIN definitions, judge on the rest, EXAMPLES training examples seen), and
+running a command as a child process measured whole (wall time and its own peak memory)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,20 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = SHARED / "wordnet_glosses.jsonl.gz"
+N_TRAIN = 100_000
+EXAMPLES = 300_000
+
+
+def whole_embeddings(data: Path) -> Any:
+    """All of ``data``'s embeddings, memory-mapped from the sentence-sae cache (encoded on first use)."""
+    from sentence_sae import embed, load_embeddings
+
+    return load_embeddings(embed({"dataset_path": str(data), "num_examples": None, "wandb_mode": "disabled"})["cache_dir"])
 
 
 @dataclass

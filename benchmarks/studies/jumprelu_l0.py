@@ -1,8 +1,10 @@
-"""Why JumpReLU misses L0 32 on python-docs at the defaults: its L0 on the validation texts and the
+"""Decision: JumpReLU carries a pre-activation loss (`pre_act_coeff`): without it a long run on a small corpus cannot reach its L0.
+
+Why JumpReLU misses L0 32 on python-docs at the defaults: its L0 on the validation texts and the
 number of positive pre-activations per text (the most that any threshold can make fire) as training
 goes, with the steered coefficient beside them.
 
-    python benchmarks/jumprelu_l0.py [--lr 1e-3] [--pre_act_coeff 0]
+    python -m benchmarks.studies.jumprelu_l0 [--lr 1e-3] [--pre_act_coeff 0]
 
 The split is the panel's (benchmarks/panel.py): 2,100-odd training texts, an eighth held out.
 """
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -19,8 +20,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(__file__))
-from panel import corpus_embeddings, split  # noqa: E402
+from benchmarks.panel import corpus_embeddings, split  # noqa: E402
 
 from sentence_sae import EmbeddingStore, SAEConfig, create_sae  # noqa: E402
 from sentence_sae.sae import eval_mode  # noqa: E402

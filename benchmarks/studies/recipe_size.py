@@ -1,9 +1,11 @@
-"""How the recipe's size rules were measured: batch size against the run's length, and held-out FVU
+"""Decision: the batch-size rule and `max_epochs` 20 (`recipe.py`).
+
+How the recipe's size rules were measured: batch size against the run's length, and held-out FVU
 against the number of passes over a small corpus (README, "The recipe follows the run").
 
-    python benchmarks/recipe_size.py batch    # WordNet 5k and 20k texts, one pass and 100,000 examples:
+    python -m benchmarks.studies.recipe_size batch    # WordNet 5k and 20k texts, one pass and 100,000 examples:
                                               # batch 16 to 256 x lr 1e-3, 3e-3 (TopK, 1,536, k 32)
-    python benchmarks/recipe_size.py passes   # WordNet 5k, Debian 5k, python-docs: 1 to 40 passes (TopK),
+    python -m benchmarks.studies.recipe_size passes   # WordNet 5k, Debian 5k, python-docs: 1 to 40 passes (TopK),
                                               # WordNet 20k (BatchTopK)
 
 Splits are benchmarks/panel.py's (held-out texts never trained on); each line is one run, and each
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from panel import CORPORA, corpus_embeddings, split, train_one
+from benchmarks.panel import CORPORA, corpus_embeddings, split, train_one
 
 BATCH_POINTS = [("wordnet-5k", "one pass"), ("wordnet-5k", 100_000), ("wordnet-20k", "one pass"),
                 ("wordnet-20k", 100_000)]

@@ -1,4 +1,6 @@
-"""The parts of a small-batch training step, each against the formulation it replaced.
+"""Decision: small-batch steps use fused Adam, the in-place decoder projection, clipping only when it clips and dense-product gradients up to batch 128 (`sae/kernels.py`).
+
+The parts of a small-batch training step, each against the formulation it replaced.
 
 Small batches are what the recipe picks for short runs and small corpora (16 to 64), and there a
 step is dominated by work over every weight rather than by the batch. Each line times one part at
@@ -15,7 +17,7 @@ against the earlier formulation, in the same process, and prints the ratio:
   the scattered entries alone, plus the copy of W_enc's transposed gradient into its layout that
   autograd then makes.
 
-    python benchmarks/small_step.py [--threads 1] [--repeats 300]
+    python -m benchmarks.studies.small_step [--threads 1] [--repeats 300]
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""How much faster do whole training runs of the sparse variants get from the dense-product gradients
+"""Decision: whole runs confirm the small-step changes (`DENSE_GRADIENT_MAX_BATCH`, clipping only when it clips) before they became the default.
+
+How much faster do whole training runs of the sparse variants get from the dense-product gradients
 and the clipping that scales only when it clips?
 
 Trains the same runs twice in this process, on one torch thread (as the panel's workers): the earlier
@@ -7,20 +9,17 @@ way (every gradient scattered from the selected entries, ``DENSE_GRADIENT_MAX_BA
 --corpus python-docs. Prints each pair's seconds, their ratio and both held-out FVUs (the gradients
 are the same up to float rounding, so the FVUs agree to about 1e-3, not bit for bit).
 
-    python benchmarks/step_speed.py [--corpus wordnet-5k] [--steps 1000]
+    python -m benchmarks.studies.step_speed [--corpus wordnet-5k] [--steps 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import panel  # noqa: E402
+from benchmarks import panel  # noqa: E402
 import torch  # noqa: E402
 
 from sentence_sae import trainer  # noqa: E402

@@ -1,22 +1,22 @@
-"""Does JumpReLU's pre-activation loss (pre_act_coeff) help on every corpus and budget?
+"""Decision: `pre_act_coeff` defaults to 3e-5 on every corpus and budget, not only where it was found.
+
+Does JumpReLU's pre-activation loss (pre_act_coeff) help on every corpus and budget?
 
 At the panel's small points (python-docs, Debian 5,000 and WordNet 5,000 when ../shared/data has
 them; one pass and the defaults; target L0 16 and 32; dict_size 1,536) trains jumprelu with the
 default pre_act_coeff and with it off (0), and prints held-out FVU and L0 of both and the FVU ratio
 (with / without: below 1 is better).
 
-    python benchmarks/jumprelu_preact.py
+    python -m benchmarks.studies.jumprelu_preact
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import panel  # noqa: E402
+from benchmarks import panel  # noqa: E402
 
 from sentence_sae import SAEConfig  # noqa: E402
 
