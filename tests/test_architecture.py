@@ -1,5 +1,5 @@
 """The package's shape: no import cycles, no import of a layer above the importer, small modules
-and functions, and a README module table in the same order as the layers declared here."""
+and functions, and a module table in docs/pipeline.md in the same order as the layers declared here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "sentence_sae"
-README = PACKAGE.parents[1] / "README.md"
+PIPELINE_PAGE = PACKAGE.parents[1] / "docs" / "pipeline.md"
 
 LAYERS: list[tuple[str, ...]] = [
     ("errors", "version"),
@@ -154,8 +154,8 @@ def test_functions_stay_small():
     assert not long, "\n".join(long)
 
 
-def test_readme_module_table_follows_the_layers():
-    section = README.read_text().split("<!-- modules -->")[1]
+def test_module_table_follows_the_layers():
+    section = PIPELINE_PAGE.read_text().split("<!-- modules -->")[1]
     listed = re.findall(r"^\| `([a-z_]+)(?:\.py|/)?` \|", section, flags=re.MULTILINE)
     expected = [name for layer in LAYERS for name in layer if not name.startswith("__")]
-    assert listed == expected, "README's module table (between <!-- modules --> markers) is out of date"
+    assert listed == expected, "docs/pipeline.md's module table (between <!-- modules --> markers) is out of date"

@@ -3,8 +3,8 @@
 The values a user leaves unset (``batch_size``, ``lr``, ``lr_warmup_steps``, ``num_val_examples``)
 are derived here from how many training examples the run will see and how many distinct training
 texts the corpus holds, never from constants fitted to one corpus; an explicit value always wins.
-The rules and the measurements behind them are in the README ("The recipe") and
-``benchmarks/panel.py``.
+The rules and the measurements behind them are in docs/recipe.md; ``python -m benchmarks.panel``
+checks them.
 """
 
 from __future__ import annotations
