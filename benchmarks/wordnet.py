@@ -172,7 +172,7 @@ def main() -> None:
     print("\n| variant | held-out FVU | L0 | dead | train s |\n|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['fvu']:.3f} | {r['l0']:.1f} | {r['dead_frac']:.3f} | {r['train_seconds']:.1f} |")
-    keys = ["fvu", "explained_variance", "mse", "cos", "norm_ratio", "l0", "dead_frac", "dense_frac", "recall_at_10",
+    keys = ["fvu", "explained_variance", "mse", "cos", "norm_ratio", "l0", "dead_frac", "silent_frac", "dense_frac", "recall_at_10",
             "sim_spearman", "probe_acc_sae", "probe_acc_embed", "label_purity"]
     print("\n| variant | " + " | ".join(keys) + " |\n" + "|---" * (len(keys) + 1) + "|")
     for name, r in rows.items():

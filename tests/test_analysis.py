@@ -27,7 +27,7 @@ from sentence_sae.metrics import similarity_spearman, spearman
 def test_eval_reports_every_metric_and_writes_eval_json(labelled_run, model):
     run_dir, _, cfg = labelled_run
     report = evaluate_run(run_dir, label_column="topic", num_examples=1500, model=model)
-    for key in ("fvu", "explained_variance", "mse", "cos", "norm_ratio", "l0", "dead_frac", "dense_frac",
+    for key in ("fvu", "explained_variance", "mse", "cos", "norm_ratio", "l0", "dead_frac", "silent_frac", "dense_frac",
                 "recall_at_10", "sim_spearman", "probe_acc_sae", "probe_acc_embed", "label_purity"):
         assert key in report and np.isfinite(report[key]), key
     assert report["explained_variance"] == pytest.approx(1 - report["fvu"])
@@ -42,6 +42,10 @@ def test_eval_reports_every_metric_and_writes_eval_json(labelled_run, model):
     assert (run_dir / "density_histogram.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     held_out = evaluate_run(run_dir, model=model)
     assert held_out["held_out"] and held_out["examples"] == cfg.num_eval_examples
+    # dead_frac is the training window's measure at the end of training, whatever texts eval reads
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert report["dead_frac"] == held_out["dead_frac"] == [r for r in rows if "train/dead_frac" in r][-1]["train/dead_frac"]
+    assert held_out["silent_frac"] >= report["silent_frac"]  # 256 texts leave more features silent than 1,500
 
 
 def test_retrieval_metrics_are_perfect_for_a_perfect_reconstruction(docs_embeddings):

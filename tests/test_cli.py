@@ -27,8 +27,10 @@ def test_train_prints_a_json_summary_as_its_last_line(tmp_path, jsonl_file):
                    "--output_dir", str(tmp_path / "runs"), "--top_k", "4")
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(summary) == {"run_dir", "fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "cos", "examples",
-                            "skipped_texts", "seconds"}
+    assert set(summary) == {"run_dir", "fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "silent_frac_heldout",
+                            "heldout_texts", "cos", "examples", "skipped_texts", "seconds"}
+    # dead: not fired in the training window (nothing is, 90 examples < the 20,000 window); silent: on 10 texts
+    assert summary["dead_frac"] == 0 and summary["heldout_texts"] == 10 and 0 < summary["silent_frac_heldout"] < 1
     assert summary["examples"] == 90 and summary["l0"] <= 4  # the option overrides the file's top_k
     assert summary["train_fvu"] < summary["val_fvu"]  # 2 passes over 45 texts: they are already memorized
     cfg = json.loads((tmp_path / "runs").joinpath(os.path.basename(summary["run_dir"]), "cfg.json").read_text())

@@ -79,6 +79,10 @@ def test_push_without_network_fails_with_one_line(tmp_path, model):
     card = model_card(tmp_path / "run", "someone/sae")
     assert "load_sae(snapshot_download(\"someone/sae\"))" in card and "SAE.load_from_disk" in card
     assert "| `dict_size` | `64` |" in card
+    # a folder trained elsewhere (no metrics.jsonl) has no training-window dead fraction: eval says why
+    from sentence_sae.evaluation import training_dead_frac
+
+    assert training_dead_frac(tmp_path / "run") is None
 
 
 def test_topk_sae_exports_as_a_sparse_encoder_with_the_same_codes(tmp_path, model, docs_texts, docs_split):

@@ -16,6 +16,7 @@ from .files import atomic_write_text
 from .metrics import label_purity, linear_probe_accuracy, neighbour_recall, reconstruction_metrics, similarity_spearman
 from .plots import density_histogram
 from .runs import open_run
+from .tracking import METRICS_FILE, read_metrics
 
 
 def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
@@ -51,6 +52,9 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     plot = density_histogram(densities, run.folder / "density_histogram.png",
                              f"{run.folder.name}: feature densities on {len(embeddings)} texts")
     metrics, missing = split_missing(metrics, len(embeddings))
+    metrics["dead_frac"] = training_dead_frac(run.folder)
+    if metrics["dead_frac"] is None:
+        missing["dead_frac"] = f"{run.folder} holds no {METRICS_FILE} of a sentence-sae training run"
     report = {
         **metrics,
         **({"missing": missing} if missing else {}),
@@ -72,6 +76,18 @@ MISSING_REASONS = {
     "probe_acc_embed": "the probe's 20% test split is empty",
 }
 """Why a metric cannot be measured on an evaluation this small (it is reported as null, never NaN)."""
+
+
+def training_dead_frac(folder: Path) -> float | None:
+    """The share of features that had not fired in the last dead_feature_window training examples when
+    the run ended (the last measurement in its metrics.jsonl), or None for a folder trained elsewhere."""
+    if not (folder / METRICS_FILE).is_file():
+        return None
+    for row in reversed(read_metrics(folder / METRICS_FILE)):
+        for key in ("eval/dead_frac", "train/dead_frac"):
+            if key in row:
+                return float(row[key])
+    return None
 
 
 def split_missing(metrics: dict[str, Any], texts: int) -> tuple[dict[str, Any], dict[str, str]]:

@@ -22,8 +22,9 @@ def model_card(run_dir: Path, repo_id: str) -> str:
     evaluation = {}
     if (run_dir / "eval.json").is_file():
         evaluation = json.loads((run_dir / "eval.json").read_text())
-    metrics = {key: evaluation[key] for key in ("fvu", "explained_variance", "cos", "l0", "dead_frac",
-                                                "recall_at_10", "sim_spearman", "label_purity") if key in evaluation}
+    metrics = {key: evaluation[key] for key in ("fvu", "explained_variance", "cos", "l0", "dead_frac", "silent_frac",
+                                                "recall_at_10", "sim_spearman", "label_purity")
+               if evaluation.get(key) is not None}
     metric_rows = "\n".join(f"| {key} | {value:.4g} |" for key, value in metrics.items()) or "| (run `sentence-sae eval` first) | |"
     config_rows = "\n".join(f"| `{key}` | `{value}` |" for key, value in cfg.items() if value is not None)
     return f"""---
@@ -41,6 +42,10 @@ embeddings of `{cfg.model_name}`, trained with [sentence-sae](https://pypi.org/p
 | metric | value |
 |---|---|
 {metric_rows}
+
+`dead_frac`: features that had not fired in the last `dead_feature_window` training examples when
+training ended (what SAELens and sparsify call dead); `silent_frac`: features that fire on none of the
+{evaluation.get("examples", "evaluated")} texts of this evaluation (rare, live features are often silent on a few hundred texts).
 
 ## How to load
 

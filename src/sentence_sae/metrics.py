@@ -70,7 +70,7 @@ def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: i
         "cos": cos_sum / n,
         "norm_ratio": norm_ratio_sum / n,
         "l0": l0_sum / n,
-        "dead_frac": (density == 0).double().mean().item(),
+        "silent_frac": (density == 0).double().mean().item(),
         "dense_frac": (density > 0.1).double().mean().item(),
     }
 

@@ -78,7 +78,8 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         """The JSON line the command line prints last: held-out metrics, and the FVU on training and on
         validation texts (far below held-out on training texts: memorized), and L0 on validation texts."""
-        shown = ("fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "cos")
+        shown = ("fvu", "train_fvu", "val_fvu", "l0", "val_l0", "dead_frac", "silent_frac_heldout", "heldout_texts",
+                 "cos")
         return {"run_dir": str(self.run_dir), **{key: self.metrics.get(key) for key in shown},
                 "examples": self.examples, "skipped_texts": self.skipped_texts, "seconds": round(self.seconds, 2)}
 
@@ -346,8 +347,16 @@ class Trainer:
         return float(self.cfg.top_k) if self.sae.uses_top_k else self.sparsity.target
 
     def final_metrics(self) -> dict[str, float]:
-        """Held-out metrics, plus FVU and L0 on the validation texts and on a sample of training texts."""
+        """Held-out metrics, plus FVU and L0 on the validation texts and on a sample of training texts, and
+        the two dead measures: ``dead_frac``, features that did not fire in the last dead_feature_window
+        training examples (what SAELens and sparsify call dead), and ``silent_frac_heldout``, features
+        that fire on none of the ``heldout_texts`` held-out texts (on a few hundred texts, many rare but
+        live features are silent)."""
         final = self.evaluate()
+        if "eval/silent_frac" in final:
+            final["eval/silent_frac_heldout"] = final.pop("eval/silent_frac")
+            final["eval/heldout_texts"] = len(self.store.held_out_embeddings())
+        final["eval/dead_frac"] = self.dead_features.count() / self.sae.d_sae
         for prefix, embeddings in (("val", self.store.validation_embeddings()), ("train", self.training_sample)):
             if len(embeddings) > 1:
                 measured = reconstruction_metrics(self.sae, embeddings)
