@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("trainer",),
     ("training", "sweep"),
     ("runs", "plots"),
-    ("evaluation", "hub", "export"),
+    ("evaluation", "hub", "sparse_module", "export"),
     ("analysis",),
     ("cli",),
     ("__init__", "__main__"),

@@ -108,12 +108,31 @@ def test_topk_sae_exports_as_a_sparse_encoder_with_the_same_codes(tmp_path, mode
 
 
 @pytest.mark.slow
-def test_export_refuses_what_does_not_map_in_one_line(tmp_path, model):
-    cfg = make_cfg(tmp_path, model, sae_type="batchtopk", dict_size=64, top_k=4)
-    save_sae(create_sae(cfg), tmp_path / "batchtopk")
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "export", str(tmp_path / "batchtopk"), "--to",
-                           "sparse-encoder", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert "a batchtopk SAE cannot be exported as a SparseEncoder" in proc.stderr
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize("sae_type", ["batchtopk", "matryoshka", "jumprelu", "gated", "vanilla"])
+def test_every_variant_exports_as_a_sparse_encoder_with_its_own_codes(tmp_path, model, docs_texts, docs_split, sae_type):
+    """Thresholds, gates and plain ReLUs go through SAEEncoder, which applies the SAE's own encode."""
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.util import semantic_search
+
+    from sentence_sae import text_codes
+
+    cfg = make_cfg(tmp_path, model, sae_type=sae_type, dict_size=256, top_k=8, num_examples=2048)
+    run_dir = Trainer(create_sae(cfg), EmbeddingStore(docs_split[0], cfg), cfg).train().run_dir
+    out = tmp_path / "sparse"
+    proc = subprocess.run([sys.executable, "-m", "sentence_sae", "export", str(run_dir), "--to", "sparse-encoder",
+                           str(out)], capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["module"] == "SAEEncoder" and summary["needs_sentence_sae"] and summary["architecture"] == sae_type
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # the class is sentence-sae's, not theirs
+        SparseEncoder(str(out), device="cpu")
+    sparse = SparseEncoder(str(out), device="cpu", trust_remote_code=True)
+    texts = docs_texts[:40:4] + ["a text the SAE never saw: the chess engine plays well"]
+    got = sparse.encode(texts, convert_to_tensor=True).to_dense()
+    want = text_codes(load_sae(run_dir), texts, model)
+    assert got.shape == want.shape == (len(texts), 256) and 0 < (want > 0).sum(1).float().mean() < 256
+    assert torch.equal(got > 0, want > 0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    hits = semantic_search(sparse.encode(texts[:1], convert_to_tensor=True), sparse.encode(texts, convert_to_tensor=True),
+                           top_k=1)
+    assert hits[0][0]["corpus_id"] == 0  # a text is its own nearest neighbour in code space
