@@ -21,6 +21,7 @@ from sentence_sae.analysis.feature_map import family_roots
 from sentence_sae.analysis.search import feature_search, search_run
 from sentence_sae.analysis.records import FeatureRecord, TextExample
 from sentence_sae.analysis.search_page import WORD, text_index
+from sentence_sae.errors import ConfigError
 from sentence_sae.metrics import encode_in_batches
 from sentence_sae.sae import eval_mode
 
@@ -234,6 +235,30 @@ def test_search_by_feature_lists_its_strongest_texts(labelled_run, model, docs_t
     assert result["fires_on"] == int((activations[:, feature] > 0).sum())
 
 
+def test_steered_search_suppresses_and_boosts_features(labelled_run, model, docs_embeddings):
+    from sentence_sae.checkpoint import load_sae
+
+    run_dir, _, _ = labelled_run
+    acts = encode_in_batches(load_sae(run_dir), docs_embeddings).numpy()
+    query = "How do I open a file for reading?"
+    plain = search_run(run_dir, query, top=10, model=model)
+    top_row = plain["matches"][0]["row"]
+    shared = plain["matches"][0]["features"]
+    driver = shared[0]["id"] if shared else int(np.argmax(acts[top_row]))  # what drives the top match most
+    assert acts[top_row, driver] > 0
+    suppressed = search_run(run_dir, query, top=10, model=model, suppress=[driver])
+    assert len(suppressed["matches"]) == 10
+    assert suppressed["steering"]["excluded_texts"] == int((acts[:, driver] > 0).sum())
+    assert all(acts[m["row"], driver] == 0 for m in suppressed["matches"])  # no match carries it any more
+    plain_rows = [m["row"] for m in plain["matches"]]
+    absent = [f for f in range(acts.shape[1]) if not acts[plain_rows, f].any() and 5 <= (acts[:, f] > 0).sum() <= 200]
+    boosted = search_run(run_dir, query, top=10, model=model, boost={absent[0]: 2.0})
+    assert sum(acts[m["row"], absent[0]] > 0 for m in boosted["matches"]) >= 3  # pulled in texts where it fires
+    assert search_run(run_dir, query, top=10, model=model, boost={}, suppress=[])["matches"] == plain["matches"]
+    with pytest.raises(ConfigError, match="both boosted and suppressed"):
+        search_run(run_dir, query, model=model, boost={driver: 1.0}, suppress=[driver])
+
+
 @pytest.mark.slow
 def test_search_command(labelled_run):
     run_dir, _, _ = labelled_run
@@ -242,7 +267,14 @@ def test_search_command(labelled_run):
     assert len(json.loads(proc.stdout)["matches"]) == 3
     proc = run_cli("search", str(run_dir), "--feature", "0", "--top", "2")
     assert proc.returncode == 0, proc.stderr
-    for args, message in [(["q", "--feature", "1"], "not both"), (["--feature", "99999"], "does not exist")]:
+    proc = run_cli("search", str(run_dir), "string formatting", "--top", "3", "--json", "--boost", "1:1.5",
+                   "--suppress", "2")
+    assert proc.returncode == 0, proc.stderr
+    steering = json.loads(proc.stdout)["steering"]
+    assert steering["boost"] == {"1": 1.5} and steering["suppress"] == [2] and steering["space"] == "embedding"
+    for args, message in [(["q", "--feature", "1"], "not both"), (["--feature", "99999"], "does not exist"),
+                          (["q", "--boost", "x"], "--boost takes a feature id"), (["q", "--boost", "1:-2"], "positive"),
+                          (["--feature", "1", "--boost", "2"], "steer a QUERY"), (["q", "--suppress", "99999"], "does not exist")]:
         proc = run_cli("search", str(run_dir), *args)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 

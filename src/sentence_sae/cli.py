@@ -73,6 +73,11 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("query", metavar="QUERY", nargs="?", default=None, help="the text to search for by meaning")
         parser.add_argument("--feature", type=int, default=None, metavar="ID",
                             help="instead of a query: list the texts where this feature fires most")
+        parser.add_argument("--boost", action="append", default=[], metavar="F[:WEIGHT]",
+                            help="steer the query toward feature F: its activation raised to WEIGHT (default 1) x its "
+                                 "largest on the corpus; repeatable")
+        parser.add_argument("--suppress", action="append", default=[], metavar="F", type=int,
+                            help="steer the query away from feature F and leave out the texts it fires on; repeatable")
     if command in ("features", "compare", "search", "diff"):
         top = 20 if command == "diff" else 10
         parser.add_argument("--top", type=int, default=top,
@@ -200,15 +205,27 @@ def cmd_diff(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
                     device=args.device)
 
 
+def parse_boost(text: str) -> tuple[int, float]:
+    """--boost F or F:WEIGHT -> (feature, weight)."""
+    feature, _, weight = text.partition(":")
+    try:
+        return int(feature), float(weight) if weight else 1.0
+    except ValueError:
+        raise ConfigError(f"--boost takes a feature id and an optional weight, as 12 or 12:2.5; got '{text}'") from None
+
+
 def cmd_search(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any] | None:
     from .analysis.search import feature_search, search_run
 
     if (args.query is None) == (args.feature is None):
         raise ConfigError("give either a QUERY to search by meaning or --feature ID, not both or neither")
+    if args.feature is not None and (args.boost or args.suppress):
+        raise ConfigError("--boost and --suppress steer a QUERY; --feature lists one feature's texts without one")
     if args.feature is not None:
         result = feature_search(args.run_dir, args.feature, args.top, args.num_examples, device=args.device)
     else:
-        result = search_run(args.run_dir, args.query, args.top, args.num_examples, device=args.device)
+        result = search_run(args.run_dir, args.query, args.top, args.num_examples, device=args.device,
+                            boost=dict(map(parse_boost, args.boost)), suppress=args.suppress)
     if args.json:
         return result
     for match in result["matches"]:
