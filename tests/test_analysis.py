@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import headless_chrome, needs_chromium, make_cfg, run_cli
+from helpers import headless_chrome, make_cfg, needs_chromium, run_cli, write_jsonl
 from sentence_sae import create_sae, save_sae
 from sentence_sae.analysis import explain_run
 from sentence_sae.analysis.families import build_families
@@ -260,3 +260,48 @@ def test_a_feature_on_most_texts_is_nobodys_parent():
     uncapped = build_families(counts, co, min_weight=0.5, min_size=2)
     assert uncapped["parents"] == {"1": 2, "2": 0, "3": 1} and uncapped["max_depth"] == 3
     assert uncapped["share_in_family"] == 1.0
+
+
+def test_paired_retrieval_ranks_each_query_s_own_document():
+    from sentence_sae.metrics import paired_retrieval
+
+    generator = torch.Generator().manual_seed(0)
+    documents = torch.randn(300, 16, generator=generator)
+    queries = documents + 0.8 * torch.randn(300, 16, generator=generator)
+    got = paired_retrieval(queries, documents, chunk=64)
+    scores = torch.nn.functional.normalize(queries, dim=-1) @ torch.nn.functional.normalize(documents, dim=-1).T
+    rank = (scores > scores.diagonal().unsqueeze(1)).sum(1).double() + 1  # no ties among random floats
+    assert got["mrr_at_10"] == pytest.approx(((rank <= 10) / rank).mean().item())
+    assert got["ndcg_at_10"] == pytest.approx(((rank <= 10) / torch.log2(rank + 1)).mean().item())
+    assert got["recall_at_1"] == pytest.approx((rank == 1).double().mean().item())
+    assert 0 < got["recall_at_1"] < got["recall_at_10"] < 1
+    assert paired_retrieval(documents, documents)["mrr_at_10"] == 1.0
+    empty = paired_retrieval(torch.zeros(20, 8), torch.zeros(20, 8), cosine=False)  # all-zero codes tie everywhere
+    assert empty["recall_at_10"] == 0.0  # a tie counts against the own document
+
+
+@pytest.mark.slow
+def test_eval_reports_retrieval_of_embeddings_reconstructions_and_codes(labelled_run, model, docs_texts, tmp_path):
+    run_dir, _, _ = labelled_run
+    pairs = []
+    for text in dict.fromkeys(docs_texts):
+        first, _, rest = text.partition(". ")
+        if len(first) > 40 and len(rest) > 80:
+            pairs.append({"question": first, "passage": rest})
+    pairs_file = write_jsonl(tmp_path / "pairs.jsonl", pairs[:400])
+    report = evaluate_run(run_dir, model=model, retrieval=str(pairs_file), query_column="question",
+                          document_column="passage")["retrieval"]
+    assert report["pairs"] == 400
+    q = model.encode([p["question"] for p in pairs[:400]], convert_to_tensor=True)
+    d = model.encode([p["passage"] for p in pairs[:400]], convert_to_tensor=True)
+    from sentence_sae.metrics import paired_retrieval
+
+    assert report["dense"] == pytest.approx(paired_retrieval(q, d), abs=1e-6)  # the run's own embeddings, unchanged
+    assert report["dense"]["mrr_at_10"] > 0.4  # a paragraph's first sentence finds the rest of it
+    for name in ("reconstructed", "codes"):
+        assert 0 < report[name]["mrr_at_10"] <= 1 and report[name]["recall_at_1"] <= report[name]["recall_at_10"]
+        assert report[f"{name}_keeps"]["mrr_at_10"] == pytest.approx(report[name]["mrr_at_10"] / report["dense"]["mrr_at_10"])
+    assert json.loads((run_dir / "eval.json").read_text())["retrieval"]["pairs"] == 400
+    proc = run_cli("eval", str(run_dir), "--retrieval", str(pairs_file), "--query_column", "query")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "column 'query' not found" in proc.stderr and "set query_column to one of them" in proc.stderr

@@ -99,6 +99,11 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "eval":
         parser.add_argument("--label_column", default=None,
                             help="a column of labels: adds linear probes and feature label purity")
+        parser.add_argument("--retrieval", default=None, metavar="PAIRS",
+                            help="a dataset of (query, document) pairs: adds MRR@10, nDCG@10 and recall@1/@10 of the "
+                                 "dense embeddings, their reconstructions and the codes as sparse vectors")
+        parser.add_argument("--query_column", default="query", help="the pairs' query column (default query)")
+        parser.add_argument("--document_column", default="document", help="the pairs' document column (default document)")
     if command == "explain":
         parser.add_argument("--top_n", type=int, default=10, help="top texts kept per feature (default 10)")
         parser.add_argument("--highlight", action="store_true",
@@ -165,7 +170,8 @@ def cmd_eval(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     from .evaluation import evaluate_run
 
     return evaluate_run(args.run_dir, dataset_path=args.dataset_path, num_examples=args.num_examples,
-                        label_column=args.label_column, text_column=args.text_column, device=args.device)
+                        label_column=args.label_column, text_column=args.text_column, device=args.device,
+                        retrieval=args.retrieval, query_column=args.query_column, document_column=args.document_column)
 
 
 def cmd_explain(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:

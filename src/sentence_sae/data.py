@@ -312,13 +312,15 @@ def iter_dataset_rows(
     counter: TextCounter,
     extra_columns: dict[str, str] | None = None,
     batch_size: int = 1000,
+    text_option: str = "text_column",
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(text, {column: value}) for the non-empty texts of one pass over ``dataset``.
 
     ``extra_columns`` maps each further column to read to the option that names it (for the error
-    message when it is missing). Rows with empty or missing texts are skipped and counted.
+    message when it is missing), as ``text_option`` names the text column's. Rows with empty or
+    missing texts are skipped and counted.
     """
-    wanted = {text_column: "text_column", **(extra_columns or {})}
+    wanted = {text_column: text_option, **(extra_columns or {})}
     iterator = iter(dataset.iter(batch_size=batch_size))
     checked_columns = False
     while True:

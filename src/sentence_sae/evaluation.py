@@ -13,7 +13,10 @@ import torch
 
 from .errors import DataError, check_positive
 from .files import atomic_write_text
-from .metrics import label_purity, linear_probe_accuracy, neighbour_recall, reconstruction_metrics, similarity_spearman
+from .data import TextCounter, iter_dataset_rows, open_dataset
+from .metrics import (RETRIEVAL_METRICS, label_purity, linear_probe_accuracy, neighbour_recall, paired_retrieval,
+                      reconstruction_metrics, similarity_spearman)
+from .sae import eval_mode
 from .plots import density_histogram
 from .runs import open_run
 from .tracking import METRICS_FILE, read_metrics
@@ -21,10 +24,12 @@ from .tracking import METRICS_FILE, read_metrics
 
 def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examples: int | None = None,
                  label_column: str | None = None, text_column: str | None = None, device: str | None = None,
-                 model: Any = None, seed: int = 0) -> dict[str, Any]:
+                 model: Any = None, seed: int = 0, retrieval: str | None = None, query_column: str = "query",
+                 document_column: str = "document") -> dict[str, Any]:
     """Evaluate the SAE of ``run_dir`` on the first ``num_examples`` texts of a dataset (by default
     the run's own held-out texts); write ``eval.json`` and ``density_histogram.png`` into the run
-    folder and return the metrics."""
+    folder and return the metrics. ``retrieval``, a dataset of (query, document) pairs, adds
+    ``evaluate_retrieval``'s report under "retrieval"."""
     check_positive("num_examples", num_examples, unset="the run's held-out texts")
     run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
     n = run.cfg.num_eval_examples if num_examples is None else num_examples
@@ -63,6 +68,8 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
         "held_out": run.own_dataset and len(embeddings) <= run.cfg.num_eval_examples,
         "label_column": label_column,
         "plots": [plot.name],
+        **({"retrieval": evaluate_retrieval(run.folder, retrieval, query_column, document_column, model=run.model)}
+           if retrieval else {}),
     }
     atomic_write_text(run.folder / "eval.json", json.dumps(report, indent=2))
     return report
@@ -76,6 +83,51 @@ MISSING_REASONS = {
     "probe_acc_embed": "the probe's 20% test split is empty",
 }
 """Why a metric cannot be measured on an evaluation this small (it is reported as null, never NaN)."""
+
+
+def evaluate_retrieval(run_dir: str | Path, pairs_path: str, query_column: str = "query",
+                       document_column: str = "document", num_examples: int | None = None, device: str | None = None,
+                       model: Any = None) -> dict[str, Any]:
+    """How much of the embedding's retrieval the SAE keeps, on (query, document) pairs: each query
+    searched for its own document among all documents, with the dense embeddings (cosine), their
+    reconstructions (cosine) and the codes as sparse vectors (dot product), and the share of the dense
+    figure each keeps."""
+    check_positive("num_examples", num_examples, unset="every pair")
+    run = open_run(run_dir, device, model)
+    queries, documents = read_pairs(pairs_path, query_column, document_column, num_examples)
+    dense = {"queries": run.encode(queries).float(), "documents": run.encode(documents).float()}
+    sae = run.sae
+    codes, reconstructed = {}, {}
+    with eval_mode(sae), torch.no_grad():
+        for side, embeddings in dense.items():
+            side_codes, side_reconstructed = zip(*(sae.encode_and_reconstruct(embeddings[start : start + 4096].to(sae.device))
+                                                   for start in range(0, len(embeddings), 4096)))
+            codes[side] = torch.cat(side_codes).float().cpu()
+            reconstructed[side] = torch.cat(side_reconstructed).float().cpu()
+    results = {name: paired_retrieval(vectors["queries"], vectors["documents"], cosine=name != "codes")
+               for name, vectors in (("dense", dense), ("reconstructed", reconstructed), ("codes", codes))}
+    keeps = {name: {key: results[name][key] / results["dense"][key] if results["dense"][key] > 0 else None
+                    for key in RETRIEVAL_METRICS} for name in ("reconstructed", "codes")}
+    return {"pairs": len(queries), "dataset_path": pairs_path, **results,
+            "reconstructed_keeps": keeps["reconstructed"], "codes_keeps": keeps["codes"]}
+
+
+def read_pairs(path: str, query_column: str, document_column: str, limit: int | None) -> tuple[list[str], list[str]]:
+    """The (query, document) pairs of a dataset, in order; rows where either text is empty are skipped."""
+    queries, documents = [], []
+    rows = iter_dataset_rows(open_dataset(path), query_column, path, TextCounter(), {document_column: "document_column"},
+                             text_option="query_column")
+    for query, extra in rows:
+        document = extra[document_column]
+        if isinstance(document, str) and document.strip():
+            queries.append(query)
+            documents.append(document)
+            if limit is not None and len(queries) >= limit:
+                break
+    if len(queries) < 2:
+        raise DataError(f"{path} has {len(queries)} (query, document) pairs in columns {query_column!r} and "
+                        f"{document_column!r}; retrieval needs at least 2")
+    return queries, documents
 
 
 def training_dead_frac(folder: Path) -> float | None:

@@ -83,6 +83,30 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
 
 
+RETRIEVAL_METRICS = ("mrr_at_10", "ndcg_at_10", "recall_at_1", "recall_at_10")
+
+
+@torch.no_grad()
+def paired_retrieval(queries: torch.Tensor, documents: torch.Tensor, cosine: bool = True,
+                     chunk: int = 1024) -> dict[str, float]:
+    """Each query searched among all documents for its own (row i): MRR@10, nDCG@10 (one relevant
+    document, so 1 / log2(rank + 1)), recall@1 and recall@10. Scores are cosines, or dot products
+    (``cosine=False``: sparse codes, as a sparse retriever scores them). A tie with the own document
+    counts against it, so a code that is all zeros ranks it last, not first."""
+    q = _unit(queries) if cosine else queries.float()
+    d = _unit(documents) if cosine else documents.float()
+    ranks = []
+    for start in range(0, len(q), chunk):
+        scores = q[start : start + chunk] @ d.T
+        rows = torch.arange(len(scores))
+        own = scores[rows, rows + start].unsqueeze(1)
+        ranks.append((scores >= own).sum(1))  # the own document included, so ties rank it below the rest
+    rank = torch.cat(ranks).double()
+    top = rank <= 10
+    return {"mrr_at_10": (top / rank).mean().item(), "ndcg_at_10": (top / torch.log2(rank + 1)).mean().item(),
+            "recall_at_1": (rank == 1).double().mean().item(), "recall_at_10": top.double().mean().item()}
+
+
 @torch.no_grad()
 def neighbour_recall(original: torch.Tensor, reconstructed: torch.Tensor, k: int = 10,
                      max_queries: int = 20_000, chunk: int = 1024) -> float:
