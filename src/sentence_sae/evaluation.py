@@ -95,8 +95,14 @@ def evaluate_retrieval(run_dir: str | Path, pairs_path: str, query_column: str =
     check_positive("num_examples", num_examples, unset="every pair")
     run = open_run(run_dir, device, model)
     queries, documents = read_pairs(pairs_path, query_column, document_column, num_examples)
-    dense = {"queries": run.encode(queries).float(), "documents": run.encode(documents).float()}
-    sae = run.sae
+    report = retrieval_report(run.sae, run.encode(queries), run.encode(documents))
+    return {"pairs": len(queries), "dataset_path": pairs_path, **report}
+
+
+def retrieval_report(sae: Any, queries: torch.Tensor, documents: torch.Tensor) -> dict[str, Any]:
+    """``paired_retrieval`` of the dense embeddings, their reconstructions and the codes, and the share of
+    each dense figure the other two keep."""
+    dense = {"queries": queries.float().cpu(), "documents": documents.float().cpu()}
     codes, reconstructed = {}, {}
     with eval_mode(sae), torch.no_grad():
         for side, embeddings in dense.items():
@@ -108,8 +114,7 @@ def evaluate_retrieval(run_dir: str | Path, pairs_path: str, query_column: str =
                for name, vectors in (("dense", dense), ("reconstructed", reconstructed), ("codes", codes))}
     keeps = {name: {key: results[name][key] / results["dense"][key] if results["dense"][key] > 0 else None
                     for key in RETRIEVAL_METRICS} for name in ("reconstructed", "codes")}
-    return {"pairs": len(queries), "dataset_path": pairs_path, **results,
-            "reconstructed_keeps": keeps["reconstructed"], "codes_keeps": keeps["codes"]}
+    return {**results, "reconstructed_keeps": keeps["reconstructed"], "codes_keeps": keeps["codes"]}
 
 
 def read_pairs(path: str, query_column: str, document_column: str, limit: int | None) -> tuple[list[str], list[str]]:
