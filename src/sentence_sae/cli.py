@@ -11,13 +11,12 @@ import argparse
 import json
 import os
 import sys
-import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from .config import (SAEConfig, choices_of, coerce_value, field_help, field_types, from_mapping, load_config_file,
-                     section_key, sections, shown_default, unknown_key_message)
+from .config import (SAEConfig, coerce_value, field_help, from_mapping, load_config_file, metavar_of, section_key,
+                     sections, shown_default, unknown_key_message)
 from .errors import ConfigError, SentenceSAEError, TrainingStopped
 
 EXIT_BAD_INPUT = 2
@@ -30,15 +29,6 @@ class OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see '{self.prog} --help')")
 
 
-def _metavar(annotation: object) -> str:
-    """INT, FLOAT, STR, BOOL or INT,INT,... for a (possibly optional) field type."""
-    inner = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-    base = inner[0]
-    if typing.get_origin(base) is list:
-        return f"{typing.get_args(base)[0].__name__.upper()},..."
-    return getattr(base, "__name__", "VALUE").upper()
-
-
 def add_config_options(parser: argparse.ArgumentParser) -> None:
     """Every config key as --key, grouped by the config's sections as in docs/configuration.md."""
     helps = field_help()
@@ -46,12 +36,11 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group(f"{title} (config keys; in a --config file at the top level or under "
                                           f"'{section_key(title)}:')")
         for key in keys:
-            choices = choices_of(key)
             group.add_argument(
                 f"--{key}",
                 dest=key,
                 default=argparse.SUPPRESS,
-                metavar="{" + ",".join(choices) + "}" if choices else _metavar(field_types()[key]),
+                metavar=metavar_of(key),
                 help=f"{helps.get(key, '')} (default: {shown_default(key)})".replace("%", "%%"),  # argparse formats help with %
             )
     parser.add_argument("--config", dest="config_file", default=None, metavar="FILE",

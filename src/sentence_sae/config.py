@@ -191,7 +191,6 @@ class SAEConfig:
     name: str | None = None
     """Run name; derived from the architecture, size and model when unset."""
 
-
     # --- dict-like access, for code written against the earlier script's cfg dict ---
     def __setattr__(self, key: str, value: Any) -> None:
         object.__setattr__(self, key, coerce_value(key, value))
@@ -445,8 +444,13 @@ def matryoshka_widths(cfg: SAEConfig) -> list[int]:
     return widths
 
 
+@lru_cache(maxsize=1)
+def _defaults() -> SAEConfig:
+    return SAEConfig()
+
+
 def shown_default(key: str) -> str:
-    default = getattr(SAEConfig(), key)
+    default = getattr(_defaults(), key)
     if default is None:
         return "unset"
     return f"{default:g}" if isinstance(default, float) else str(default)
@@ -456,6 +460,16 @@ def choices_of(key: str) -> tuple[str, ...]:
     """The valid values of a choice key (a Literal field), else ()."""
     base, _ = _base_type(field_types()[key])
     return typing.get_args(base) if typing.get_origin(base) is Literal else ()
+
+
+def metavar_of(key: str) -> str:
+    """How --help shows a key's value: {a,b,c} for a choice, INT,... for a list, else INT, FLOAT, STR or BOOL."""
+    base, _ = _base_type(field_types()[key])
+    if typing.get_origin(base) is Literal:
+        return "{" + ",".join(typing.get_args(base)) + "}"
+    if typing.get_origin(base) is list:
+        return f"{typing.get_args(base)[0].__name__.upper()},..."
+    return base.__name__.upper()
 
 
 def config_table_markdown() -> str:

@@ -14,9 +14,8 @@ import torch
 from .errors import DataError, check_positive
 from .files import atomic_write_text
 from .data import TextCounter, iter_dataset_rows, open_dataset
-from .metrics import (RETRIEVAL_METRICS, label_purity, linear_probe_accuracy, neighbour_recall, paired_retrieval,
-                      reconstruction_metrics, similarity_spearman)
-from .sae import eval_mode
+from .metrics import (RETRIEVAL_METRICS, codes_and_reconstructions, label_purity, linear_probe_accuracy,
+                      neighbour_recall, paired_retrieval, reconstruction_metrics, similarity_spearman)
 from .plots import density_histogram
 from .runs import open_run
 from .tracking import METRICS_FILE, read_metrics
@@ -32,6 +31,7 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
     ``evaluate_retrieval``'s report under "retrieval"."""
     check_positive("num_examples", num_examples, unset="the run's held-out texts")
     run = open_run(run_dir, device, model, dataset_path=dataset_path, text_column=text_column)
+    pairs = read_pairs(retrieval, query_column, document_column) if retrieval else None  # a bad file fails first
     n = run.cfg.num_eval_examples if num_examples is None else num_examples
     corpus = run.corpus()
     try:
@@ -68,8 +68,7 @@ def evaluate_run(run_dir: str | Path, dataset_path: str | None = None, num_examp
         "held_out": run.own_dataset and len(embeddings) <= run.cfg.num_eval_examples,
         "label_column": label_column,
         "plots": [plot.name],
-        **({"retrieval": evaluate_retrieval(run.folder, retrieval, query_column, document_column, model=run.model)}
-           if retrieval else {}),
+        **({"retrieval": pairs_retrieval(run, pairs, retrieval)} if pairs else {}),
     }
     atomic_write_text(run.folder / "eval.json", json.dumps(report, indent=2))
     return report
@@ -93,8 +92,12 @@ def evaluate_retrieval(run_dir: str | Path, pairs_path: str, query_column: str =
     reconstructions (cosine) and the codes as sparse vectors (dot product), and the share of the dense
     figure each keeps."""
     check_positive("num_examples", num_examples, unset="every pair")
-    run = open_run(run_dir, device, model)
-    queries, documents = read_pairs(pairs_path, query_column, document_column, num_examples)
+    pairs = read_pairs(pairs_path, query_column, document_column, num_examples)
+    return pairs_retrieval(open_run(run_dir, device, model), pairs, pairs_path)
+
+
+def pairs_retrieval(run: Any, pairs: tuple[list[str], list[str]], pairs_path: str) -> dict[str, Any]:
+    queries, documents = pairs
     report = retrieval_report(run.sae, run.encode(queries), run.encode(documents))
     return {"pairs": len(queries), "dataset_path": pairs_path, **report}
 
@@ -104,12 +107,8 @@ def retrieval_report(sae: Any, queries: torch.Tensor, documents: torch.Tensor) -
     each dense figure the other two keep."""
     dense = {"queries": queries.float().cpu(), "documents": documents.float().cpu()}
     codes, reconstructed = {}, {}
-    with eval_mode(sae), torch.no_grad():
-        for side, embeddings in dense.items():
-            side_codes, side_reconstructed = zip(*(sae.encode_and_reconstruct(embeddings[start : start + 4096].to(sae.device))
-                                                   for start in range(0, len(embeddings), 4096)))
-            codes[side] = torch.cat(side_codes).float().cpu()
-            reconstructed[side] = torch.cat(side_reconstructed).float().cpu()
+    for side, embeddings in dense.items():
+        codes[side], reconstructed[side] = codes_and_reconstructions(sae, embeddings)
     results = {name: paired_retrieval(vectors["queries"], vectors["documents"], cosine=name != "codes")
                for name, vectors in (("dense", dense), ("reconstructed", reconstructed), ("codes", codes))}
     keeps = {name: {key: results[name][key] / results["dense"][key] if results["dense"][key] > 0 else None
@@ -117,7 +116,8 @@ def retrieval_report(sae: Any, queries: torch.Tensor, documents: torch.Tensor) -
     return {**results, "reconstructed_keeps": keeps["reconstructed"], "codes_keeps": keeps["codes"]}
 
 
-def read_pairs(path: str, query_column: str, document_column: str, limit: int | None) -> tuple[list[str], list[str]]:
+def read_pairs(path: str, query_column: str, document_column: str,
+               limit: int | None = None) -> tuple[list[str], list[str]]:
     """The (query, document) pairs of a dataset, in order; rows where either text is empty are skipped."""
     queries, documents = [], []
     rows = iter_dataset_rows(open_dataset(path), query_column, path, TextCounter(), {document_column: "document_column"},

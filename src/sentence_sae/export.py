@@ -37,7 +37,8 @@ def export_sparse_encoder(run_dir: str | Path, out: str | Path) -> dict[str, Any
         backbone = SentenceTransformer(resolve_model_path(cfg.model_name), device="cpu")
     except Exception as exc:  # the same failures as at training time, named the same way
         raise ModelError(f"could not load the run's model '{cfg.model_name}' ({first_line(exc)})") from None
-    module = _csr_module(sae) if sae.architecture == "topk" else _sae_module(sae)
+    portable = sae.architecture == "topk"  # sentence-transformers' own module computes its codes
+    module = _csr_module(sae) if portable else _sae_module(sae)
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     SparseEncoder(modules=[*backbone._modules.values(), module], device="cpu").save(str(staging))
@@ -45,20 +46,16 @@ def export_sparse_encoder(run_dir: str | Path, out: str | Path) -> dict[str, Any
         out.rmdir()
     staging.rename(out)
     return {"sparse_encoder": str(out), "architecture": sae.architecture, "features": sae.d_sae,
-            "module": type(module).__name__, "k": cfg.top_k if sae.architecture == "topk" else None,
+            "module": type(module).__name__, "k": cfg.top_k if portable else None,
             "normalize": sae.input_unit_norm, "model": cfg.model_name,
-            "needs_sentence_sae": not isinstance(module, _csr_class())}
-
-
-def _csr_class() -> type:
-    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
-
-    return SparseAutoEncoder
+            "needs_sentence_sae": not portable}
 
 
 def _csr_module(sae: Any) -> Any:
     """A topk SAE's encoder in sentence-transformers' own module, which computes the same codes."""
-    module = _csr_class()(input_dim=sae.d_in, hidden_dim=sae.d_sae, k=sae.cfg.top_k, k_aux=sae.cfg.top_k_aux,
+    from sentence_transformers.sparse_encoder.modules import SparseAutoEncoder
+
+    module = SparseAutoEncoder(input_dim=sae.d_in, hidden_dim=sae.d_sae, k=sae.cfg.top_k, k_aux=sae.cfg.top_k_aux,
                           normalize=sae.input_unit_norm)
     with torch.no_grad():
         module.pre_bias.copy_(sae.b_dec.float().cpu())

@@ -26,6 +26,19 @@ def encode_in_batches(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 
 
 
 @torch.no_grad()
+def codes_and_reconstructions(sae: BaseSAE, embeddings: torch.Tensor,
+                              batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature activations and reconstructions of many embeddings, in inference mode, on the CPU."""
+    codes, reconstructed = [torch.empty(0, sae.d_sae)], [torch.empty(0, sae.d_in)]
+    with eval_mode(sae):
+        for start in range(0, len(embeddings), batch_size):
+            batch_codes, batch_reconstructed = sae.encode_and_reconstruct(embeddings[start : start + batch_size].to(sae.device))
+            codes.append(batch_codes.float().cpu())
+            reconstructed.append(batch_reconstructed.float().cpu())
+    return torch.cat(codes), torch.cat(reconstructed)
+
+
+@torch.no_grad()
 def reconstruction_metrics(sae: BaseSAE, embeddings: torch.Tensor, batch_size: int = 4096,
                            outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
     """FVU, explained variance, MSE, cosine, norm ratio, L0 and dead/dense fractions on ``embeddings``.

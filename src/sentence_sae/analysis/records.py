@@ -9,7 +9,7 @@ from a newer sentence-sae is refused by name rather than read wrongly.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,16 +76,11 @@ class FeatureRecord:
     family: Family | None = None
 
     def to_json(self) -> dict[str, Any]:
-        record = {"schema_version": SCHEMA_VERSION}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.name in ("top_texts", "quantile_texts"):
-                value = [text.to_json() for text in value]
-            elif item.name == "family" and value is None:
-                continue
-            elif item.name in ("coactivating", "family"):
-                value = [asdict(c) for c in value] if item.name == "coactivating" else asdict(value)
-            record[item.name] = value
+        record = {"schema_version": SCHEMA_VERSION, **asdict(self),
+                  "top_texts": [text.to_json() for text in self.top_texts],
+                  "quantile_texts": [text.to_json() for text in self.quantile_texts]}
+        if self.family is None:  # explain without co-activation counts has no families
+            del record["family"]
         return record
 
     @classmethod

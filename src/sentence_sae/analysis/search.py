@@ -69,6 +69,18 @@ def nearest(embeddings: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[np
     return scores, rows
 
 
+def check_feature(sae: Any, feature: int) -> None:
+    if not 0 <= feature < sae.d_sae:
+        raise ConfigError(f"feature {feature} does not exist: the SAE has features 0 to {sae.d_sae - 1}")
+
+
+def feature_activations(sae: Any, embeddings: torch.Tensor, features: list[int]) -> torch.Tensor:
+    """[n, len(features)] activations of some features, 4,096 rows at a time so that the [n, d_sae]
+    codes of a whole corpus are never held at once."""
+    return torch.cat([encode_in_batches(sae, embeddings[start : start + 4096])[:, features].float().cpu()
+                      for start in range(0, len(embeddings), 4096)])
+
+
 class Steering(NamedTuple):
     query: torch.Tensor  # [1, d_in], the steered query embedding
     excluded: np.ndarray  # bool [n]: texts a suppressed feature fires on
@@ -78,13 +90,9 @@ def steer(sae: Any, query: torch.Tensor, corpus: torch.Tensor, boost: dict[int, 
           suppress: list[int]) -> Steering:
     """The query moved along the decoder directions of the steered features (see the module's doc)."""
     features = sorted(set(boost) | set(suppress))
-    for feature in features:
-        if not 0 <= feature < sae.d_sae:
-            raise ConfigError(f"feature {feature} does not exist: the SAE has features 0 to {sae.d_sae - 1}")
     if not features:
         return Steering(query, np.zeros(len(corpus), dtype=bool))
-    corpus_acts = torch.cat([encode_in_batches(sae, corpus[start : start + 4096])[:, features].float().cpu()
-                             for start in range(0, len(corpus), 4096)])
+    corpus_acts = feature_activations(sae, corpus, features)
     with torch.no_grad():
         x_in, stats = sae.preprocess_input(query.to(sae.device))
         code = sae.activate(sae.pre_activations(x_in))[0].float().cpu()
@@ -117,6 +125,8 @@ def search_run(run_dir: str | Path, query: str, top: int = 10, num_examples: int
         if not (math.isfinite(weight) and weight > 0):
             raise ConfigError(f"the boost weight of feature {feature} must be a positive number, got {weight}")
     run = open_run(run_dir, device, model)
+    for feature in [*boost, *suppress]:
+        check_feature(run.sae, feature)
     rows = read_corpus(run, num_examples)
     query_embedding = run.encode([query]).float().cpu()
     steering = steer(run.sae, query_embedding, rows.embeddings, boost, suppress)
@@ -141,11 +151,9 @@ def feature_search(run_dir: str | Path, feature: int, top: int = 10, num_example
     """The texts of the run's corpus on which ``feature`` fires most, strongest first."""
     check_positive("top", top)
     run = open_run(run_dir, device, model)
-    if not 0 <= feature < run.sae.d_sae:
-        raise ConfigError(f"feature {feature} does not exist: the SAE has features 0 to {run.sae.d_sae - 1}")
+    check_feature(run.sae, feature)
     rows = read_corpus(run, num_examples)
-    activations = torch.cat([encode_in_batches(run.sae, rows.embeddings[start : start + 4096])[:, feature].float().cpu()
-                             for start in range(0, len(rows.embeddings), 4096)])
+    activations = feature_activations(run.sae, rows.embeddings, [feature])[:, 0]
     values, order = activations.topk(min(top, len(activations)))
     return {"feature": feature, "label": feature_labels(run.folder).get(feature, ""), "texts": len(rows.texts),
             "fires_on": int((activations > 0).sum()),
