@@ -333,7 +333,7 @@ def test_the_text_index_holds_every_top_text_once():
 
 
 @needs_chromium
-def test_browser_search_page_finds_texts_by_their_words(labelled_run, model):
+def test_browser_search_page_finds_texts_by_their_words_and_steers_by_features(labelled_run, model):
     from selenium.webdriver.common.by import By
 
     run_dir, _, _ = labelled_run
@@ -351,5 +351,38 @@ def test_browser_search_page_finds_texts_by_their_words(labelled_run, model):
         results = driver.find_elements(By.CSS_SELECTOR, ".result")
         assert len(results) == min(100, len(expected))
         assert all("exception" in r.text.lower() for r in results)
-        results[0].find_element(By.TAG_NAME, "a").click()
+        fired_on: dict[str, set[int]] = {}
+        for f in features:
+            for item in f["top_texts"]:
+                fired_on.setdefault(item["text"], set()).add(f["id"])
+
+        def shown() -> list[str]:
+            return [r.find_element(By.CSS_SELECTOR, "div").text for r in driver.find_elements(By.CSS_SELECTOR, ".result")]
+
+        # suppress the feature that fires most on the top match: every text it fires on leaves the results
+        top = int(results[0].find_element(By.TAG_NAME, "a").text.lstrip("#"))
+        results[0].find_element(By.CSS_SELECTOR, f"button[data-act='suppress'][data-f='{top}']").click()
+        kept = [t for t in expected if top not in fired_on[t]]
+        assert len(kept) < len(expected)
+        if len(kept) <= 100:
+            assert set(shown()) == set(kept)
+        assert all(top not in fired_on[t] for t in shown())
+        assert f"({len(expected) - len(kept)} left out" in driver.find_element(By.ID, "count").text
+        assert f"suppress #{top}" in driver.find_element(By.ID, "steering").text
+        driver.find_element(By.CSS_SELECTOR, "#steering button.unsteer").click()
+        assert len(shown()) == min(100, len(expected))
+        # boost a feature of the last match: the matches it fires on come first
+        last = driver.find_elements(By.CSS_SELECTOR, ".result")[-1]
+        boosted = int(last.find_elements(By.TAG_NAME, "a")[-1].text.lstrip("#"))
+        last.find_element(By.CSS_SELECTOR, f"button[data-act='boost'][data-f='{boosted}']").click()
+        with_it = sum(boosted in fired_on[t] for t in expected)
+        assert [boosted in fired_on[t] for t in shown()[:with_it]] == [True] * min(with_it, 100)
+        # with no words typed, a boost alone lists the texts where the feature fires
+        driver.find_element(By.ID, "search").clear()
+        driver.find_element(By.ID, "search").send_keys(" ")
+        assert set(shown()) == {t for t, ids in fired_on.items() if boosted in ids}
+        driver.find_element(By.CSS_SELECTOR, "#steering button.unsteer").click()
+        assert shown() == []
+        driver.find_element(By.ID, "search").send_keys("exception")
+        driver.find_elements(By.CSS_SELECTOR, ".result")[0].find_element(By.TAG_NAME, "a").click()
         assert "Feature #" in driver.find_element(By.TAG_NAME, "h1").text
