@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -45,17 +44,9 @@ def pca_fvu(train: torch.Tensor, held_out: torch.Tensor, k: int) -> float:
 
 def docs_with_topics() -> list[dict]:
     """The built-in corpus with its topic as a label, in the built-in corpus's order."""
-    from pydoc_data.topics import topics
+    from sentence_sae.data import python_docs_rows
 
-    from sentence_sae.data import _clean_paragraph
-
-    rows = []
-    for topic in sorted(topics):
-        for paragraph in re.split(r"\n\s*\n", topics[topic]):
-            text = _clean_paragraph(paragraph)
-            if text:
-                rows.append({"text": text, "topic": topic})
-    return rows
+    return [{"text": text, "topic": topic} for text, topic in python_docs_rows()]
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

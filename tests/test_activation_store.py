@@ -33,6 +33,28 @@ def test_python_docs_corpus_is_the_language_reference():
     assert not any(p.endswith("****") for p in paragraphs)
 
 
+def test_python_docs_corpus_draws_its_held_out_texts_from_every_topic_in_a_fixed_order():
+    """The reference is grouped by topic; a run's held-out and validation texts come from the start of
+    the corpus, so the corpus comes in a fixed shuffled order, with its topics as labels."""
+    import hashlib
+
+    from pydoc_data.topics import topics
+
+    rows = list(open_dataset("python-docs"))
+    assert [row["text"] for row in rows] == list(python_docs_paragraphs())
+    assert set(rows[0]) == {"text", "topic"} and {row["topic"] for row in rows} <= set(topics)
+    held_out_topics = Counter(row["topic"] for row in rows[:256])
+    assert len(held_out_topics) >= 40
+    per_topic, covered, first_topics = Counter(row["topic"] for row in rows), 0, 0
+    for topic in sorted(topics):  # the reference's own order: its first 256 paragraphs are a few topics
+        covered, first_topics = covered + per_topic[topic], first_topics + 1
+        if covered >= 256:
+            break
+    assert first_topics < 20
+    ranks = [hashlib.blake2b(row["text"].encode(), digest_size=8).digest() for row in rows]
+    assert ranks == sorted(ranks)  # the order is the texts' hash order: the same on every machine
+
+
 def test_batches_texts_embeddings_and_minibatches(tmp_path, model, jsonl_file, small_texts):
     cfg = make_cfg(tmp_path, model, num_val_examples=0, dataset_path=str(jsonl_file), model_batch_size=8,
                    num_batches_in_buffer=4, batch_size=16, num_eval_examples=10, num_epochs=1, num_examples=None)

@@ -36,23 +36,36 @@ def _clean_paragraph(paragraph: str) -> str:
     return re.sub(r"\s*([*=\-~^])\1{3,}\s*$", "", text).strip()
 
 
+def _fixed_rank(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
 @lru_cache(maxsize=1)
-def python_docs_paragraphs() -> tuple[str, ...]:
-    """The paragraphs of the Python language reference in ``pydoc_data.topics``, in a fixed order."""
+def python_docs_rows() -> tuple[tuple[str, str], ...]:
+    """(paragraph, topic) of every paragraph of the Python language reference in ``pydoc_data.topics``,
+    in a fixed pseudo-random order (by a hash of the text). The reference is grouped by topic; taken in
+    its own order, the held-out and validation texts a run draws from the start of the corpus would be
+    a few topics only. The hash order is the same on every machine and every Python version for the
+    paragraphs they share."""
     from pydoc_data.topics import topics
 
-    paragraphs = []
+    rows = []
     for topic in sorted(topics):
         for paragraph in re.split(r"\n\s*\n", topics[topic]):
             text = _clean_paragraph(paragraph)
             if text:
-                paragraphs.append(text)
-    return tuple(paragraphs)
+                rows.append((text, topic))
+    return tuple(sorted(rows, key=lambda row: (_fixed_rank(row[0]), row)))
+
+
+def python_docs_paragraphs() -> tuple[str, ...]:
+    """The paragraphs of the built-in corpus, in its order (see python_docs_rows)."""
+    return tuple(text for text, _ in python_docs_rows())
 
 
 def _python_docs_records() -> Iterator[dict[str, str]]:
-    for text in python_docs_paragraphs():
-        yield {"text": text}
+    for text, topic in python_docs_rows():
+        yield {"text": text, "topic": topic}
 
 
 BUILTIN_CORPORA: dict[str, Callable[[], Iterator[dict[str, Any]]]] = {
