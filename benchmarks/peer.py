@@ -9,9 +9,14 @@ features, k 32, 200,000 examples; TopK and BatchTopK. Three runs of each:
   linear decay to 0 over the last half, dead window 20,000 examples.
 SAELens's models are saved for inference and loaded back (`SAE.load_from_disk`), so its BatchTopK is
 judged as it ships: a JumpReLU with the threshold it learned. Each line prints the FVU and L0 on the
-held-out texts, and the ratio to our defaults' FVU.
+held-out texts, the share of features dead in training (not fired in the last 20,000 examples, each
+side counting it its own way), and the ratio to our defaults' FVU.
+
+With `--wide`, the setting where features died: 6,144 features on the first 20,000 Debian
+descriptions (2,000 of them held out at random), 100,000 examples, ours against SAELens at our settings.
 
     python -m benchmarks.peer            # about 10 minutes on 2 cores
+    python -m benchmarks.peer --wide     # about 10 minutes
     python -m benchmarks.peer --ablate   # SAELens's choices one at a time, on both sides (about 20 minutes)
 """
 
@@ -20,14 +25,17 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from benchmarks.common import SHARED, first_rows_split
 from benchmarks.panel import CORPORA, corpus_embeddings, train_one
 from sentence_sae.recipe import batch_size_for, learning_rate_for
 
 EXAMPLES, DICT, K = 200_000, 3072, 32
+WIDE_DICT, WIDE_EXAMPLES = 6144, 100_000
 
 
 def heldout_metrics(encode, decode, held_out: torch.Tensor) -> tuple[float, float]:
@@ -38,8 +46,15 @@ def heldout_metrics(encode, decode, held_out: torch.Tensor) -> tuple[float, floa
     return error / variance, float((codes > 0).sum(-1).float().mean())
 
 
+class SAELensResult(NamedTuple):
+    fvu: float
+    l0: float
+    dead: float
+    """Share of features that had not fired in SAELens's own dead window when training ended."""
+
+
 def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ours: bool,
-                examples: int = EXAMPLES, overrides: dict | None = None) -> tuple[float, float]:
+                examples: int = EXAMPLES, overrides: dict | None = None, dict_size: int = DICT) -> SAELensResult:
     from sae_lens import SAE
     from sae_lens.config import SAETrainerConfig
     from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
@@ -49,7 +64,7 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
     torch.manual_seed(0)
     config_class, sae_class = {"topk": (TopKTrainingSAEConfig, TopKTrainingSAE),
                                "batchtopk": (BatchTopKTrainingSAEConfig, BatchTopKTrainingSAE)}[variant]
-    sae = sae_class(config_class(d_in=training.shape[1], d_sae=DICT, k=K, dtype="float32", device="cpu",
+    sae = sae_class(config_class(d_in=training.shape[1], d_sae=dict_size, k=K, dtype="float32", device="cpu",
                                  **(overrides or {})))
     batch = batch_size_for(examples) if ours else 4096
     steps = examples // batch
@@ -68,12 +83,14 @@ def saelens_run(training: torch.Tensor, held_out: torch.Tensor, variant: str, ou
             for start in range(0, len(order) - batch + 1, batch):
                 yield training[order[start : start + batch]]
 
-    SAETrainer(trainer_cfg, sae, batches()).fit()
+    trainer = SAETrainer(trainer_cfg, sae, batches())
+    trainer.fit()
+    dead = float(trainer.dead_neurons.float().mean())
     with tempfile.TemporaryDirectory() as folder:
         sae.save_inference_model(folder)
         loaded = SAE.load_from_disk(folder, device="cpu")
     loaded.eval()
-    return heldout_metrics(loaded.encode, loaded.decode, held_out)
+    return SAELensResult(*heldout_metrics(loaded.encode, loaded.decode, held_out), dead)
 
 
 # SAELens's choice -> ours, one at a time, from SAELens at our settings. (Its TopK refuses input
@@ -94,10 +111,10 @@ OUR_CHOICES = {  # ours -> SAELens's, one at a time, from our defaults
 def ablate(training: torch.Tensor, held_out: torch.Tensor, examples: int, variants: list[str]) -> None:
     """Which of SAELens's choices make a difference: each switched alone, on both sides."""
     for variant in variants:
-        base = saelens_run(training, held_out, variant, True, examples)[0]
+        base = saelens_run(training, held_out, variant, True, examples).fvu
         print(f"{variant:9s} SAELens at our settings                          FVU {base:.4f}", flush=True)
         for label, overrides in SAELENS_CHOICES.items():
-            fvu, l0 = saelens_run(training, held_out, variant, True, examples, overrides)
+            fvu, l0, _ = saelens_run(training, held_out, variant, True, examples, overrides)
             print(f"{variant:9s}   with {label:44s} FVU {fvu:.4f}  L0 {l0:.1f}  ({fvu / base:.3f} x)", flush=True)
         settings = {"sae_type": variant, "top_k": K, "dict_size": DICT, "num_examples": examples}
         mine = train_one(training, held_out, settings)["fvu"]
@@ -114,7 +131,12 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=EXAMPLES, help="training examples (a smaller smoke run)")
     parser.add_argument("--ablate", action="store_true", help="switch SAELens's choices one at a time instead")
     parser.add_argument("--variants", default="topk,batchtopk", help="with --ablate: which variants")
+    parser.add_argument("--wide", action="store_true",
+                        help="6,144 features on the first 20,000 Debian descriptions (2,000 held out), 100,000 examples")
     args = parser.parse_args()
+    if args.wide:
+        training, held_out = first_rows_split(SHARED / "debian_descriptions.jsonl.gz", 20_000, 2_000)
+        return side_by_side(training, held_out, WIDE_DICT, WIDE_EXAMPLES, [("SAELens at our settings", True)])
     path, _ = CORPORA["wordnet-all"]
     embeddings = corpus_embeddings(path, args.encode_backend)
     order = np.random.default_rng(0).permutation(len(embeddings))
@@ -122,15 +144,20 @@ def main() -> None:
     held_out = torch.from_numpy(embeddings[np.sort(order[:5_000])])
     if args.ablate:
         return ablate(training, held_out, args.examples, args.variants.split(","))
+    side_by_side(training, held_out, DICT, args.examples, [("SAELens defaults", False), ("SAELens at our settings", True)])
+
+
+def side_by_side(training: torch.Tensor, held_out: torch.Tensor, dict_size: int, examples: int,
+                 peers: list[tuple[str, bool]]) -> None:
     for variant in ("topk", "batchtopk"):
-        mine = train_one(training, held_out, {"sae_type": variant, "top_k": K, "dict_size": DICT,
-                                              "num_examples": args.examples})
+        mine = train_one(training, held_out, {"sae_type": variant, "top_k": K, "dict_size": dict_size,
+                                              "num_examples": examples})
         print(f"{variant:9s} sentence-sae defaults        FVU {mine['fvu']:.4f}  L0 {mine['l0']:.1f}  "
               f"dead {mine['dead']:.3f}  (1.000 x ours)", flush=True)
-        for label, ours in (("SAELens defaults", False), ("SAELens at our settings", True)):
-            fvu, l0 = saelens_run(training, held_out, variant, ours, args.examples)
-            print(f"{variant:9s} {label:28s} FVU {fvu:.4f}  L0 {l0:.1f}  ({fvu / mine['fvu']:.3f} x ours)",
-                  flush=True)
+        for label, ours in peers:
+            peer = saelens_run(training, held_out, variant, ours, examples, dict_size=dict_size)
+            print(f"{variant:9s} {label:28s} FVU {peer.fvu:.4f}  L0 {peer.l0:.1f}  dead {peer.dead:.3f}  "
+                  f"({peer.fvu / mine['fvu']:.3f} x ours)", flush=True)
 
 
 if __name__ == "__main__":

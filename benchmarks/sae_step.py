@@ -46,7 +46,7 @@ def timed_steps(sae, x: torch.Tensor, steps: int) -> list[float]:
     for _ in range(steps + 2):
         started = time.perf_counter()
         output = sae(x, dead_mask=dead.mask)
-        dead.record(output.fired, len(x))
+        dead.record(output.fire_counts, len(x))
         sae.update_running_stats(output.active_values)
         output.loss.backward()
         remove_parallel_decoder_grad(sae)

@@ -161,8 +161,9 @@ def test_features_and_plot_commands(labelled_run):
     assert proc.stdout.splitlines()[0].startswith("#")
     proc = run_cli("plot", str(run_dir))
     assert proc.returncode == 0, proc.stderr
-    plot = Path(json.loads(proc.stdout.strip().splitlines()[-1])["plot"])
-    assert plot.read_bytes()[:4] == b"\x89PNG"
+    drawn = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("plot", "firing_frequency"):
+        assert Path(drawn[key]).read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.slow

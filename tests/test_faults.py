@@ -21,7 +21,7 @@ from helpers import make_cfg, write_jsonl
 from sentence_sae import ActivationsStoreSBERT, create_sae, load_embeddings, load_sae, save_sae, text_codes, train, train_sae
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import open_cache
-from sentence_sae.checkpoint import saelens_cfg, save_checkpoint_folder
+from sentence_sae.checkpoint import read_firing_frequencies, saelens_cfg, save_checkpoint_folder
 from sentence_sae.analysis import explain_run
 from sentence_sae.analysis.lookup import top_features
 from sentence_sae.data import DatasetSource
@@ -189,6 +189,8 @@ def _read_as_the_next_command_would(path: Path, run_dir: Path) -> object:
     if path.parent.name.startswith("step_") or path.parent == run_dir:
         if path.name.startswith(("metrics.jsonl",)):
             return read_metrics(run_dir / "metrics.jsonl")
+        if path.name.startswith("sparsity.safetensors"):
+            return read_firing_frequencies(path.parent)
         if path.name.startswith("trainer_state.pt"):
             state = load_trainer_state(path.parent)
             return {key: state[key] for key in ("step", "total_steps", "sae", "dead_features")}

@@ -9,6 +9,8 @@ import torch
 
 from sentence_sae import SAEConfig, create_sae
 from sentence_sae.activation_store import EmbeddingStore
+from sentence_sae.checkpoint import read_firing_frequencies, save_firing_frequencies
+from sentence_sae.errors import CheckpointError
 from sentence_sae.sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from sentence_sae.trainer import Trainer
 
@@ -212,6 +214,14 @@ def test_the_trainer_counts_dead_features_in_examples_and_evaluation_changes_not
     for _ in range(2):
         trainer.training_step(x)
     assert trainer.dead_features.count() == int((~fired).sum())  # 120 examples >= window of 100
+    # the window of 100 closed after 120 examples: each feature's firing frequency over them
+    expected = (sae.encode(x) > 0).double().mean(0)
+    torch.testing.assert_close(trainer.dead_features.densities(), expected)
+    save_firing_frequencies(trainer.dead_features.densities(), tmp_path)
+    torch.testing.assert_close(read_firing_frequencies(tmp_path), expected, rtol=1e-6, atol=1e-9)
+    (tmp_path / "sparsity.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="sparsity.safetensors is corrupt: its contents do not match the checksum"):
+        read_firing_frequencies(tmp_path)
 
 
 def test_auxk_loss_appears_once_features_are_dead():
@@ -224,6 +234,24 @@ def test_auxk_loss_appears_once_features_are_dead():
     assert out["aux_loss"].item() > 0
     out["loss"].backward()
     assert sae.W_enc.grad.abs().sum(0).gt(0).sum() > K  # dead features get gradient through AuxK
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_auxk_reaches_dead_features_whose_pre_activations_are_all_negative(sparse):
+    """The features that stay dead are those below zero on every text: AuxK must give them a
+    gradient (a rectified AuxK gives them none, and a third of a wide dictionary stayed dead)."""
+    sae = randomized("topk", sparse_kernel=sparse)
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(8))
+    dead = torch.arange(D_SAE) >= D_SAE // 2
+    with torch.no_grad():  # every dead feature's pre-activation is negative on every example
+        sae.b_enc[dead] = -100.0
+    sae.train()
+    out = sae(x, dead_mask=dead)
+    assert (sae.pre_activations(sae.preprocess_input(x)[0])[:, dead] < 0).all()
+    assert out["aux_loss"].item() > 0
+    out["loss"].backward()
+    assert sae.b_enc.grad[dead].ne(0).sum() >= sae.cfg.top_k_aux
+    assert sae.W_enc.grad[:, dead].abs().sum(0).gt(0).sum() >= sae.cfg.top_k_aux
 
 
 def test_batchtopk_threshold_moves_only_with_training_statistics():
@@ -298,3 +326,38 @@ def test_batch_top_k_candidates_equal_the_full_top_k_including_the_fallback():
     pre[3, :300] += 100.0  # one example owns more than its candidates: the exact fallback runs
     expected = set(pre.flatten().topk(k_total).indices.tolist())
     assert set(batch_top_k(pre, k_total, candidates_per_row=16).tolist()) == expected
+
+
+def test_similarity_loss_is_the_kl_between_in_batch_similarity_distributions():
+    from sentence_sae.sae.base import SIMILARITY_TEMPERATURE, similarity_loss
+
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(6, D_IN, generator=generator, dtype=torch.float64)
+    assert similarity_loss(x, 3 * x.clone(), 1.0).item() == pytest.approx(0, abs=1e-12)  # cosines ignore scale
+    x_hat = (x + torch.randn(6, D_IN, generator=generator, dtype=torch.float64)).requires_grad_()
+    loss = similarity_loss(x, x_hat, 2.0)
+    # an independent reference: per example, softmax over the other five cosines
+    a, b = torch.nn.functional.normalize(x, dim=-1), torch.nn.functional.normalize(x_hat.detach(), dim=-1)
+    total = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        p = torch.softmax(a[others] @ a[i] / SIMILARITY_TEMPERATURE, 0)
+        q = torch.softmax(b[others] @ b[i] / SIMILARITY_TEMPERATURE, 0)
+        total += float((p * (p / q).log()).sum())
+    assert loss.item() == pytest.approx(2.0 * total / 6, rel=1e-9) and loss.item() > 0
+    loss.backward()
+    assert x_hat.grad.abs().sum() > 0
+    assert similarity_loss(x, x_hat, 0.0).item() == 0.0
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_similarity_term_takes_part_in_training_only_when_set(sparse):
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(12))
+    plain = randomized("batchtopk", sparse_kernel=sparse)
+    steered = randomized("batchtopk", sparse_kernel=sparse, similarity_coeff=5.0)
+    plain.train(), steered.train()
+    out_plain, out_steered = plain(x), steered(x)
+    assert out_plain.similarity_loss.item() == 0.0 and out_steered.similarity_loss.item() > 0
+    torch.testing.assert_close(out_steered.loss, out_plain.loss + out_steered.similarity_loss)
+    steered.eval()
+    assert steered(x).similarity_loss.item() == 0.0

@@ -194,18 +194,25 @@ def test_train_sae_from_text_logs_to_a_wandb_offline_run(tmp_path, model, jsonl_
 
 def test_resume_state_holds_the_trainers_dead_feature_counts_and_reads_the_older_format(tmp_path, model, docs_split):
     """Dead-feature counts belong to the trainer's state; a checkpoint of format 1 kept them among the
-    SAE's buffers (``examples_since_fired``) and still resumes with them."""
+    SAE's buffers (``examples_since_fired``), one of format 3 without the firing frequencies, and
+    both still resume with them."""
     train, held_out = docs_split
     cfg = make_cfg(tmp_path, model, sae_type="topk", dict_size=256, top_k=8, batch_size=64)
     trainer = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg)
     for start in range(0, 256, 64):
         trainer.training_step(train[start : start + 64])
     state = trainer.state_dict()
-    assert "examples_since_fired" not in state["sae"] and state["dead_features"].max() > 0
-    old = {**state, "format_version": 1, "sae": {**state["sae"], "examples_since_fired": state["dead_features"]}}
+    since_fired = state["dead_features"]["examples_since_fired"]
+    assert "examples_since_fired" not in state["sae"] and since_fired.max() > 0
+    old = {**state, "format_version": 1, "sae": {**state["sae"], "examples_since_fired": since_fired}}
     del old["dead_features"]
-    for saved in (state, old):
+    format_3 = {**state, "format_version": 3, "dead_features": since_fired}
+    for saved in (state, old, format_3):
         resumed = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg,
                           run_dir=trainer.run_dir, resume_state=saved)
-        torch.testing.assert_close(resumed.dead_features.examples_since_fired, state["dead_features"])
+        torch.testing.assert_close(resumed.dead_features.examples_since_fired, since_fired)
         assert resumed.step == 4
+    resumed = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg,
+                      run_dir=trainer.run_dir, resume_state=state)  # the firing frequencies resume too
+    torch.testing.assert_close(resumed.dead_features.densities(), trainer.dead_features.densities())
+    assert resumed.dead_features.window_examples == trainer.dead_features.window_examples == 256

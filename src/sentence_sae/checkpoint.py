@@ -5,7 +5,9 @@ A saved SAE is a folder with ``cfg.json`` and ``sae_weights.safetensors`` (``W_e
 thresholded SAEs). ``cfg.json`` holds the fields SAELens reads plus the full sentence-sae config
 under ``sentence_sae``. Every file is written atomically with a SHA-256 checksum beside it (see
 files.py) that loading checks; a checkpoint folder is staged under a temporary name and renamed into
-place. A folder without checksums (SAELens's own) loads unchecked, with a note.
+place. A folder without checksums (SAELens's own) loads unchecked, with a note. A trained run's
+folder also holds ``sparsity.safetensors`` as SAELens writes it: ``sparsity`` [d_sae], the log10 of
+each feature's firing frequency over the last dead_feature_window training examples.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .config import SAEConfig, from_mapping
 from .errors import CheckpointError, ConfigError, first_line
 from .finalize import resolve_device
@@ -27,6 +31,9 @@ from .version import __version__
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+SPARSITY_FILE = "sparsity.safetensors"
+NEVER_FIRED = 1e-10
+"""Added to firing frequencies before their log10, as SAELens does: a feature that never fired reads -10."""
 FORMAT_VERSION = 1
 
 
@@ -65,6 +72,36 @@ def save_sae(sae: BaseSAE, folder: str | Path) -> Path:
     text = json.dumps(saelens_cfg(sae), indent=2)
     atomic_write_checked(folder / CFG_FILE, lambda tmp: tmp.write_text(text))
     return folder
+
+
+def save_firing_frequencies(densities: torch.Tensor, folder: str | Path) -> Path:
+    """Write ``sparsity.safetensors`` (log10 firing frequencies, SAELens's key and offset) into ``folder``."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / SPARSITY_FILE
+    tensors = {"sparsity": torch.log10(densities.double() + NEVER_FIRED).float().contiguous()}
+    atomic_write_checked(path, lambda tmp: save_file(tensors, str(tmp)), 4 * len(densities))
+    return path
+
+
+def read_firing_frequencies(folder: str | Path) -> torch.Tensor:
+    """The firing frequencies of a run's features from its ``sparsity.safetensors``, checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(folder) / SPARSITY_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: the SAE was saved without its training firing frequencies "
+                              "(trained elsewhere, or saved before sentence-sae wrote them); train it again to get them")
+    verify_checksum(path, CheckpointError, CORRUPT_FIX)
+    try:
+        log_density = load_file(str(path))["sparsity"].double()
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
+    if log_density.ndim != 1 or not bool(torch.isfinite(log_density).all()) or bool((log_density > 1e-6).any()):
+        raise CheckpointError(f"{path} does not hold log10 firing frequencies (one finite value <= 0 per feature); "
+                              "train the run again")
+    return (10 ** log_density - NEVER_FIRED).clamp(0, 1)
 
 
 def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], None] | None = None) -> Path:

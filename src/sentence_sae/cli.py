@@ -231,9 +231,17 @@ def cmd_search(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
 
 
 def cmd_plot(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
-    from .plots import training_curves
+    from .checkpoint import SPARSITY_FILE
+    from .plots import firing_histogram, training_curves
 
-    return {"plot": str(training_curves(Path(args.run_dir)))}
+    run_dir = Path(args.run_dir)
+    drawn: dict[str, Any] = {"plot": str(training_curves(run_dir))}
+    if (run_dir / SPARSITY_FILE).exists():
+        drawn["firing_frequency"] = str(firing_histogram(run_dir))
+    else:
+        print(f"note: {run_dir / SPARSITY_FILE} is missing (a run saved before sentence-sae wrote it): the "
+              "firing-frequency histogram is not drawn", file=sys.stderr)
+    return drawn
 
 
 def cmd_push(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
@@ -264,7 +272,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "compare": (cmd_compare, "why two texts are similar: the features behind the cosine of their reconstructions"),
     "diff": (cmd_diff, "features that fire more often in one corpus (or label) than another; writes an HTML report"),
     "search": (cmd_search, "nearest texts of the run's corpus to a query, or the texts where a feature fires most"),
-    "plot": (cmd_plot, "draw the training curves of a run (training_curves.png)"),
+    "plot": (cmd_plot, "draw a run's training curves (training_curves.png) and the log10 histogram of its "
+                       "features' firing frequencies in training (firing_frequency.png)"),
     "push": (cmd_push, "upload a run's SAE with a model card to the Hugging Face hub"),
     "export": (cmd_export, "write the SAE as a sentence-transformers SparseEncoder folder (--to sparse-encoder OUT)"),
     "keys": (cmd_keys, "print the table of config keys (markdown)"),

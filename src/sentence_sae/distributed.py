@@ -45,8 +45,8 @@ class SingleProcess:
     def all_reduce_gradients(self, module: torch.nn.Module) -> None:
         pass
 
-    def any_fired(self, fired: torch.Tensor) -> torch.Tensor:
-        return fired
+    def summed(self, counts: torch.Tensor) -> torch.Tensor:
+        return counts
 
     def total(self, value: int) -> int:
         return value
@@ -76,10 +76,10 @@ class DataParallel(SingleProcess):
                 dist.all_reduce(param.grad)
                 param.grad /= self.world_size
 
-    def any_fired(self, fired: torch.Tensor) -> torch.Tensor:
-        counts = fired.to(torch.int32)
+    def summed(self, counts: torch.Tensor) -> torch.Tensor:
+        counts = counts.clone()
         dist.all_reduce(counts)
-        return counts > 0
+        return counts
 
     def total(self, value: int) -> int:
         tensor = torch.tensor([value], dtype=torch.int64)

@@ -22,16 +22,17 @@ def _pyplot():
     return plt
 
 
-def density_histogram(densities: np.ndarray, path: Path, title: str = "") -> Path:
-    """Histogram of log10 feature densities (fraction of texts on which each feature fires), with
-    the never-firing features counted in the caption."""
+def density_histogram(densities: np.ndarray, path: Path, title: str = "",
+                      unit: str = "fraction of texts on which a feature fires") -> Path:
+    """Histogram of log10 feature densities (by default the fraction of texts on which each feature
+    fires), with the never-firing features counted in the caption."""
     plt = _pyplot()
     densities = np.asarray(densities, dtype=np.float64)
     alive = densities[densities > 0]
     fig, ax = plt.subplots(figsize=(7, 4))
     if len(alive):
         ax.hist(np.log10(alive), bins=50, color="#3b6ea5")
-    ax.set_xlabel("log10 feature density (fraction of texts on which a feature fires)")
+    ax.set_xlabel(f"log10 feature density ({unit})")
     ax.set_ylabel("features")
     dead = int((densities == 0).sum())
     ax.set_title(title or "Feature densities")
@@ -73,6 +74,19 @@ def training_curves(run_dir: Path, path: Path | None = None) -> Path:
     path = path or Path(run_dir) / "training_curves.png"
     save_figure(fig, path)
     return path
+
+
+def firing_histogram(run_dir: Path, path: Path | None = None) -> Path:
+    """The log10 histogram of the features' firing frequencies over the last dead_feature_window
+    training examples (the run's sparsity.safetensors), as SAELens and sparsify users read it."""
+    from .checkpoint import read_firing_frequencies, saved_config
+
+    run_dir = Path(run_dir)
+    densities = read_firing_frequencies(run_dir).numpy()
+    window = saved_config(run_dir).dead_feature_window
+    path = path or run_dir / "firing_frequency.png"
+    return density_histogram(densities, path, f"{run_dir.name}: firing frequency in training",
+                             unit=f"fraction of the last {window:,} training examples on which a feature fired")
 
 
 def save_figure(fig: Any, path: Path) -> None:

@@ -65,11 +65,16 @@ def fvu_miss(fvu: float | None) -> str | None:
 
 
 class DeadFeatures:
-    """How many training examples ago each feature last fired; dead after ``window`` of them."""
+    """How many training examples ago each feature last fired (dead after ``window`` of them), and on
+    what share of the examples of the last complete window each fired (its firing frequency, the
+    density whose log10 histogram SAELens and sparsify users read)."""
 
     def __init__(self, d_sae: int, window: int, device: torch.device | str):
         self.window = window
         self.examples_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.window_counts = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.window_examples = 0
+        self.last_window_density: torch.Tensor | None = None
 
     @property
     def mask(self) -> torch.Tensor:
@@ -79,10 +84,38 @@ class DeadFeatures:
         return int(self.mask.sum())
 
     @torch.no_grad()
-    def record(self, fired: torch.Tensor, n_examples: int) -> None:
-        """After a batch of ``n_examples`` (over all processes) in which ``fired`` fired."""
+    def record(self, fire_counts: torch.Tensor, n_examples: int) -> None:
+        """After a batch of ``n_examples`` (over all processes) on ``fire_counts`` of which each feature fired."""
         self.examples_since_fired += n_examples
-        self.examples_since_fired[fired] = 0
+        self.examples_since_fired[fire_counts > 0] = 0
+        self.window_counts += fire_counts
+        self.window_examples += n_examples
+        if self.window_examples >= self.window:
+            self.last_window_density = self.window_counts.double().cpu() / self.window_examples
+            self.window_counts.zero_()
+            self.window_examples = 0
+
+    def densities(self) -> torch.Tensor:
+        """[d_sae] float64: each feature's firing frequency over the last complete window of training
+        examples (over the examples so far when the run is shorter than one window)."""
+        if self.last_window_density is not None:
+            return self.last_window_density
+        return self.window_counts.double().cpu() / max(self.window_examples, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"examples_since_fired": self.examples_since_fired.cpu().clone(),
+                "window_counts": self.window_counts.cpu().clone(), "window_examples": self.window_examples,
+                "last_window_density": self.last_window_density}
+
+    def load_state_dict(self, state: dict[str, Any] | torch.Tensor) -> None:
+        """A checkpoint's state; those of format 3 and earlier hold the counters since firing only."""
+        if isinstance(state, torch.Tensor):
+            state = {"examples_since_fired": state}
+        self.examples_since_fired.copy_(state["examples_since_fired"])
+        if "window_counts" in state:
+            self.window_counts.copy_(state["window_counts"])
+            self.window_examples = int(state["window_examples"])
+            self.last_window_density = state["last_window_density"]
 
 
 class SparsityCoefficient:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .activation_store import BatchSource, EndOfData
-from .checkpoint import save_checkpoint_folder, save_sae
+from .checkpoint import save_checkpoint_folder, save_firing_frequencies, save_sae
 from .config import SAEConfig
 from .distributed import SingleProcess
 from .errors import CheckpointError, DataError, DiskFullError, TrainingStopped
@@ -150,7 +150,7 @@ class Trainer:
         sae.train()
         coeff = self.sparsity_coeff()
         output = sae(batch, k=self.k(), dead_mask=self.dead_features.mask, sparsity_coeff=coeff)
-        self.dead_features.record(collectives.any_fired(output.fired), collectives.total(len(batch)))
+        self.dead_features.record(collectives.summed(output.fire_counts), collectives.total(len(batch)))
         sae.update_running_stats(output.active_values, collectives.mean)
         loss = output.loss.item()
         if not math.isfinite(loss):
@@ -179,6 +179,7 @@ class Trainer:
             "train/l2_loss": output.l2_loss.item(),
             "train/sparsity_loss": output.sparsity_loss.item(),
             "train/aux_loss": output.aux_loss.item(),
+            "train/similarity_loss": output.similarity_loss.item(),
             "train/l0": output.l0_norm.item(),
             "train/fvu": fvu,
             "train/dead_frac": self.dead_features.count() / sae.d_sae,
@@ -226,11 +227,11 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, the data position included."""
         return {
-            "format_version": 3,
+            "format_version": 4,
             "step": self.step,
             "total_steps": self.total_steps,
             "sae": {name: tensor.detach().cpu().clone() for name, tensor in self.sae.state_dict().items()},
-            "dead_features": self.dead_features.examples_since_fired.cpu().clone(),
+            "dead_features": self.dead_features.state_dict(),
             "sparsity": self.sparsity.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -250,7 +251,7 @@ class Trainer:
         since_fired = state.get("dead_features", weights.pop("examples_since_fired", None))
         self.sae.load_state_dict(weights)
         if since_fired is not None:
-            self.dead_features.examples_since_fired.copy_(since_fired)
+            self.dead_features.load_state_dict(since_fired)
         if "sparsity" in state:
             self.sparsity.load_state_dict(state["sparsity"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -297,6 +298,7 @@ class Trainer:
             return
         try:
             save_sae(self.sae, self.run_dir)
+            save_firing_frequencies(self.dead_features.densities(), self.run_dir)
         except DiskFullError as exc:
             raise CheckpointError(f"{exc}{self._checkpoint_note()}") from None
         except OSError as exc:

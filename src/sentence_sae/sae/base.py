@@ -31,12 +31,13 @@ class SAEOutput:
     l2_loss: torch.Tensor
     sparsity_loss: torch.Tensor
     aux_loss: torch.Tensor
+    similarity_loss: torch.Tensor
     sae_out: torch.Tensor
     """The reconstruction in the embeddings' own space."""
     l0_norm: torch.Tensor
     l1_norm: torch.Tensor
-    fired: torch.Tensor
-    """[d_sae] bool: the features that fired on some example of the batch."""
+    fire_counts: torch.Tensor
+    """[d_sae] int64: on how many examples of the batch each feature fired."""
     active_values: torch.Tensor
     """The batch's nonzero activations, detached (BatchTopK's threshold statistic)."""
     dense_codes: torch.Tensor | Callable[[], torch.Tensor] = field(repr=False)
@@ -47,6 +48,11 @@ class SAEOutput:
         if callable(self.dense_codes):
             self.dense_codes = self.dense_codes()
         return self.dense_codes
+
+    @property
+    def fired(self) -> torch.Tensor:
+        """[d_sae] bool: the features that fired on some example of the batch."""
+        return self.fire_counts > 0
 
     def __getitem__(self, key: str) -> Any:
         """``output["loss"]``, as the earlier script's dict output was read."""
@@ -89,8 +95,7 @@ class BaseSAE(nn.Module):
         d_in, d_sae = cfg.act_size, cfg.dict_size
         dtype = getattr(torch, cfg.dtype)
         generator = torch.Generator().manual_seed(cfg.seed)
-        directions = torch.randn(d_sae, d_in, generator=generator, dtype=torch.float64)
-        directions = directions / directions.norm(dim=-1, keepdim=True)
+        directions = F.normalize(torch.randn(d_sae, d_in, generator=generator, dtype=torch.float64), dim=-1)
         self.W_dec = nn.Parameter(directions.to(dtype))
         self.W_enc = nn.Parameter((directions.t() * self.encoder_init_scale).contiguous().to(dtype))
         self.b_enc = nn.Parameter(torch.zeros(d_sae, dtype=dtype))
@@ -184,21 +189,22 @@ class BaseSAE(nn.Module):
         x_hat = self.decode(feature_acts)
         coeff = self.sparsity_coefficient if sparsity_coeff is None else sparsity_coeff
         active = feature_acts > 0
-        return self.assemble(self.training_reconstruction_loss(feature_acts, x_hat, x_in),
+        return self.assemble(x, self.training_reconstruction_loss(feature_acts, x_hat, x_in),
                              self.sparsity_loss(pre, feature_acts, coeff),
                              self.auxiliary_loss(x_in, x_hat, pre, dead_mask), x_hat, stats,
-                             active.any(dim=0), feature_acts[active].detach(), feature_acts)
+                             active.sum(dim=0), feature_acts[active].detach(), feature_acts)
 
-    def assemble(self, l2_loss: torch.Tensor, sparsity: torch.Tensor, aux: torch.Tensor, x_hat: torch.Tensor,
-                 stats: InputStats, fired: torch.Tensor, active_values: torch.Tensor,
+    def assemble(self, x: torch.Tensor, l2_loss: torch.Tensor, sparsity: torch.Tensor, aux: torch.Tensor,
+                 x_hat: torch.Tensor, stats: InputStats, fire_counts: torch.Tensor, active_values: torch.Tensor,
                  dense_codes: torch.Tensor | Callable[[], torch.Tensor]) -> SAEOutput:
         """The output of the dense and the sparse path alike: the loss is the sum of its terms."""
-        n = len(x_hat)
+        sae_out = self.postprocess_output(x_hat, stats)
         sparsity, aux = sparsity.to(self.loss_dtype), aux.to(self.loss_dtype)
-        return SAEOutput(l2_loss + sparsity + aux, l2_loss, sparsity, aux, self.postprocess_output(x_hat, stats),
-                         l0_norm=l2_loss.new_tensor(len(active_values) / n),
-                         l1_norm=active_values.to(self.loss_dtype).abs().sum() / n,
-                         fired=fired, active_values=active_values, dense_codes=dense_codes)
+        similarity = similarity_loss(x, sae_out, self.cfg.similarity_coeff if self.training else 0.0).to(self.loss_dtype)
+        return SAEOutput(l2_loss + sparsity + aux + similarity, l2_loss, sparsity, aux, similarity, sae_out,
+                         l0_norm=l2_loss.new_tensor(len(active_values) / len(x)),
+                         l1_norm=active_values.to(self.loss_dtype).abs().sum() / len(x),
+                         fire_counts=fire_counts, active_values=active_values, dense_codes=dense_codes)
 
     def weights_for_saving(self) -> dict[str, torch.Tensor]:
         """Tensors in the SAELens layout (W_enc, W_dec, b_enc, b_dec, and threshold if any)."""
@@ -265,6 +271,11 @@ def auxk_loss(sae: BaseSAE, x_in: torch.Tensor, x_hat: torch.Tensor, pre: torch.
               dead_mask: torch.Tensor | None, x_cent: torch.Tensor | None = None) -> torch.Tensor:
     """AuxK: the top ``top_k_aux`` dead features reconstruct the residual error, which gives
     dead features a gradient (Gao et al. 2024), weighted down while few features are dead.
+
+    The dead features take part with their raw pre-activations, not rectified ones (as in SAELens):
+    a feature whose pre-activation is negative on every text has a zero ReLU and would get no
+    gradient, and these are the features that stay dead. Rectified, a third of a 6,144-feature
+    dictionary ended dead; raw, a few percent (``benchmarks/studies/dead_latents.py``).
     ``pre`` without gradient (the sparse path) decodes through the sparse kernels from ``x_cent``,
     the input minus b_dec that the main path used."""
     n_dead = 0 if dead_mask is None else int(dead_mask.sum())
@@ -272,17 +283,37 @@ def auxk_loss(sae: BaseSAE, x_in: torch.Tensor, x_hat: torch.Tensor, pre: torch.
         return x_in.new_zeros(())
     dead = dead_mask.nonzero().squeeze(1)
     with torch.no_grad():
-        top = F.relu(pre[:, dead]).topk(min(sae.cfg.top_k_aux, n_dead), dim=-1, sorted=False).indices
+        top = pre[:, dead].topk(min(sae.cfg.top_k_aux, n_dead), dim=-1, sorted=False).indices
     chosen = dead[top]
     if pre.requires_grad:
-        weights = F.relu(pre.gather(1, chosen))
-        decoded = F.embedding_bag(chosen, sae.W_dec, mode="sum", per_sample_weights=weights)
+        decoded = F.embedding_bag(chosen, sae.W_dec, mode="sum", per_sample_weights=pre.gather(1, chosen))
     else:
         x_cent = x_in - sae.b_dec if x_cent is None else x_cent
-        decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre,
-                                 selection_from_topk(chosen))
+        decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre, selection_from_topk(chosen),
+                                 rectify=False)
     scale = min(n_dead / sae.cfg.top_k_aux, 1.0)
     return sae.cfg.aux_penalty * scale * sae.reconstruction_loss(decoded, (x_in - x_hat).detach())
+
+
+SIMILARITY_TEMPERATURE = 0.05
+"""Temperature of the in-batch similarity distributions of similarity_kl: cosines between sentence
+embeddings mostly lie within 0 to 0.6, and at 0.05 each example's distribution is sharp enough that
+its nearest neighbours in the batch carry most of it."""
+
+
+def similarity_loss(x: torch.Tensor, x_hat: torch.Tensor, coeff: float) -> torch.Tensor:
+    """``coeff`` x the mean over the batch of KL(p_i || q_i), p_i and q_i each example's softmax (at
+    SIMILARITY_TEMPERATURE) over its cosine similarities to the other examples, among the embeddings
+    ``x`` and among their reconstructions ``x_hat``: how far the reconstructions move which examples
+    are each other's neighbours (the similarity_coeff term; zero when ``coeff`` is 0)."""
+    n = len(x)
+    if n < 3 or coeff == 0:
+        return x_hat.new_zeros(())
+    others = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    a, b = F.normalize(x.to(x_hat.dtype).detach(), dim=-1), F.normalize(x_hat, dim=-1)
+    log_p = ((a @ a.t())[others].view(n, n - 1) / SIMILARITY_TEMPERATURE).log_softmax(-1)
+    log_q = ((b @ b.t())[others].view(n, n - 1) / SIMILARITY_TEMPERATURE).log_softmax(-1)
+    return coeff * (log_p.exp() * (log_p - log_q)).sum(-1).mean()
 
 
 @torch.no_grad()

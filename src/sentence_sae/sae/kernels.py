@@ -138,14 +138,17 @@ class SparseCode(torch.autograd.Function):
     """From the selected pre-activations to (decoded embedding without b_dec, activations).
 
     Inputs: x_cent [B, d] (the input minus b_dec), W_enc [d, M], b_enc [M], W_dec [M, d], the
-    selected pre-activations [nnz] (computed without gradient) and the Selection. The activations are
-    ReLU(pre); gradients for x_cent, W_enc, b_enc and W_dec are computed from the nnz entries.
+    selected pre-activations [nnz] (computed without gradient), the Selection, and whether the
+    activations are ReLU(pre) (``rectify``: the codes) or pre itself (AuxK's dead features).
+    Gradients for x_cent, W_enc, b_enc and W_dec are computed from the nnz entries.
     """
 
     @staticmethod
     def forward(ctx: Any, x_cent: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
-                selected_pre: torch.Tensor, selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:
-        values = selected_pre.clamp_min(0)
+                selected_pre: torch.Tensor, selection: Selection, rectify: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        values = selected_pre.clamp_min(0) if rectify else selected_pre
+        ctx.rectify = rectify
         decoded = bag_sum(w_dec, selection, values)
         ctx.save_for_backward(x_cent, w_enc, w_dec, values)
         ctx.selection = selection
@@ -159,11 +162,11 @@ class SparseCode(torch.autograd.Function):
         grad_values = sampled_dot(grad_decoded.contiguous(), w_dec, sel) + (
             grad_values if grad_values is not None else 0
         )
-        grad_pre = grad_values * (values > 0).to(grad_values.dtype)
+        grad_pre = grad_values * (values > 0).to(grad_values.dtype) if ctx.rectify else grad_values
         grad_b_enc = torch.zeros(width, dtype=grad_pre.dtype, device=grad_pre.device).index_add_(0, sel.cols, grad_pre)
         grad_w_enc, grad_w_dec, grad_x_cent = weight_and_input_gradients(
             sel, values, grad_pre, x_cent, grad_decoded, w_enc, ctx.needs_input_grad[0])
-        return grad_x_cent, grad_w_enc, grad_b_enc, grad_w_dec, None, None
+        return grad_x_cent, grad_w_enc, grad_b_enc, grad_w_dec, None, None, None
 
 
 def weight_and_input_gradients(sel: Selection, values: torch.Tensor, grad_pre: torch.Tensor, x_cent: torch.Tensor,
@@ -181,10 +184,10 @@ def weight_and_input_gradients(sel: Selection, values: torch.Tensor, grad_pre: t
 
 
 def sparse_code(x_cent: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor, w_dec: torch.Tensor,
-                pre: torch.Tensor, selection: Selection) -> tuple[torch.Tensor, torch.Tensor]:
+                pre: torch.Tensor, selection: Selection, rectify: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(decoded without b_dec, selected activations) with sparse gradients; see SparseCode."""
     selected_pre = pre[selection.rows, selection.cols].detach()
-    return SparseCode.apply(x_cent, w_enc, b_enc, w_dec, selected_pre, selection)
+    return SparseCode.apply(x_cent, w_enc, b_enc, w_dec, selected_pre, selection, rectify)
 
 
 def to_dense(values: torch.Tensor, selection: Selection, width: int) -> torch.Tensor:

@@ -53,11 +53,10 @@ class TopKSAE(BaseSAE):
         decoded, values = sparse_code(x_cent, self.W_enc, self.b_enc, self.W_dec, pre, selection)
         x_hat = decoded + self.b_dec
         active = values > 0
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=self.device)
-        fired[selection.cols[active]] = True
-        return self.assemble(self.sparse_reconstruction_loss(x_cent, x_in, x_hat, pre, selection),
+        fire_counts = torch.bincount(selection.cols[active], minlength=self.d_sae)
+        return self.assemble(x, self.sparse_reconstruction_loss(x_cent, x_in, x_hat, pre, selection),
                              x_hat.new_zeros(()), auxk_loss(self, x_in, x_hat, pre, dead_mask, x_cent), x_hat, stats,
-                             fired, values[active].detach(), lambda: to_dense(values, selection, self.d_sae))
+                             fire_counts, values[active].detach(), lambda: to_dense(values, selection, self.d_sae))
 
     def sparse_reconstruction_loss(self, x_cent: torch.Tensor, x_in: torch.Tensor, x_hat: torch.Tensor,
                                    pre: torch.Tensor, selection: Selection) -> torch.Tensor:

@@ -14,6 +14,7 @@ class VanillaSAE(BaseSAE):
     architecture = "vanilla"
     saelens_architecture = "standard"
     default_l1_coeff = 0.11
+    uses_auxk = True  # without it a fifth of a 6,144-feature dictionary ended dead (benchmarks/studies/dead_latents.py)
 
     def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return F.relu(pre)
