@@ -47,8 +47,26 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="YAML or JSON file of config keys; options given on the command line win")
 
 
-RUN_COMMANDS = {"eval", "explain", "features", "plot", "push", "compare", "diff", "search", "export"}
+RUN_COMMANDS = {"eval", "explain", "features", "plot", "push", "compare", "diff", "hypotheses", "search", "export"}
 EXPORT_FORMATS = ("sparse-encoder",)
+
+
+def add_reading_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """The options of the commands that read a dataset: which one, and what eval reads beside it."""
+    if command in ("eval", "explain", "diff", "hypotheses", "search"):
+        parser.add_argument("--dataset_path", default=None,
+                            help="another dataset to read (default: the run's own; for eval its held-out texts)")
+        parser.add_argument("--text_column", default=None, help="its text column (default: the run's)")
+        parser.add_argument("--num_examples", type=int, default=None,
+                            help="texts to read (eval default: the run's num_eval_examples; explain: all)")
+    if command == "eval":
+        parser.add_argument("--label_column", default=None,
+                            help="a column of labels: adds linear probes and feature label purity")
+        parser.add_argument("--retrieval", default=None, metavar="PAIRS",
+                            help="a dataset of (query, document) pairs: adds MRR@10, nDCG@10 and recall@1/@10 of the "
+                                 "dense embeddings, their reconstructions and the codes as sparse vectors")
+        parser.add_argument("--query_column", default="query", help="the pairs' query column (default query)")
+        parser.add_argument("--document_column", default="document", help="the pairs' document column (default document)")
 
 
 def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
@@ -78,21 +96,15 @@ def add_run_options(parser: argparse.ArgumentParser, command: str) -> None:
         parser.add_argument("--b", required=True, metavar="B", help="another dataset, or another value of --label_column")
         parser.add_argument("--label_column", default=None,
                             help="compare two values of this column of one dataset (the run's, or --dataset_path)")
+    if command == "hypotheses":
+        parser.add_argument("--target_column", required=True,
+                            help="the outcome: a column with two values (binary) or numbers")
+        parser.add_argument("--max_features", type=int, default=20,
+                            help="most features the sparse model may select (default 20)")
+        parser.add_argument("--seed", type=int, default=0, help="seed of the selection/validation split (default 0)")
+    if command in ("diff", "hypotheses"):
         parser.add_argument("--fdr", type=float, default=0.05, help="false discovery rate to control (default 0.05)")
-    if command in ("eval", "explain", "diff", "search"):
-        parser.add_argument("--dataset_path", default=None,
-                            help="another dataset to read (default: the run's own; for eval its held-out texts)")
-        parser.add_argument("--text_column", default=None, help="its text column (default: the run's)")
-        parser.add_argument("--num_examples", type=int, default=None,
-                            help="texts to read (eval default: the run's num_eval_examples; explain: all)")
-    if command == "eval":
-        parser.add_argument("--label_column", default=None,
-                            help="a column of labels: adds linear probes and feature label purity")
-        parser.add_argument("--retrieval", default=None, metavar="PAIRS",
-                            help="a dataset of (query, document) pairs: adds MRR@10, nDCG@10 and recall@1/@10 of the "
-                                 "dense embeddings, their reconstructions and the codes as sparse vectors")
-        parser.add_argument("--query_column", default="query", help="the pairs' query column (default query)")
-        parser.add_argument("--document_column", default="document", help="the pairs' document column (default document)")
+    add_reading_options(parser, command)
     if command == "explain":
         parser.add_argument("--top_n", type=int, default=10, help="top texts kept per feature (default 10)")
         parser.add_argument("--highlight", action="store_true",
@@ -200,6 +212,14 @@ def cmd_diff(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
                     device=args.device)
 
 
+def cmd_hypotheses(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
+    from .analysis.hypotheses import hypotheses_run
+
+    return hypotheses_run(args.run_dir, args.target_column, dataset_path=args.dataset_path, text_column=args.text_column,
+                          num_examples=args.num_examples, fdr=args.fdr, max_features=args.max_features, seed=args.seed,
+                          device=args.device)
+
+
 def parse_boost(text: str) -> tuple[int, float]:
     """--boost F or F:WEIGHT -> (feature, weight)."""
     feature, _, weight = text.partition(":")
@@ -271,6 +291,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, Sequence[str]], Any], st
     "features": (cmd_features, "print the top features of a text with their labels and activations"),
     "compare": (cmd_compare, "why two texts are similar: the features behind the cosine of their reconstructions"),
     "diff": (cmd_diff, "features that fire more often in one corpus (or label) than another; writes an HTML report"),
+    "hypotheses": (cmd_hypotheses, "features that predict an outcome column, each tested on texts it was not selected "
+                                   "on; writes an HTML report"),
     "search": (cmd_search, "nearest texts of the run's corpus to a query, or the texts where a feature fires most"),
     "plot": (cmd_plot, "draw a run's training curves (training_curves.png) and the log10 histogram of its "
                        "features' firing frequencies in training (firing_frequency.png)"),

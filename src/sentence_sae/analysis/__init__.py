@@ -1,6 +1,6 @@
 """Reading an SAE's features: ``explain`` (statistics over a corpus, labels and their scores,
-families, the browser and feature map) and the questions ``compare``, ``diff``, ``search`` and
-``features`` ask of texts with them; ``FeatureRecord`` is what explain writes and the rest read.
+families, the browser and feature map) and the questions ``compare``, ``diff``, ``hypotheses``,
+``search`` and ``features`` ask of texts with them; ``FeatureRecord`` is what explain writes and the rest read.
 
 Names load on first use, so ``features``, ``compare`` and ``search`` never import the explain
 pipeline (scipy, umap) they do not run.
@@ -16,6 +16,7 @@ _EXPORTS = {
     "top_features": "lookup",
     "compare_texts": "compare",
     "diff_run": "diff",
+    "hypotheses_run": "hypotheses", "find_hypotheses": "hypotheses",
     "search_run": "search", "feature_search": "search",
     "collect_feature_stats": "features",
     "build_families": "families",
