@@ -216,9 +216,15 @@ def test_the_trainer_counts_dead_features_in_examples_and_evaluation_changes_not
     assert trainer.dead_features.count() == int((~fired).sum())  # 120 examples >= window of 100
     # the window of 100 closed after 120 examples: each feature's firing frequency over them
     expected = (sae.encode(x) > 0).double().mean(0)
-    torch.testing.assert_close(trainer.dead_features.densities(), expected)
-    save_firing_frequencies(trainer.dead_features.densities(), tmp_path)
-    torch.testing.assert_close(read_firing_frequencies(tmp_path), expected, rtol=1e-6, atol=1e-9)
+    firing = trainer.dead_features.densities()
+    torch.testing.assert_close(firing.densities, expected)
+    assert (firing.first_example, firing.last_example) == (0, 120)
+    save_firing_frequencies(firing, tmp_path)
+    read = read_firing_frequencies(tmp_path)
+    torch.testing.assert_close(read.densities, expected, rtol=1e-6, atol=1e-9)
+    assert (read.first_example, read.last_example) == (0, 120)
+    trainer.training_step(x)  # the next window is not complete: the frequencies stay those of the last one
+    assert trainer.dead_features.densities().last_example == 120
     (tmp_path / "sparsity.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="sparsity.safetensors is corrupt: its contents do not match the checksum"):
         read_firing_frequencies(tmp_path)

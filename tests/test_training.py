@@ -214,5 +214,7 @@ def test_resume_state_holds_the_trainers_dead_feature_counts_and_reads_the_older
         assert resumed.step == 4
     resumed = Trainer(create_sae(cfg), EmbeddingStore(train, cfg, held_out=held_out), cfg,
                       run_dir=trainer.run_dir, resume_state=state)  # the firing frequencies resume too
-    torch.testing.assert_close(resumed.dead_features.densities(), trainer.dead_features.densities())
+    before, after = trainer.dead_features.densities(), resumed.dead_features.densities()
+    torch.testing.assert_close(after.densities, before.densities)
+    assert (after.first_example, after.last_example) == (before.first_example, before.last_example) == (0, 256)
     assert resumed.dead_features.window_examples == trainer.dead_features.window_examples == 256

@@ -7,14 +7,16 @@ zero ReLU, so AuxK gave it no gradient, and those are exactly the features that 
 and sparsify take the raw pre-activations. Each variant is trained as before (topk, batchtopk and
 matryoshka with the rectified AuxK at coefficient 1/32, patched in here only; vanilla and gated
 without AuxK) and with the defaults (raw AuxK at 1); topk also with the raw AuxK at 1/32, which
-alone is not enough. jumprelu, whose features do not die, has no AuxK.
+alone is not enough, and batchtopk with the raw AuxK at 1 not weighted down while few features are
+dead (min(dead / top_k_aux, 1), kept: unweighted it costs held-out FVU). jumprelu, whose features do
+not die, has no AuxK.
 
 Points: the first 20,000 Debian descriptions (2,000 of them held out at random) at 6,144 features,
 and 20,000 WordNet glosses (2,000 others held out) at 3,072 (8 x d); k 32, 100,000 examples, the
 default recipe otherwise. `dead` is the share of features that did not fire in the last
 dead_feature_window (20,000) training examples; FVU and L0 are on the held-out texts.
 
-    python -m benchmarks.studies.dead_latents                      # about 25 minutes on 2 cores
+    python -m benchmarks.studies.dead_latents                      # about 28 minutes on 2 cores
     python -m benchmarks.studies.dead_latents --corpora debian --variants topk
 """
 
@@ -40,28 +42,35 @@ RECTIFIED_BEFORE = ("topk", "batchtopk", "matryoshka")
 NO_AUXK_BEFORE = ("vanilla", "gated")
 
 
-def rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
-    """The AuxK of before: dead features enter with ReLU(pre), so an all-negative one gets no gradient."""
+def rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=True, weighted=True):
+    """The AuxK of before: dead features enter with ReLU(pre), so an all-negative one gets no gradient.
+    ``rectify=False, weighted=False``: today's AuxK without its weight min(dead / top_k_aux, 1)."""
     n_dead = 0 if dead_mask is None else int(dead_mask.sum())
     if not (n_dead > 0 and sae.cfg.aux_penalty > 0):
         return x_in.new_zeros(())
     dead = dead_mask.nonzero().squeeze(1)
     with torch.no_grad():
-        top = F.relu(pre[:, dead]).topk(min(sae.cfg.top_k_aux, n_dead), dim=-1, sorted=False).indices
+        top = (F.relu(pre[:, dead]) if rectify else pre[:, dead]).topk(min(sae.cfg.top_k_aux, n_dead), dim=-1,
+                                                                       sorted=False).indices
     chosen = dead[top]
     if pre.requires_grad:
-        decoded = F.embedding_bag(chosen, sae.W_dec, mode="sum", per_sample_weights=F.relu(pre.gather(1, chosen)))
+        weights = pre.gather(1, chosen)
+        decoded = F.embedding_bag(chosen, sae.W_dec, mode="sum", per_sample_weights=F.relu(weights) if rectify else weights)
     else:
         x_cent = x_in - sae.b_dec if x_cent is None else x_cent
-        decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre, selection_from_topk(chosen))
-    scale = min(n_dead / sae.cfg.top_k_aux, 1.0)
+        decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre, selection_from_topk(chosen), rectify)
+    scale = min(n_dead / sae.cfg.top_k_aux, 1.0) if weighted else 1.0
     return sae.cfg.aux_penalty * scale * sae.reconstruction_loss(decoded, (x_in - x_hat).detach())
 
 
+def unweighted_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
+    return rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent, rectify=False, weighted=False)
+
+
 @contextlib.contextmanager
-def rectified_auxk() -> Iterator[None]:
+def patched_auxk(loss=rectified_auxk_loss) -> Iterator[None]:
     saved = sae_base.auxk_loss, sae_topk.auxk_loss
-    sae_base.auxk_loss = sae_topk.auxk_loss = rectified_auxk_loss
+    sae_base.auxk_loss = sae_topk.auxk_loss = loss
     try:
         yield
     finally:
@@ -81,12 +90,14 @@ def main() -> None:
             settings = {"sae_type": variant, "top_k": 32, "dict_size": width, "num_examples": 100_000}
             runs = []
             if variant in RECTIFIED_BEFORE:
-                runs.append(("rectified, 1/32 (before)", rectified_auxk, {"aux_penalty": 1 / 32}))
+                runs.append(("rectified, 1/32 (before)", patched_auxk, {"aux_penalty": 1 / 32}))
             if variant in NO_AUXK_BEFORE:
                 runs.append(("none (before)", contextlib.nullcontext, {"aux_penalty": 0.0}))
             if variant == "topk":
                 runs.append(("raw, 1/32", contextlib.nullcontext, {"aux_penalty": 1 / 32}))
             runs.append(("none" if variant == "jumprelu" else "raw, 1 (default)", contextlib.nullcontext, {}))
+            if variant == "batchtopk":
+                runs.append(("raw, 1, not weighted by the dead share", lambda: patched_auxk(unweighted_auxk_loss), {}))
             for label, context, overrides in runs:
                 with context():
                     row = train_one(training, held_out, {**settings, **overrides})

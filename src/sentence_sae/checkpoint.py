@@ -18,7 +18,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 
@@ -74,20 +74,29 @@ def save_sae(sae: BaseSAE, folder: str | Path) -> Path:
     return folder
 
 
-def save_firing_frequencies(densities: torch.Tensor, folder: str | Path) -> Path:
-    """Write ``sparsity.safetensors`` (log10 firing frequencies, SAELens's key and offset) into ``folder``."""
+class FiringFrequencies(NamedTuple):
+    """Each feature's firing frequency over training examples [first_example, last_example)."""
+
+    densities: torch.Tensor  # [d_sae] float64
+    first_example: int
+    last_example: int
+
+
+def save_firing_frequencies(firing: FiringFrequencies, folder: str | Path) -> Path:
+    """Write ``sparsity.safetensors`` (log10 firing frequencies, SAELens's key and offset, with the span
+    of training examples they were counted over in its metadata) into ``folder``."""
     from safetensors.torch import save_file
 
     path = Path(folder) / SPARSITY_FILE
-    tensors = {"sparsity": torch.log10(densities.double() + NEVER_FIRED).float().contiguous()}
-    atomic_write_checked(path, lambda tmp: save_file(tensors, str(tmp)), 4 * len(densities))
+    tensors = {"sparsity": torch.log10(firing.densities.double() + NEVER_FIRED).float().contiguous()}
+    metadata = {"first_example": str(firing.first_example), "last_example": str(firing.last_example)}
+    atomic_write_checked(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), 4 * len(firing.densities))
     return path
 
 
-def read_firing_frequencies(folder: str | Path) -> torch.Tensor:
+def read_firing_frequencies(folder: str | Path) -> FiringFrequencies:
     """The firing frequencies of a run's features from its ``sparsity.safetensors``, checked."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = Path(folder) / SPARSITY_FILE
     if not path.is_file():
@@ -95,13 +104,16 @@ def read_firing_frequencies(folder: str | Path) -> torch.Tensor:
                               "(trained elsewhere, or saved before sentence-sae wrote them); train it again to get them")
     verify_checksum(path, CheckpointError, CORRUPT_FIX)
     try:
-        log_density = load_file(str(path))["sparsity"].double()
-    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as exc:
+        with safe_open(str(path), framework="pt") as file:
+            log_density, metadata = file.get_tensor("sparsity").double(), file.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({first_line(exc)})") from None
     if log_density.ndim != 1 or not bool(torch.isfinite(log_density).all()) or bool((log_density > 1e-6).any()):
         raise CheckpointError(f"{path} does not hold log10 firing frequencies (one finite value <= 0 per feature); "
                               "train the run again")
-    return (10 ** log_density - NEVER_FIRED).clamp(0, 1)
+    span = [int(metadata.get(key, "0")) if str(metadata.get(key, "0")).isdigit() else 0
+            for key in ("first_example", "last_example")]
+    return FiringFrequencies((10 ** log_density - NEVER_FIRED).clamp(0, 1), *span)
 
 
 def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], None] | None = None) -> Path:

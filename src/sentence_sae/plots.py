@@ -35,7 +35,7 @@ def density_histogram(densities: np.ndarray, path: Path, title: str = "",
     ax.set_xlabel(f"log10 feature density ({unit})")
     ax.set_ylabel("features")
     dead = int((densities == 0).sum())
-    ax.set_title(title or "Feature densities")
+    ax.set_title(title or "Feature densities", fontsize=10, wrap=True)
     ax.text(0.99, 0.97, f"{len(densities)} features\n{dead} never fire\n{int((densities > 0.1).sum())} fire on >10%",
             transform=ax.transAxes, ha="right", va="top", fontsize=9)
     fig.tight_layout()
@@ -77,16 +77,18 @@ def training_curves(run_dir: Path, path: Path | None = None) -> Path:
 
 
 def firing_histogram(run_dir: Path, path: Path | None = None) -> Path:
-    """The log10 histogram of the features' firing frequencies over the last dead_feature_window
-    training examples (the run's sparsity.safetensors), as SAELens and sparsify users read it."""
-    from .checkpoint import read_firing_frequencies, saved_config
+    """The log10 histogram of the features' firing frequencies over the last complete window of
+    dead_feature_window training examples (the run's sparsity.safetensors), as SAELens and sparsify
+    users read it."""
+    from .checkpoint import read_firing_frequencies
 
     run_dir = Path(run_dir)
-    densities = read_firing_frequencies(run_dir).numpy()
-    window = saved_config(run_dir).dead_feature_window
+    firing = read_firing_frequencies(run_dir)
     path = path or run_dir / "firing_frequency.png"
-    return density_histogram(densities, path, f"{run_dir.name}: firing frequency in training",
-                             unit=f"fraction of the last {window:,} training examples on which a feature fired")
+    span = (f"training examples {firing.first_example + 1:,}-{firing.last_example:,}" if firing.last_example
+            else "a window of training examples")  # a file written without its span
+    return density_histogram(firing.densities.numpy(), path, f"Firing frequency in training: {run_dir.name}",
+                             unit=f"fraction of {span} on which a feature fired")
 
 
 def save_figure(fig: Any, path: Path) -> None:

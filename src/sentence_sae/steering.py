@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint import FiringFrequencies
 from .schedules import sparsity_multiplier
 
 COEFFICIENT_GAIN = 0.03
@@ -74,7 +75,9 @@ class DeadFeatures:
         self.examples_since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.window_counts = torch.zeros(d_sae, dtype=torch.long, device=device)
         self.window_examples = 0
+        self.examples_seen = 0
         self.last_window_density: torch.Tensor | None = None
+        self.last_window_start = self.last_window_end = 0
 
     @property
     def mask(self) -> torch.Tensor:
@@ -90,22 +93,26 @@ class DeadFeatures:
         self.examples_since_fired[fire_counts > 0] = 0
         self.window_counts += fire_counts
         self.window_examples += n_examples
+        self.examples_seen += n_examples
         if self.window_examples >= self.window:
             self.last_window_density = self.window_counts.double().cpu() / self.window_examples
+            self.last_window_start, self.last_window_end = self.examples_seen - self.window_examples, self.examples_seen
             self.window_counts.zero_()
             self.window_examples = 0
 
-    def densities(self) -> torch.Tensor:
-        """[d_sae] float64: each feature's firing frequency over the last complete window of training
-        examples (over the examples so far when the run is shorter than one window)."""
+    def densities(self) -> FiringFrequencies:
+        """Each feature's firing frequency over the last complete window of training examples (over the
+        examples so far when the run is shorter than one window). The window is counted in fixed
+        blocks, so it can end before the last dead_feature_window examples that ``mask`` looks back on."""
         if self.last_window_density is not None:
-            return self.last_window_density
-        return self.window_counts.double().cpu() / max(self.window_examples, 1)
+            return FiringFrequencies(self.last_window_density, self.last_window_start, self.last_window_end)
+        return FiringFrequencies(self.window_counts.double().cpu() / max(self.window_examples, 1), 0, self.examples_seen)
 
     def state_dict(self) -> dict[str, Any]:
         return {"examples_since_fired": self.examples_since_fired.cpu().clone(),
                 "window_counts": self.window_counts.cpu().clone(), "window_examples": self.window_examples,
-                "last_window_density": self.last_window_density}
+                "examples_seen": self.examples_seen, "last_window_density": self.last_window_density,
+                "last_window_start": self.last_window_start, "last_window_end": self.last_window_end}
 
     def load_state_dict(self, state: dict[str, Any] | torch.Tensor) -> None:
         """A checkpoint's state; those of format 3 and earlier hold the counters since firing only."""
@@ -115,7 +122,9 @@ class DeadFeatures:
         if "window_counts" in state:
             self.window_counts.copy_(state["window_counts"])
             self.window_examples = int(state["window_examples"])
+            self.examples_seen = int(state["examples_seen"])
             self.last_window_density = state["last_window_density"]
+            self.last_window_start, self.last_window_end = int(state["last_window_start"]), int(state["last_window_end"])
 
 
 class SparsityCoefficient:
