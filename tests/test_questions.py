@@ -416,10 +416,10 @@ def test_the_text_index_holds_every_top_text_once():
                              mean_act=1.0, max_act=3.0, top_texts=[TextExample(text, act, row) for row, (text, act)
                                                                    in enumerate(texts)], quantile_texts=[], histogram=[])
 
-    features = [record(0, ("Chess engine", 2.0), ("Go board", 1.0)), record(1, ("Chess engine", 3.0))]
+    features = [record(0, ("Chess engine", 2.0), ("Go board", 1.0), ("Chess engine", 1.5)), record(1, ("Chess engine", 3.0))]
     index = text_index(features)
     assert index["texts"] == ["Chess engine", "Go board"]
-    assert index["features"][0] == [(1, 3.0), (0, 2.0)]
+    assert index["features"][0] == [(1, 3.0), (0, 2.0)]  # a text held twice lists its feature once
     assert index["words"]["chess"] == [0] and index["words"]["board"] == [1] and "go" in index["words"]
 
 

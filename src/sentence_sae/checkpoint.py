@@ -111,9 +111,8 @@ def read_firing_frequencies(folder: str | Path) -> FiringFrequencies:
     if log_density.ndim != 1 or not bool(torch.isfinite(log_density).all()) or bool((log_density > 1e-6).any()):
         raise CheckpointError(f"{path} does not hold log10 firing frequencies (one finite value <= 0 per feature); "
                               "train the run again")
-    span = [int(metadata.get(key, "0")) if str(metadata.get(key, "0")).isdigit() else 0
-            for key in ("first_example", "last_example")]
-    return FiringFrequencies((10 ** log_density - NEVER_FIRED).clamp(0, 1), *span)
+    span = [metadata.get(key, "") for key in ("first_example", "last_example")]  # unknown: 0
+    return FiringFrequencies((10 ** log_density - NEVER_FIRED).clamp(0, 1), *(int(v) if v.isdigit() else 0 for v in span))
 
 
 def save_checkpoint_folder(sae: BaseSAE, folder: Path, extra: Callable[[Path], None] | None = None) -> Path:

@@ -53,6 +53,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def check_fdr(fdr: float) -> None:
+    """A ConfigError unless ``fdr`` is a false discovery rate strictly between 0 and 1."""
+    if not 0 < fdr < 1:
+        raise ConfigError(f"fdr must be between 0 and 1 (e.g. 0.05), got {fdr}")
+
+
 def check_positive(name: str, value: int | None, unset: str | None = None) -> None:
     """A ConfigError naming ``name`` unless ``value`` is positive (or None, when ``unset`` says what that means)."""
     if value is None and unset is not None:

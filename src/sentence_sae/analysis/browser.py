@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,25 @@ def inline_json(value: Any) -> str:
 
 def feature_file(feature_id: int) -> str:
     return f"f{feature_id:05d}.html"
+
+
+def file_stem(name: str, fallback: str) -> str:
+    """A file-name-safe stem for a dataset (its last path part) or a column name, at most 60 characters."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name if "/" in name else name).strip("_")[:60] or fallback
+
+
+def q_text(q: float) -> str:
+    return f"{q:.1e}" if q > 0 else "&lt;1e-300"  # below the smallest double: the test's normal tail underflows
+
+
+def clip_text(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
+
+
+def examples_html(examples: list[dict[str, Any]]) -> str:
+    """Example texts of a report (diff, hypotheses), each with its activation, clipped."""
+    return "".join(f"<div class='text'><span class='meta'>{e['activation']:.2f}</span> {html.escape(clip_text(e['text']))}"
+                   "</div>" for e in examples) or "<p class='meta'>does not fire here</p>"
 
 
 def _histogram_svg(counts: list[int], max_act: float) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -18,12 +17,12 @@ import torch
 from scipy import stats
 
 from ..corpus import Corpus
-from ..errors import ConfigError, DataError, check_positive
+from ..errors import ConfigError, DataError, check_fdr, check_positive
 from ..files import atomic_write_text
 from ..metrics import encode_in_batches
 from ..runs import open_run
 from ..sae import BaseSAE
-from .browser import feature_file, page
+from .browser import examples_html, feature_file, file_stem, page, q_text
 from .records import feature_labels
 
 EXAMPLES_PER_SIDE = 3
@@ -69,8 +68,7 @@ def two_proportion_p_values(counts_a: np.ndarray, n_a: int, counts_b: np.ndarray
 
 def firing_diff(counts_a: np.ndarray, n_a: int, counts_b: np.ndarray, n_b: int, fdr: float = 0.05) -> FiringDiff:
     """Test every feature's firing rate in A against B, flagging at false discovery rate ``fdr``."""
-    if not 0 < fdr < 1:
-        raise ConfigError(f"fdr must be between 0 and 1 (e.g. 0.05), got {fdr}")
+    check_fdr(fdr)
     if n_a < 1 or n_b < 1:
         raise DataError(f"a side of the diff has no texts (A: {n_a}, B: {n_b}); check --a and --b")
     p_values = two_proportion_p_values(counts_a, n_a, counts_b, n_b)
@@ -133,10 +131,6 @@ def collect_sides(sae: BaseSAE, corpora: list[Corpus], num_examples: int | None,
     return found
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name if "/" in name else name).strip("_")[:60] or "side"
-
-
 def diff_run(run_dir: str | Path, a: str, b: str, dataset_path: str | None = None, label_column: str | None = None,
              text_column: str | None = None, num_examples: int | None = None, fdr: float = 0.05, top: int = 20,
              device: str | None = None, model: Any = None) -> dict[str, Any]:
@@ -165,7 +159,7 @@ def diff_run(run_dir: str | Path, a: str, b: str, dataset_path: str | None = Non
     report = _report(result, side_a, side_b, feature_labels(run.folder), a, b, label_column, fdr)
     folder = run.folder / "diffs"
     folder.mkdir(exist_ok=True)
-    stem = f"{_slug(a)}-vs-{_slug(b)}"
+    stem = f"{file_stem(a, 'side')}-vs-{file_stem(b, 'side')}"
     atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=1))
     atomic_write_text(folder / f"{stem}.html", diff_page(report))
     flagged = report["features"]
@@ -192,19 +186,6 @@ def _report(result: FiringDiff, side_a: SideStats, side_b: SideStats, labels: di
             "features_tested": len(result.p_values), "flagged": len(features), "features": features}
 
 
-def _q_text(q: float) -> str:
-    return f"{q:.1e}" if q > 0 else "&lt;1e-300"  # below the smallest double: the test's normal tail underflows
-
-
-def _clip(text: str, limit: int = 160) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-def _examples_html(examples: list[dict[str, Any]]) -> str:
-    return "".join(f"<div class='text'><span class='meta'>{e['activation']:.2f}</span> {html.escape(_clip(e['text']))}</div>"
-                   for e in examples) or "<p class='meta'>does not fire here</p>"
-
-
 def diff_page(report: dict[str, Any]) -> str:
     """The report as one HTML page in the browser's look; feature ids link to the browser's pages."""
     a, b = html.escape(report["a"]), html.escape(report["b"])
@@ -224,6 +205,6 @@ def diff_page(report: dict[str, Any]) -> str:
                          f"<tr class='diff-row'><td><a href='../browser/features/{feature_file(f['id'])}'>#{f['id']}</a> "
                          f"<span class='label'>{html.escape(f['label'])}</span></td><td class='num'>{f['rate_a']:.2%}</td>"
                          f"<td class='num'>{f['rate_b']:.2%}</td><td class='num'>{f['log2_ratio']:+.2f}</td>"
-                         f"<td class='num'>{_q_text(f['q'])}</td><td>{_examples_html(f['examples_a'])}</td>"
-                         f"<td>{_examples_html(f['examples_b'])}</td></tr>" for f in rows) + "</tbody></table>")
+                         f"<td class='num'>{q_text(f['q'])}</td><td>{examples_html(f['examples_a'])}</td>"
+                         f"<td>{examples_html(f['examples_b'])}</td></tr>" for f in rows) + "</tbody></table>")
     return page(f"diff: {report['a']} vs {report['b']}", "\n".join(parts))

@@ -2,8 +2,8 @@
 
 A dataset with a target column, binary (two values) or numeric. Its texts are split in two at random:
 on the selection half the Lasso (a linear probability model for a binary target) on the codes, each
-feature scaled to unit standard deviation, picks at most ``max_features`` features; on the validation half, which the selection never saw, each picked
-feature is tested on its own (binary: Mann-Whitney U of its activation between the classes, with the
+feature scaled to unit standard deviation, picks at most ``max_features`` features; on the validation
+half, which the selection never saw, each picked feature is tested on its own (binary: Mann-Whitney U of its activation between the classes, with the
 feature's AUC as the effect; numeric: Spearman correlation), and Benjamini-Hochberg controls the
 false discovery rate over the picked features. Every significant feature is a hypothesis, named by
 its label and shown with the validation texts where it fires most.
@@ -18,18 +18,17 @@ from __future__ import annotations
 import html
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import sparse, stats
 
-from ..errors import ConfigError, DataError, check_positive
+from ..errors import DataError, check_fdr, check_positive
 from ..files import atomic_write_text
 from ..metrics import encode_in_batches
 from ..runs import open_run
-from .browser import feature_file, page
+from .browser import examples_html, feature_file, file_stem, page, q_text
 from .records import feature_labels
 
 EXAMPLES = 3
@@ -167,14 +166,14 @@ def split_halves(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def find_hypotheses(outcome: Outcome, fdr: float = 0.05, max_features: int = 20, seed: int = 0,
                     labels: dict[int, str] | None = None) -> dict[str, Any]:
     """Select on one half, validate on the other (see the module docstring); the report as a dict."""
-    if not 0 < fdr < 1:
-        raise ConfigError(f"fdr must be between 0 and 1 (e.g. 0.05), got {fdr}")
+    check_fdr(fdr)
     check_positive("max_features", max_features)
     if len(outcome.target) < 20:
         raise DataError(f"{len(outcome.target)} texts have a target; hypotheses needs at least 20 (half to select "
                         "features, half to test them)")
     select, validate = split_halves(len(outcome.target), seed)
-    features, coefficients = select_features(outcome.codes[select], outcome.target[select], max_features, seed)
+    codes_s, target_s = outcome.codes[select], outcome.target[select]
+    features, coefficients = select_features(codes_s, target_s, max_features, seed)
     codes_v, target_v = outcome.codes[validate], outcome.target[validate]
     effects, p_values = feature_tests(codes_v, target_v, outcome.kind, features)
     q_values = stats.false_discovery_control(p_values, method="bh") if len(p_values) else p_values
@@ -182,10 +181,8 @@ def find_hypotheses(outcome: Outcome, fdr: float = 0.05, max_features: int = 20,
     found = [{"id": int(f), "label": (labels or {}).get(int(f), ""), "coefficient": float(c),
               "effect": float(e), "p": float(p), "q": float(q), "examples": top_examples(codes_v, texts_v, int(f))}
              for f, c, e, p, q in zip(features, coefficients, effects, p_values, q_values) if q <= fdr]
-    named = held_out_score(outcome.codes[select][:, features], outcome.target[select], codes_v[:, features],
-                           target_v, outcome.kind)
-    dense = held_out_score(outcome.embeddings[select], outcome.target[select], outcome.embeddings[validate],
-                           target_v, outcome.kind)
+    named = held_out_score(codes_s[:, features], target_s, codes_v[:, features], target_v, outcome.kind)
+    dense = held_out_score(outcome.embeddings[select], target_s, outcome.embeddings[validate], target_v, outcome.kind)
     chance = 0.5 if outcome.kind == "binary" else 0.0
     carried = (named - chance) / (dense - chance) if named is not None and dense is not None and dense > chance else None
     return {"kind": outcome.kind, "positive": outcome.positive, "texts": len(outcome.target),
@@ -209,7 +206,7 @@ def hypotheses_run(run_dir: str | Path, target_column: str, dataset_path: str | 
               **find_hypotheses(outcome, fdr, max_features, seed, feature_labels(run.folder))}
     folder = run.folder / "hypotheses"
     folder.mkdir(exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", target_column).strip("_") or "target"
+    stem = file_stem(target_column, "target")
     atomic_write_text(folder / f"{stem}.json", json.dumps(report, indent=1, allow_nan=False))
     atomic_write_text(folder / f"{stem}.html", hypotheses_page(report))
     return {"json": str(folder / f"{stem}.json"), "html": str(folder / f"{stem}.html"),
@@ -229,9 +226,8 @@ def hypotheses_page(report: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr class='hypothesis'><td><a href='../browser/features/{feature_file(h['id'])}'>#{h['id']}</a> "
         f"<span class='label'>{html.escape(h['label'])}</span></td><td class='num'>{h['effect']:.3f}</td>"
-        f"<td class='num'>{h['q']:.1e}</td><td>" + "".join(
-            f"<div class='text'><span class='meta'>{e['activation']:.2f}</span> {html.escape(e['text'][:200])}</div>"
-            for e in h["examples"]) + "</td></tr>" for h in report["hypotheses"])
+        f"<td class='num'>{q_text(h['q'])}</td><td>{examples_html(h['examples'])}</td></tr>"
+        for h in report["hypotheses"])
     positive = f" (1 = {html.escape(str(report['positive']))})" if report["positive"] is not None else ""
     body = f"""<style>body{{max-width:80rem}} td{{vertical-align:top}} td.num{{white-space:nowrap}}
 .text{{display:block;font-size:.85rem}}</style>

@@ -21,22 +21,24 @@ WORD = re.compile(r"[a-z0-9]{2,}")
 
 
 def text_index(features: list[FeatureRecord]) -> dict[str, Any]:
-    """Distinct top texts, the (feature, activation) pairs of each, strongest first, and word -> texts."""
+    """Distinct top texts, the (feature, activation) pairs of each, strongest first, and word -> texts.
+    A text the corpus holds twice can be a feature's top text twice: it is listed with the feature once."""
     position: dict[str, int] = {}
     texts: list[str] = []
-    fired: list[list[tuple[int, float]]] = []
+    fired: list[dict[int, float]] = []
     for feature in features:
         for item in feature.top_texts:
             index = position.setdefault(item.text, len(texts))
             if index == len(texts):
                 texts.append(item.text)
-                fired.append([])
-            fired[index].append((feature.id, round(item.activation, 3)))
+                fired.append({})
+            activation = round(item.activation, 3)
+            fired[index][feature.id] = max(activation, fired[index].get(feature.id, activation))
     words: dict[str, list[int]] = {}
     for index, text in enumerate(texts):
         for word in sorted(set(WORD.findall(text.lower()))):
             words.setdefault(word, []).append(index)
-    return {"texts": texts, "features": [sorted(f, key=lambda pair: -pair[1]) for f in fired], "words": words}
+    return {"texts": texts, "features": [sorted(f.items(), key=lambda pair: -pair[1]) for f in fired], "words": words}
 
 
 SEARCH_SCRIPT = """
