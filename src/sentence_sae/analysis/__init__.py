@@ -3,7 +3,7 @@ families, the browser and feature map) and the questions ``compare``, ``diff``, 
 ``search`` and ``features`` ask of texts with them; ``FeatureRecord`` is what explain writes and the rest read.
 
 Names load on first use, so ``features``, ``compare`` and ``search`` never import the explain
-pipeline (scipy, umap) they do not run.
+pipeline (scipy, scikit-learn) they do not run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``explain``: stream a corpus once through the SAE, label and score every feature, and write into
 the run folder ``features.jsonl`` (one ``FeatureRecord`` per feature), ``families.json`` and the
-static site ``browser/`` (with a feature map when umap-learn is installed)."""
+static site ``browser/`` with a feature map."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 
-from ..embeddings import encode_texts, load_sentence_model
+from ..embeddings import StringEncoder, load_sentence_model
 from ..errors import DataError, check_positive
 from ..files import atomic_write_text
 from ..runs import open_run
 from ..tracking import progress_bar
 from .browser import write_browser
 from .families import MIN_WEIGHT, build_families
-from .feature_map import MAP_EXTRA, family_roots, map_layout, map_page, umap_available
+from .feature_map import family_roots, map_layout, map_page
 from .features import FeatureStats, collect_feature_stats
 from .label_score import (ScoringSet, ScoringTexts, labelling_set, most_frequent_word, score_labels, scoring_set,
                           summary)
+from .keywords import KeywordLabeler
 from .labels import FeatureLabel, label_features
 from .highlight import highlight, word_records
 from .search_page import search_page
@@ -37,7 +38,7 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
                 device: str | None = None, model: Any = None, family_min_weight: float = MIN_WEIGHT,
                 with_map: bool = True, highlight: bool = False) -> dict[str, Any]:
     """Explain every feature of the SAE in ``run_dir`` on a corpus (by default the run's dataset);
-    ``with_map`` adds the feature map (``browser/map.html``) when umap-learn is installed;
+    ``with_map`` adds the feature map (``browser/map.html``);
     ``highlight`` adds each word's contribution to the feature in its top HIGHLIGHT_TEXTS texts."""
     check_positive("num_examples", num_examples, unset="the whole dataset")
     check_positive("top_n", top_n)
@@ -51,9 +52,9 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         corpus.close()
     label_of = {f: label.text for f, label in labelled.labels.items()}
     scores, score_summary = _score_labels(labelled.scoring, label_of, labelled.label_rows, texts, labelled.embeddings_of,
-                                          labelled.model)
+                                          labelled.encoder)
     highlight_started = time.perf_counter()
-    words = _highlight(run.sae, labelled.model, texts, stats, list(labelled.labels)) if highlight else {}
+    words = _highlight(run.sae, labelled.encoder.model, texts, stats, list(labelled.labels)) if highlight else {}
     highlight_seconds = time.perf_counter() - highlight_started
     labels = [label_of.get(f, "") for f in range(run.sae.d_sae)]
     families = (build_families(stats.counts, stats.coactivation, labels, min_weight=family_min_weight,
@@ -64,8 +65,8 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
     features_path = write_features(folder, features)
     if families is not None:
         atomic_write_text(folder / "families.json", json.dumps(families, indent=1))
-    pages = _write_site(run, features, families, f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts",
-                        with_map)
+    pages = _write_site(run, stats, features, families,
+                        f"{folder.name}: {run.sae.d_sae} features on {len(texts)} texts", with_map)
     index = folder / "browser" / "index.html"
     seconds = time.perf_counter() - started
     return {
@@ -79,7 +80,6 @@ def explain_run(run_dir: str | Path, dataset_path: str | None = None, num_exampl
         **({key: families[key] for key in ("share_in_family", "largest_share", "max_depth")} if families else {}),
         "label_scores": score_summary,
         "map": str(index.parent / "map.html") if "map.html" in pages else None,
-        **({} if "map.html" in pages or not with_map else {"note": f"no feature map: {MAP_EXTRA}"}),
         "seconds": round(seconds, 2),
         "seconds_highlighting": round(highlight_seconds, 2),
         "seconds_per_10k_texts": round(seconds / len(texts) * 10_000, 2),
@@ -106,7 +106,7 @@ class Labelled(NamedTuple):
     label_rows: dict[int, np.ndarray]  # the top texts each label was made from
     scoring: ScoringSet
     embeddings_of: Callable[[np.ndarray], torch.Tensor]  # embeddings of the rows labelling and scoring read
-    model: Any  # the fast model that embedded terms and labels
+    encoder: StringEncoder  # the fast model that embedded terms and labels, with what it embedded
 
 
 def _label(run: Any, corpus: Any, texts: list[str], stats: FeatureStats, label_texts: int) -> Labelled:
@@ -119,9 +119,10 @@ def _label(run: Any, corpus: Any, texts: list[str], stats: FeatureStats, label_t
     needed = np.unique(np.concatenate([np.zeros(0, np.int64), *label_rows.values(), *scoring.positives,
                                        *scoring.negatives, *(labelling.support[f] for f in alive), labelling.contrast]))
     embeddings_of = _embeddings_of_rows(corpus, needed, texts)
-    model = load_sentence_model(run.cfg.model_name, run.cfg.device, "fast")
-    found = label_features(model, texts, embeddings_of, alive, [label_rows[f] for f in alive], stats.firing_rows, labelling)
-    return Labelled(dict(zip(alive, found)), label_rows, scoring, embeddings_of, model)
+    labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, "fast"))
+    found = label_features(labeler.model, texts, embeddings_of, alive, [label_rows[f] for f in alive], stats.firing_rows,
+                           labelling, labeler)
+    return Labelled(dict(zip(alive, found)), label_rows, scoring, embeddings_of, labeler.encoder)
 
 
 def _highlight(sae: Any, model: Any, texts: list[str], stats: FeatureStats,
@@ -139,7 +140,7 @@ def _highlight(sae: Any, model: Any, texts: list[str], stats: FeatureStats,
 
 
 def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dict[int, np.ndarray], texts: list[str],
-                  embeddings_of: Callable[[np.ndarray], torch.Tensor], model: Any) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
+                  embeddings_of: Callable[[np.ndarray], torch.Tensor], encoder: StringEncoder) -> tuple[dict[int, tuple[float, float]], dict[str, Any]]:
     """Each scored feature's (embedding, lexical) label score, and the summary with the baselines."""
     features = [int(f) for f in scoring.features]
     if not features:
@@ -159,27 +160,28 @@ def _score_labels(scoring: ScoringSet, label_of: dict[int, str], label_rows: dic
     with progress_bar(len(candidates), "score labels") as bar:
         for name, (labels, embeddings) in candidates.items():
             if embeddings is None:
-                embeddings = encode_texts(model, labels, 256)
+                embeddings = encoder(labels, f"embed labels ({name})")
             results[name] = score_labels(labels, embeddings, scoring_texts)
             bar.update(1)
     per_feature = {f: (round(float(e), 4), round(float(x), 4)) for f, e, x in zip(features, *results["labels"])}
     return per_feature, summary(results, len(features))
 
 
-def _write_site(run: Any, features: list[FeatureRecord], families: dict[str, Any] | None, title: str,
-                with_map: bool) -> dict[str, str]:
-    """The browser, with the search page and (when umap-learn is installed) the feature map."""
-    pages = {"map.html": _feature_map(run.sae, features, families, title)} if with_map and umap_available() else {}
+def _write_site(run: Any, stats: FeatureStats, features: list[FeatureRecord], families: dict[str, Any] | None,
+                title: str, with_map: bool) -> dict[str, str]:
+    """The browser, with the search page and (``with_map``) the feature map."""
+    pages = {"map.html": _feature_map(run.sae, stats, features, families, title)} if with_map else {}
     pages["search.html"] = search_page(features, f"Search: {title}")
     write_browser(run.folder / "browser", features, title, pages)
     return pages
 
 
-def _feature_map(sae: Any, features: list[FeatureRecord], families: dict[str, Any] | None, title: str) -> str:
-    live = [f.id for f in features if not f.dead]
+def _feature_map(sae: Any, stats: FeatureStats, features: list[FeatureRecord], families: dict[str, Any] | None,
+                 title: str) -> str:
+    live = np.asarray([f.id for f in features if not f.dead], dtype=np.int64)
     coords = np.zeros((sae.d_sae, 2))
     with progress_bar(1, "feature map") as bar:
-        coords[live] = map_layout(sae.W_dec.detach().float().cpu().numpy()[live])
+        coords[live] = map_layout(stats, sae.W_dec.detach().float().cpu().numpy(), live)
         bar.update(1)
     return map_page(features, coords, family_roots(families, sae.d_sae), f"Feature map: {title}")
 

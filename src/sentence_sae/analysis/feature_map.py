@@ -1,5 +1,13 @@
-"""A map of the features: a 2-D UMAP layout of the decoder directions, drawn on one canvas in the
-browser (``browser/map.html``) so that it stays smooth with tens of thousands of features.
+"""A map of the features, laid out by how they fire on the corpus, drawn on one canvas in the browser
+(``browser/map.html``) so that it stays smooth with tens of thousands of features.
+
+Two features are near when they fire together on the same texts and when the texts each fires on
+mean the same: their similarity is the mean of the cosine between their activation columns over the
+corpus (co-activation) and the cosine between the activation-weighted centroids of the embeddings of
+their texts, less the corpus mean (where in embedding space each fires). A feature firing on fewer than MIN_FIRINGS texts
+is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
+nearest neighbours by that similarity gives the 2-D layout; decoder directions alone place related
+features no nearer than unrelated ones (``benchmarks/feature_map.py``).
 
 Each live feature is a point colored by the root of its family tree and sized by its density; hovering
 shows its label, clicking opens its page, and the search box highlights the features whose label
@@ -14,35 +22,87 @@ from typing import Any
 import numpy as np
 
 from .browser import feature_file, inline_json, page
+from .features import FeatureStats
 from .records import FeatureRecord
 
-MAP_EXTRA = "pip install 'sentence-sae[map]' (umap-learn)"
-N_NEIGHBORS = 15
+MIN_FIRINGS = 5
+"""A feature firing on fewer texts is placed by its decoder direction: too few texts say where it fires."""
+PERPLEXITY = 30.0
+"""t-SNE's perplexity: about how many neighbours shape each feature's place."""
+NEIGHBOUR_BLOCK = 2048
+"""Features whose similarities to every other feature are held at once while finding neighbours."""
 
 
-def umap_available() -> bool:
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return False
-    return True
+def place_vectors(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """[live, d_in] unit vectors of where each live feature fires: its centroid less the corpus mean
+    (every embedding shares that direction, which would make all centroids alike), or its decoder
+    direction when it fires on fewer than MIN_FIRINGS texts."""
+    activation = (stats.mean_act * stats.counts)[live, None]
+    centred = stats.centroids[live] - activation * stats.mean_embedding[None, :]
+    vectors = np.where((stats.counts[live] >= MIN_FIRINGS)[:, None], centred, decoder[live])
+    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def map_layout(directions: np.ndarray, seed: int = 0) -> np.ndarray:
-    """2-D coordinates [n, 2] of decoder directions [n, d] by UMAP on cosine distance, scaled to [0, 1]."""
+def nearest_features(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray, k: int,
+                     block: int = NEIGHBOUR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Each live feature's ``k`` nearest live features (positions in ``live``) and their distances
+    (1 - similarity, see the module), nearest first; computed ``block`` features at a time, never
+    [live, live] at once."""
+    from scipy import sparse
+
+    columns = sparse.csc_matrix((stats.sorted_values, stats.sorted_rows, stats.starts),
+                                shape=(stats.n_texts, len(stats.counts)))[:, live]
+    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(0))).ravel()
+    columns = (columns @ sparse.diags(1 / np.maximum(norms, 1e-12))).tocsc().astype(np.float32)
+    rows = columns.T.tocsr()
+    places = place_vectors(stats, decoder, live)
+    indices, distances = [], []
+    for start in range(0, len(live), block):
+        stop = min(start + block, len(live))
+        similarity = 0.5 * (places[start:stop] @ places.T) + 0.5 * (rows[start:stop] @ columns).toarray()
+        similarity[np.arange(stop - start), np.arange(start, stop)] = -np.inf
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(similarity, nearest, 1), axis=1, kind="stable")
+        nearest = np.take_along_axis(nearest, order, 1)
+        indices.append(nearest)
+        distances.append(np.clip(1 - np.take_along_axis(similarity, nearest, 1), 1e-6, 2))
+    return np.concatenate(indices), np.concatenate(distances)
+
+
+def map_layout(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D coordinates [live, 2], scaled to [0, 1], of the live features (see the module)."""
     import warnings
 
-    import umap
+    from scipy import sparse
+    from sklearn.manifold import TSNE
 
-    n = len(directions)
-    if n < 3:
+    n = len(live)
+    if n < 5:
         return np.full((n, 2), 0.5)
-    with warnings.catch_warnings():  # a fixed seed makes UMAP single-threaded, and it says so; the map must repeat
-        warnings.simplefilter("ignore", UserWarning)
-        coords = umap.UMAP(n_neighbors=min(N_NEIGHBORS, n - 1), metric="cosine", random_state=seed,
-                           init="spectral" if n > N_NEIGHBORS + 1 else "random").fit_transform(directions)
+    perplexity = min(PERPLEXITY, (n - 3) / 3)
+    k = min(n - 1, int(3 * perplexity) + 2)  # t-SNE reads 3 x perplexity + 1 neighbours besides the point itself
+    indices, distances = nearest_features(stats, decoder, live, k)
+    graph = sparse.csr_matrix((distances.ravel(), indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
+    with warnings.catch_warnings():  # the neighbours are given, so t-SNE's warning about a non-metric graph is moot
+        warnings.simplefilter("ignore")
+        coords = TSNE(perplexity=perplexity, metric="precomputed", init="random",
+                      random_state=seed).fit_transform(graph)
     coords = coords - coords.min(0)
     return coords / np.maximum(coords.max(0), 1e-12)
+
+
+def structure_score(coords: np.ndarray, dominant: np.ndarray, k: int = 10, among: np.ndarray | None = None) -> float:
+    """The share of each point's ``k`` nearest points on the map (Euclidean) whose ``dominant`` label
+    equals its own, over all points (or those where ``among`` is true): how well the map keeps like
+    with like."""
+    from sklearn.neighbors import NearestNeighbors
+
+    k = min(k, len(coords) - 1)
+    if k < 1:
+        return float("nan")
+    nearest = NearestNeighbors(n_neighbors=k + 1).fit(coords).kneighbors(coords, return_distance=False)[:, 1:]
+    same = dominant[nearest] == dominant[:, None]
+    return float(same.mean() if among is None else same[among].mean())
 
 
 def family_roots(families: dict[str, Any] | None, n: int) -> list[int]:
@@ -118,6 +178,7 @@ search.addEventListener('input', () => {
 });
 window.addEventListener('resize', () => { layout(); draw(); });
 layout(); draw(); info.textContent = `${N} live features`;
+if (location.hash.startsWith('#q=')) { search.value = decodeURIComponent(location.hash.slice(3)); search.dispatchEvent(new Event('input')); }
 document.body.dataset.rendered = performance.now().toFixed(1);
 """
 
@@ -132,8 +193,9 @@ def map_page(features: list[FeatureRecord], coords: np.ndarray, roots: list[int]
             "file": [feature_file(f.id) for f in live]}
     payload = inline_json(data)
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
-<p class="meta">Each point is a feature, placed by UMAP of its decoder direction, colored by family (grey: none),
-sized by how often it fires. Hover for its label, click to open it.</p>
+<p class="meta">Each point is a feature; features that fire together, on texts of like meaning, lie near each
+other. Colored by family (grey: none), sized by how often it fires. Hover for its label, click to open it;
+<code>map.html#q=word</code> opens the map with the word highlighted.</p>
 <div class="controls"><input id="search" type="search" placeholder="highlight a keyword or #id" aria-label="search"></div>
 <p class="meta" id="count"></p>
 <canvas id="map" style="width:100%;height:44rem;border:1px solid #e4e4e4;display:block"></canvas>

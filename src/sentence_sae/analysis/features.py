@@ -1,5 +1,5 @@
 """Feature statistics from one pass over a corpus: densities, activations, top and quantile texts,
-activation histograms and co-activation counts."""
+activation histograms, co-activation counts and where in embedding space each feature fires."""
 
 from __future__ import annotations
 
@@ -33,7 +33,10 @@ class FeatureStats:
     histograms: np.ndarray  # [d_sae, HISTOGRAM_BINS] activation counts in bins from 0 to max_act
     coactivation: np.ndarray | None  # [d_sae, d_sae] texts on which both fire (None if too large)
     sorted_rows: np.ndarray  # every firing (row) grouped by feature, strongest first within each
+    sorted_values: np.ndarray  # the activation of each firing in sorted_rows
     starts: np.ndarray  # [d_sae + 1] where each feature's rows begin in sorted_rows
+    centroids: np.ndarray  # [d_sae, d_in] activation-weighted sum of the embeddings of the texts it fires on
+    mean_embedding: np.ndarray  # [d_in] over all texts
 
     def firing_rows(self, feature: int) -> np.ndarray:
         """The rows ``feature`` fires on, strongest first."""
@@ -55,9 +58,13 @@ def collect_feature_stats(sae: BaseSAE, chunks: Iterator[torch.Tensor], top_n: i
     keep_coactivation = d_sae <= MAX_COACTIVATION_FEATURES
     coactivation = torch.zeros(d_sae, d_sae, dtype=torch.float32) if keep_coactivation else None
     rows_list, features_list, values_list = [], [], []
+    centroids = torch.zeros(d_sae, sae.W_dec.shape[1], dtype=torch.float32)
+    embedding_sum = torch.zeros(sae.W_dec.shape[1], dtype=torch.float64)
     offset = 0
     for embeddings in chunks:
         codes = encode_in_batches(sae, embeddings).float().cpu()
+        centroids += codes.t() @ embeddings.float().cpu()
+        embedding_sum += embeddings.double().sum(0).cpu()
         rows, features = codes.nonzero(as_tuple=True)
         rows_list.append((rows + offset).to(torch.int64).numpy())
         features_list.append(features.to(torch.int32).numpy())
@@ -71,11 +78,12 @@ def collect_feature_stats(sae: BaseSAE, chunks: Iterator[torch.Tensor], top_n: i
     features = np.concatenate(features_list) if features_list else np.zeros(0, np.int32)
     values = np.concatenate(values_list) if values_list else np.zeros(0, np.float32)
     return _summarize(d_sae, offset, rows, features, values, top_n,
-                      coactivation.numpy() if coactivation is not None else None)
+                      coactivation.numpy() if coactivation is not None else None, centroids.numpy(),
+                      (embedding_sum / max(offset, 1)).float().numpy())
 
 
 def _summarize(d_sae: int, n_texts: int, rows: np.ndarray, features: np.ndarray, values: np.ndarray,
-               top_n: int, coactivation: np.ndarray | None) -> FeatureStats:
+               top_n: int, coactivation: np.ndarray | None, centroids: np.ndarray, mean_embedding: np.ndarray) -> FeatureStats:
     counts = np.bincount(features, minlength=d_sae)
     sums = np.bincount(features, weights=values, minlength=d_sae)
     max_act = np.zeros(d_sae, np.float64)
@@ -103,4 +111,4 @@ def _summarize(d_sae: int, n_texts: int, rows: np.ndarray, features: np.ndarray,
             top = max(float(values[begin]), 1e-12)
             histograms[feature] = np.histogram(values[begin:end], bins=HISTOGRAM_BINS, range=(0.0, top))[0]
     return FeatureStats(n_texts, counts, mean_act, max_act, top_rows, top_values, quantile_rows, histograms,
-                        coactivation, rows, starts)
+                        coactivation, rows, values, starts, centroids, mean_embedding)

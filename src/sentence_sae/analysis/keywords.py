@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..embeddings import encode_texts
+from ..embeddings import StringEncoder
 from ..tracking import progress_bar
 from .label_score import separation
 from .words import candidates
@@ -47,6 +47,10 @@ class KeywordLabeler:
     n_candidates: int = 12
     contrastive: bool = True
     batch_size: int = 256
+    encoder: StringEncoder = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.encoder = StringEncoder(self.model, self.batch_size)
 
     def terms_all(self, feature_texts: Sequence[Sequence[str]], text_embeddings: Sequence[torch.Tensor],
                   units: torch.Tensor | None = None, positives: Sequence[np.ndarray] | None = None,
@@ -61,9 +65,7 @@ class KeywordLabeler:
         if not vocabulary:
             return [[] for _ in feature_texts]
         index = {term: i for i, term in enumerate(vocabulary)}
-        with progress_bar(len(vocabulary), "embed terms") as bar:
-            term_embeddings = torch.nn.functional.normalize(
-                encode_texts(self.model, vocabulary, self.batch_size, progress=bar.update).float().cpu(), dim=-1)
+        term_embeddings = self.encoder(vocabulary, "embed terms")
         with progress_bar(len(per_feature), "score terms") as bar:
             scored = []
             for cands, embeddings in zip(per_feature, text_embeddings):
