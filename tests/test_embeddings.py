@@ -7,6 +7,7 @@ import torch
 
 from sentence_sae.config import DEFAULT_MODEL
 from sentence_sae.embeddings import (
+    StringEncoder,
     backend_precision,
     embedding_dim,
     encode_texts,
@@ -35,6 +36,17 @@ def test_fast_backend_keeps_cosine_to_fp32(model, docs_texts):
     assert approx.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(reference, approx, dim=-1)
     assert cosine.mean() > 0.999 and cosine.min() > 0.99
+
+
+def test_string_encoder_encodes_each_distinct_string_once(model):
+    encoder = StringEncoder(model, batch_size=8)
+    first = encoder(["a chess engine", "a go board", "a chess engine"])
+    assert len(encoder._index) == 2 and torch.equal(first[0], first[2])
+    expected = torch.nn.functional.normalize(encode_texts(model, ["a chess engine", "a go board", "a text editor"], 8), dim=-1)
+    assert torch.allclose(first[:2], expected[:2], atol=1e-5)
+    second = encoder(["a text editor", "a go board"])  # only the new string is encoded
+    assert len(encoder._index) == 3
+    assert torch.allclose(second, expected[[2, 1]], atol=1e-5) and torch.equal(second[1], first[1])
 
 
 def test_unloadable_model_is_one_clear_error(tmp_path, monkeypatch):

@@ -13,9 +13,9 @@ import torch
 from helpers import headless_chrome, needs_chromium, run_cli
 from sentence_sae.analysis.highlight import without, word_contributions
 from sentence_sae.analysis.label_score import labelling_set, scoring_set
-from sentence_sae.analysis.labels import distinctive_words, label_features
+from sentence_sae.analysis.labels import RowWords, distinctive_words, label_features
 from sentence_sae.analysis.lookup import colored_words
-from sentence_sae.analysis.words import stem, word_spans
+from sentence_sae.analysis.words import content_words, stem, word_spans
 from sentence_sae.runs import open_run, text_codes
 
 TOPICS = {
@@ -80,6 +80,16 @@ def test_labels_name_what_the_texts_share(model):
     assert any(word in python for word in ("python", "interpreter", "module", "dictionary", "lists")), python
     for label in labels:
         assert 1 <= len(label.concept.split()) <= 2 and label.text.startswith(label.concept)
+
+
+def test_word_coverage_says_which_rows_contain_a_word_of_each_label():
+    sets = [frozenset(content_words(text)) for text in ("Chess engines for Linux", "A Go board", "Text editor", "")]
+    words = RowWords.of(sets)
+    labels = ["chess engine: board", "editor", "spreadsheet", "go"]
+    rows = np.array([3, 0, 2, 1])
+    expected = np.array([[bool(set(content_words(label)) & sets[r]) for label in labels] for r in rows])
+    assert expected.any() and not expected.all()
+    assert np.array_equal(words.coverage(labels, rows), expected)
 
 
 def test_stemming_folds_plurals_only():
