@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -169,6 +170,26 @@ def test_k_based_training_starts_dense_and_ends_at_top_k(tmp_path, model, docs_s
     assert len(l0) == 32 and 24 < l0[0] <= 32 and 14 < l0[4] <= 20  # k = 32, then 20 at step 4 of 8
     assert all(7 < value <= 8 for value in l0[8:])
     assert trainer.k() == 8 and 7 < result.metrics["l0"] <= 8  # inference uses top_k
+
+
+def test_a_run_ends_its_metrics_with_the_time_of_each_phase(tmp_path, model, jsonl_file):
+    from sentence_sae import train
+    from sentence_sae.tracking import PHASES
+
+    cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), dict_size=128, num_epochs=1, num_examples=None,
+                   model_batch_size=8, num_batches_in_buffer=4, batch_size=8, num_eval_examples=10, checkpoint_freq=3,
+                   use_cache=False)
+    started = time.perf_counter()
+    result = train(cfg)
+    wall = time.perf_counter() - started
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    phases = {name: rows[-1][f"phase/{name}_s"] for name in PHASES}
+    assert rows[-1]["step"] == result.steps and "eval/fvu" in rows[-1]  # logged with the final metrics
+    assert all("phase/train_s" not in row for row in rows[:-1])
+    # start-up loads nothing here (the model is cached in the process) but opens the data; the first batch
+    # waits for texts to be encoded; evaluation and saving write and read real files
+    assert all(seconds > 0 for seconds in phases.values()), phases
+    assert sum(phases.values()) <= wall  # disjoint parts of the train() call
 
 
 def test_train_sae_from_text_logs_to_a_wandb_offline_run(tmp_path, model, jsonl_file):

@@ -5,6 +5,7 @@ corpus is encoded (or read from the cache) once for all of them.
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any, Mapping, Sequence
 
 from .activation_store import ActivationsStoreSBERT
@@ -59,9 +60,10 @@ def grid_configs(base: SAEConfig, grid: Mapping[str, Sequence[Any]]) -> list[SAE
 
 def sweep(cfg: SAEConfig | Mapping[str, Any], grid: Mapping[str, Sequence[Any]]) -> list[TrainResult]:
     """Train one SAE per grid point on a single pass of embeddings; one run folder each."""
+    started = time.perf_counter()
     base = cfg if isinstance(cfg, SAEConfig) else from_mapping(cfg)
     configs = grid_configs(base, grid)
     model = load_sentence_model(configs[0].model_name, configs[0].device, configs[0].encode_backend)
     store = ActivationsStoreSBERT(model, configs[0])
-    trainers = [Trainer(create_sae(c), store, c) for c in configs]
+    trainers = [Trainer(create_sae(c), store, c, set_up_since=started) for c in configs]
     return run_training(trainers, store)

@@ -10,8 +10,10 @@ import json
 import math
 import os
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import SAEConfig
 from .errors import CheckpointError, first_line
@@ -19,6 +21,30 @@ from .files import checksum_path, disk_full, out_of_space, verify_checksum, writ
 
 
 METRICS_FILE = "metrics.jsonl"
+PHASES = ("start_up", "data_wait", "train", "evaluate", "save")
+"""The phases of a run's wall time, logged as ``phase/NAME_s`` with its final metrics."""
+
+
+class PhaseTimer:
+    """Wall seconds this process spent in each phase of a run: start-up (from the start of ``train``
+    to the first batch request: model, data, cache), data_wait (training waiting for embeddings to be
+    encoded or read), train (the steps), evaluate (held-out evaluations, calibration) and save
+    (checkpoints, the final save). A regression shows as a phase that grew."""
+
+    def __init__(self, start_up: float = 0.0):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.seconds["start_up"] = start_up
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - started
+
+    def record(self) -> dict[str, float]:
+        return {f"phase/{name}_s": round(value, 3) for name, value in self.seconds.items()}
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from .recipe import RunSize, fill_recipe, sparsity_target
 from .schedules import adam, clip_gradients, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
 from .steering import DeadFeatures, SparsityCoefficient, diverged, fvu_miss, l0_miss
-from .tracking import RunLogger, progress_bar
+from .tracking import PhaseTimer, RunLogger, progress_bar
 
 KEEP_CHECKPOINTS = 2
 TRAINER_STATE = "trainer_state.pt"
@@ -89,7 +89,9 @@ class Trainer:
 
     def __init__(self, sae: BaseSAE, store: BatchSource, cfg: SAEConfig, run_dir: Path | None = None,
                  resume_state: dict[str, Any] | None = None, is_main: bool = True,
-                 collectives: SingleProcess | None = None):
+                 collectives: SingleProcess | None = None, set_up_since: float | None = None):
+        """``set_up_since``: when setting the run up began (``time.perf_counter()``), for the start-up phase."""
+        self.phases = PhaseTimer(0.0 if set_up_since is None else time.perf_counter() - set_up_since)
         self.sae = sae
         self.store = store
         self.cfg = cfg
@@ -325,13 +327,16 @@ class Trainer:
 
     def on_batch(self, batch: torch.Tensor) -> dict[str, float]:
         """One step, plus the held-out evaluation and checkpoint when they are due."""
-        metrics = self.training_step(batch)
+        with self.phases.phase("train"):
+            metrics = self.training_step(batch)
         if self.is_main and self.cfg.perf_log_freq and self.step % self.cfg.perf_log_freq == 0:
-            metrics.update(self.evaluate())
+            with self.phases.phase("evaluate"):
+                metrics.update(self.evaluate())
             self.history.append({"step": self.step, **metrics})
         self.logger.log(metrics, self.step)
         if self.cfg.checkpoint_freq and self.step % self.cfg.checkpoint_freq == 0:
-            self.save_checkpoint()
+            with self.phases.phase("save"):
+                self.save_checkpoint()
         return metrics
 
     def calibrate(self) -> None:
@@ -366,16 +371,19 @@ class Trainer:
         return final
 
     def finish(self, end_reason: str) -> TrainResult:
-        """Threshold calibration, final evaluation, final save, and the result."""
-        if self.is_main:
-            self.calibrate()
-        final = self.final_metrics() if self.is_main else {}
+        """Threshold calibration, final evaluation, final save, and the result; the final metrics are
+        logged with the run's phase breakdown."""
+        with self.phases.phase("evaluate"):
+            if self.is_main:
+                self.calibrate()
+            final = self.final_metrics() if self.is_main else {}
         warnings = (l0_miss(self.sae.architecture, final.get("eval/val_l0"), self.l0_target(), self.sae.uses_top_k),
                     fvu_miss(final.get("eval/fvu")))
         for warning in filter(None, warnings):
             print(warning, file=sys.stderr)
-        self.logger.log(final, self.step)
-        self.save_final()
+        with self.phases.phase("save"):
+            self.save_final()
+        self.logger.log({**final, **self.phases.record()}, self.step)
         seconds = time.perf_counter() - self.started
         metrics = {key.removeprefix("eval/"): value for key, value in final.items()}
         result = TrainResult(self.run_dir, metrics, self.store.examples_served * self.world_size, self.step,
@@ -409,7 +417,7 @@ def feed_batches(trainers: list[Trainer], store: BatchSource) -> str:
     """Train every trainer on each batch until the store has none left, then close it; returns why."""
     planned = store.planned_examples()
     with contextlib.closing(store), StopOnSignals() as signals:
-        sample = store.initial_sample()
+        sample = timed_data_wait(trainers, store.initial_sample)
         for trainer in trainers:
             trainer.prepare(planned, sample)
         label = trainers[0].cfg.sae_type if len(trainers) == 1 else f"{len(trainers)} SAEs"
@@ -418,7 +426,7 @@ def feed_batches(trainers: list[Trainer], store: BatchSource) -> str:
         with bar:
             while True:
                 try:
-                    batch = next_batch_everywhere(store, trainers[0].collectives)
+                    batch = timed_data_wait(trainers, lambda: next_batch_everywhere(store, trainers[0].collectives))
                 except DataError as exc:  # reading failed part-way: say what is safe
                     raise DataError(f"{exc}{trainers[0]._checkpoint_note()}") from None
                 if batch is None:
@@ -441,6 +449,16 @@ def _close_logs_on_error(trainers: list[Trainer]) -> Iterator[None]:
         for trainer in trainers:
             trainer.logger.finish({}, exit_code=1)
         raise
+
+
+def timed_data_wait(trainers: list[Trainer], read: Callable[[], Any]) -> Any:
+    """``read()``, its time counted as every trainer's data wait (they share one pass of embeddings)."""
+    started = time.perf_counter()
+    try:
+        return read()
+    finally:
+        for trainer in trainers:
+            trainer.phases.seconds["data_wait"] += time.perf_counter() - started
 
 
 def next_batch_everywhere(store: BatchSource, collectives: SingleProcess) -> torch.Tensor | None:

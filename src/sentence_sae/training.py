@@ -84,12 +84,13 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
     """Finalize ``cfg``, load the model, stream the data and train an SAE; returns its results.
     Under torchrun (WORLD_SIZE > 1) the processes train one SAE data-parallel."""
+    started = time.perf_counter()
     if not isinstance(cfg, SAEConfig):
         cfg = from_mapping(cfg)
     with DistributedContext.from_environment() as context:
         cfg, store, sae = _set_up(context, cfg)
         return Trainer(sae, store, cfg, run_dir=context.run_dir(cfg), is_main=context.is_main,
-                       collectives=context.collectives).train()
+                       collectives=context.collectives, set_up_since=started).train()
 
 
 def _set_up(context: DistributedContext, cfg: SAEConfig) -> tuple[SAEConfig, ActivationsStoreSBERT, BaseSAE]:
@@ -121,6 +122,7 @@ def load_trainer_state(folder: Path) -> dict[str, Any]:
 def resume(run_dir: str | Path) -> TrainResult:
     """Continue the run in ``run_dir`` from its last checkpoint, exactly where it stopped: same
     weights, optimizer, schedules, counters, random states and data position."""
+    started = time.perf_counter()
     folder = Path(run_dir)
     if not folder.is_dir():
         raise CheckpointError(f"run folder {folder} does not exist")
@@ -136,7 +138,7 @@ def resume(run_dir: str | Path) -> TrainResult:
         truncate_metrics(folder / "metrics.jsonl", int(state["step"]))
         print(f"Resuming {folder} from step {state['step']} ({checkpoint.name})", file=sys.stderr)
         return Trainer(sae, store, cfg, run_dir=folder, resume_state=state, is_main=context.is_main,
-                       collectives=context.collectives).train()
+                       collectives=context.collectives, set_up_since=started).train()
 
 
 def check_same_data(recorded: str | None, current: str | None, cfg: SAEConfig, checkpoint: Path) -> None:
