@@ -138,6 +138,9 @@ def test_families_follow_the_asymmetric_conditional_probabilities():
 def test_keyword_candidates_skip_stop_words():
     assert candidates("The assert statement raises an AssertionError") == [
         "assert", "assert statement", "statement", "statement raises", "raises", "assertionerror"]
+    # a synopsis that ends with the name the description starts with gives no "vlc vlc" phrase
+    assert candidates("multimedia player vlc. VLC plays files") == [
+        "multimedia", "multimedia player", "player", "player vlc", "vlc", "vlc plays", "plays", "plays files", "files"]
 
 
 def test_encode_texts_uses_the_sae_model(labelled_run, model):

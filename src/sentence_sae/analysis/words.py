@@ -63,13 +63,15 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 def candidates(text: str) -> list[str]:
     """Words (3+ letters) and two-word phrases of ``text`` (its first MAX_WORDS words) without stop
-    words, lower-cased, unique."""
+    words or a word twice ("vlc vlc" where a synopsis ends with the name the description starts with),
+    lower-cased, unique."""
     words = [w.lower() for w in WORD.findall(text)[:MAX_WORDS]]
     found: dict[str, None] = {}
     for i, word in enumerate(words):
         if word in STOP_WORDS or len(word) < 3:
             continue
         found[word] = None
-        if i + 1 < len(words) and words[i + 1] not in STOP_WORDS and len(words[i + 1]) >= 3:
+        if (i + 1 < len(words) and words[i + 1] not in STOP_WORDS and len(words[i + 1]) >= 3
+                and words[i + 1] != word):
             found[f"{word} {words[i + 1]}"] = None
     return list(found)
