@@ -41,7 +41,10 @@ class PhaseTimer:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - started
+            self.add(name, time.perf_counter() - started)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] += seconds
 
     def record(self) -> dict[str, float]:
         return {f"phase/{name}_s": round(value, 3) for name, value in self.seconds.items()}

@@ -457,8 +457,9 @@ def timed_data_wait(trainers: list[Trainer], read: Callable[[], Any]) -> Any:
     try:
         return read()
     finally:
+        seconds = time.perf_counter() - started
         for trainer in trainers:
-            trainer.phases.seconds["data_wait"] += time.perf_counter() - started
+            trainer.phases.add("data_wait", seconds)
 
 
 def next_batch_everywhere(store: BatchSource, collectives: SingleProcess) -> torch.Tensor | None:

@@ -4,8 +4,8 @@
 Two features are near when they fire together on the same texts and when the texts each fires on
 mean the same: their similarity is the mean of the cosine between their activation columns over the
 corpus (co-activation) and the cosine between the activation-weighted centroids of the embeddings of
-their texts, less the corpus mean (where in embedding space each fires). A feature firing on fewer than MIN_FIRINGS texts
-is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
+their texts, less the corpus mean (where in embedding space each fires). A feature firing on fewer
+than MIN_FIRINGS texts is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
 nearest neighbours by that similarity gives the 2-D layout; decoder directions alone place related
 features no nearer than unrelated ones (``benchmarks/feature_map.py``).
 

@@ -63,12 +63,15 @@ def collect_feature_stats(sae: BaseSAE, chunks: Iterator[torch.Tensor], top_n: i
     offset = 0
     for embeddings in chunks:
         codes = encode_in_batches(sae, embeddings).float().cpu()
-        centroids += codes.t() @ embeddings.float().cpu()
-        embedding_sum += embeddings.double().sum(0).cpu()
+        embeddings = embeddings.float().cpu()
+        embedding_sum += embeddings.double().sum(0)
         rows, features = codes.nonzero(as_tuple=True)
+        values = codes[rows, features]
+        # over the firings only: a dense codes.T @ embeddings costs d_sae / L0 times as much
+        centroids.index_add_(0, features, values[:, None] * embeddings[rows])
         rows_list.append((rows + offset).to(torch.int64).numpy())
         features_list.append(features.to(torch.int32).numpy())
-        values_list.append(codes[rows, features].numpy())
+        values_list.append(values.numpy())
         if coactivation is not None:
             fired = (codes > 0).float()
             sparse = fired.to_sparse().t()
