@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("config",),
     ("recipe",),
     ("tracking",),
-    ("data", "embeddings"),
+    ("data", "openvino_encoder", "embeddings"),
     ("cache",),
     ("corpus",),
     ("activation_store",),

@@ -19,6 +19,7 @@ from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.cache import EmbeddingCache, cache_key_for, open_cache
 from sentence_sae.embeddings import load_sentence_model
 from sentence_sae.errors import CacheError
+from sentence_sae.openvino_encoder import openvino_precision
 
 
 class ForwardCounter:
@@ -71,10 +72,15 @@ def test_cache_key_changes_with_everything_that_changes_embeddings(tmp_path, mod
     folder = cache_key_for(base, model).folder_name()
     assert cache_key_for(make_cfg(tmp_path, model, dataset_path=str(jsonl_file)), model).folder_name() == folder
     assert cache_key_for(base.replace(text_column="id"), model).folder_name() != folder
-    assert cache_key_for(base.replace(encode_backend="fast"), model).folder_name() != folder
     assert cache_key_for(base.replace(dataset_path="python-docs"), model).folder_name() != folder
+    # The key records the backend the model was loaded with (what auto chose), not the word in the config.
     bf16 = load_sentence_model(base.model_name, "cpu", "bfloat16")
+    fast_key = cache_key_for(base.replace(encode_backend="fast"), load_sentence_model(base.model_name, "cpu", "fast"))
+    assert fast_key.folder_name() != folder and (fast_key.backend, fast_key.precision) == ("fast", "bfloat16")
     assert cache_key_for(base.replace(encode_backend="bfloat16"), bf16).model_weights != cache_key_for(base, model).model_weights
+    auto_key = cache_key_for(base.replace(encode_backend="auto"), load_sentence_model(base.model_name, "cpu", "auto"))
+    assert (auto_key.backend, auto_key.precision) == ("openvino", openvino_precision())
+    assert auto_key.folder_name() != folder and auto_key.model_weights == cache_key_for(base, model).model_weights
     prompted = cache_key_for(base.replace(prompt="query: "), model)
     assert prompted.folder_name() != folder and prompted.fields()["prompt"] == "query: "
     assert "prompt" not in cache_key_for(base, model).fields()  # caches from before prompts keep their folder
@@ -88,7 +94,7 @@ def test_killed_embed_leaves_a_valid_cache_that_the_next_run_resumes(tmp_path, d
     cache_root = tmp_path / "cache"
     args = [sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", "python-docs", "--num_examples",
             "744", "--num_eval_examples", "256", "--cache_dir", str(cache_root), "--cache_shard_size", "96", "--model_batch_size", "16",
-            "--num_batches_in_buffer", "6", "--batch_size", "32"]
+            "--num_batches_in_buffer", "6", "--batch_size", "32", "--encode_backend", "torch"]
     env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
     # killed right after its 4th shard is written (tests/signal_at.py), whatever the machine's speed
     killed = subprocess.run([sys.executable, str(Path(__file__).with_name("signal_at.py")), "shard", "4", "SIGKILL",

@@ -125,7 +125,7 @@ def test_every_choice_is_checked_where_it_is_set_and_lists_the_valid_values():
     for key, bad in (("dtype", "float8"), ("b_dec_init", "median"), ("encode_backend", "onnx"), ("wandb_mode", "on")):
         with pytest.raises(ConfigError, match=f"{key} '{bad}' is not valid; use one of " + ", ".join(choices_of(key))):
             SAEConfig(**{key: bad})
-    assert choices_of("encode_backend") == ("torch", "fast", "bfloat16", "float16", "int8")
+    assert choices_of("encode_backend") == ("auto", "torch", "openvino", "fast", "bfloat16", "float16", "int8")
     assert choices_of("sae_type") == ()  # pluggable: checked against the registry when finalized
 
 

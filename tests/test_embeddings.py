@@ -1,4 +1,4 @@
-"""Models and encoder backends: offline default model, fast backend fidelity, clear load errors."""
+"""Models and encoder backends: offline default model, fast and openvino fidelity, auto's choice, clear load errors."""
 
 from __future__ import annotations
 
@@ -6,16 +6,23 @@ import pytest
 import torch
 
 from sentence_sae.config import DEFAULT_MODEL
+from sentence_sae.config import default_cache_root
 from sentence_sae.embeddings import (
+    AUTO_MIN_COSINE,
+    EncoderBackend,
     StringEncoder,
     backend_precision,
     embedding_dim,
     encode_texts,
+    encoder_backend,
+    fastest_faithful,
     load_sentence_model,
+    model_fingerprint,
     resolve_model_path,
     resolve_prompt,
 )
 from sentence_sae.errors import ConfigError, ModelError
+from sentence_sae.openvino_encoder import openvino_precision, to_openvino
 
 
 def test_default_model_loads_offline_from_the_package(model):
@@ -36,6 +43,56 @@ def test_fast_backend_keeps_cosine_to_fp32(model, docs_texts):
     assert approx.dtype == torch.float32
     cosine = torch.nn.functional.cosine_similarity(reference, approx, dim=-1)
     assert cosine.mean() > 0.999 and cosine.min() > 0.99
+
+
+def fresh_model():
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(resolve_model_path(DEFAULT_MODEL), device="cpu").eval()
+
+
+def cosine_to(reference: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(reference, approx, dim=-1)
+
+
+def test_openvino_backend_keeps_fp32_embeddings_and_exports_once(model, docs_texts):
+    texts = docs_texts[:200]
+    ov = load_sentence_model(DEFAULT_MODEL, "cpu", "openvino")
+    assert encoder_backend(ov) == EncoderBackend("openvino", openvino_precision())
+    cosine = cosine_to(encode_texts(model, texts, 32), encode_texts(ov, texts, 32))
+    assert cosine.mean() > 0.9999 and cosine.min() > 0.999
+    # Prompts and pooling stay the model's own: a prompt changes the text, not the graph.
+    prompted = cosine_to(encode_texts(model, texts[:8], prompt="query: "), encode_texts(ov, texts[:8], prompt="query: "))
+    assert prompted.min() > 0.999
+    # The export is kept per model (named by the weights) and reused: a second conversion writes nothing.
+    exported = list((default_cache_root() / "onnx").glob("*.onnx"))
+    assert [path.name for path in exported] == [f"all-MiniLM-L6-v2-{model_fingerprint(model)[:16]}.onnx"]
+    written = exported[0].stat().st_mtime_ns
+    to_openvino(fresh_model(), exported[0])
+    assert exported[0].stat().st_mtime_ns == written
+    assert model_fingerprint(ov) == model_fingerprint(model)  # caches are keyed by the weights it came from
+
+
+def test_a_damaged_export_is_made_again(tmp_path, model, docs_texts):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"not an onnx file")
+    converted = to_openvino(fresh_model(), path)
+    assert path.stat().st_size > 1_000_000
+    assert cosine_to(encode_texts(model, docs_texts[:16]), encode_texts(converted, docs_texts[:16])).min() > 0.999
+
+
+def test_auto_takes_the_first_faithful_backend_and_skips_lossy_ones(model, docs_texts):
+    auto = load_sentence_model(DEFAULT_MODEL, "cpu", "auto")
+    assert encoder_backend(auto).name == "openvino"  # installed with the test extra, and first in auto_order
+    # int8 keeps mean cosine about 0.95 to fp32: auto passes it over for the next candidate.
+    chosen = fastest_faithful(fresh_model(), "cpu", DEFAULT_MODEL, candidates=["int8", "openvino"])
+    assert encoder_backend(chosen).name == "openvino"
+    # When nothing is faithful enough the fp32 model is kept, whole, after the trials.
+    kept = fastest_faithful(fresh_model(), "cpu", DEFAULT_MODEL, candidates=["openvino", "fast"], min_cosine=1.01)
+    assert encoder_backend(kept) == EncoderBackend("torch", "float32")
+    assert next(kept.parameters()).dtype == torch.float32
+    assert torch.allclose(encode_texts(kept, docs_texts[:8]), encode_texts(model, docs_texts[:8]), atol=1e-5)
+    assert AUTO_MIN_COSINE == 0.999
 
 
 def test_string_encoder_encodes_each_distinct_string_once(model):

@@ -16,32 +16,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .config import DEFAULT_SHARD_ROWS
+from .config import DEFAULT_SHARD_ROWS, default_cache_root
 from .data import DatasetSource
-from .embeddings import backend_precision, embedding_dim, resolve_prompt
+from .embeddings import embedding_dim, encoder_backend, model_fingerprint, resolve_prompt
 from .errors import CacheError
 from .files import atomic_write, atomic_write_text, sha256_file
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-
-
-def default_cache_root() -> Path:
-    """``$SENTENCE_SAE_CACHE``, else ``$XDG_CACHE_HOME/sentence-sae``, else ``~/.cache/sentence-sae``."""
-    if os.environ.get("SENTENCE_SAE_CACHE"):
-        return Path(os.environ["SENTENCE_SAE_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser()
-    return base / "sentence-sae"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,19 +63,6 @@ def manifest_checksum(manifest: dict[str, Any]) -> str:
     """A checksum of the manifest's own content (every key but ``checksum``)."""
     content = {key: value for key, value in manifest.items() if key != "checksum"}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-
-
-@lru_cache(maxsize=8)
-def model_fingerprint(model: Any) -> str:
-    """A hash of the model's weights: two models share a cache only if they compute the same thing."""
-    import torch
-
-    hasher = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        hasher.update(name.encode())
-        hasher.update(str(tuple(tensor.shape)).encode())
-        hasher.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return hasher.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -135,8 +112,8 @@ def cache_key_for(cfg: Any, model: Any, source: DatasetSource | None = None) -> 
         dataset_revision=cfg.dataset_revision,
         dataset_content=source.fingerprint,
         text_column=cfg.text_column,
-        backend=cfg.encode_backend,
-        precision=backend_precision(cfg.encode_backend, cfg.device),
+        backend=encoder_backend(model).name,
+        precision=encoder_backend(model).precision,
         prompt=resolve_prompt(model, cfg.prompt, cfg.prompt_name),
     )
 

