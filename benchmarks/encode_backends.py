@@ -59,7 +59,7 @@ def whole_processes(texts: list[str]) -> None:
             run = run_process(["sentence-sae", "embed", "--dataset_path", str(data), "--encode_backend", backend,
                                "--cache_dir", str(Path(tmp) / f"embeddings-{index}")],
                               env={"SENTENCE_SAE_CACHE": str(shared_root)})
-            chose = Path(json.loads(run.stdout.strip().splitlines()[-1])["cache_dir"]).name.split("-")[-2]
+            chose = json.loads(run.stdout.strip().splitlines()[-1])["encode_backend"]
             baseline = baseline or run.seconds
             print(f"| {name} | {run.seconds:.1f} | {baseline / run.seconds:.2f}x | {chose} |", flush=True)
 

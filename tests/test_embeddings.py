@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from sentence_sae.config import DEFAULT_MODEL
-from sentence_sae.config import default_cache_root
+from sentence_sae import load_embeddings
+from sentence_sae.config import DEFAULT_MODEL, default_cache_root
 from sentence_sae.embeddings import (
     AUTO_MIN_COSINE,
     EncoderBackend,
@@ -132,3 +136,16 @@ def test_prompts_by_text_or_by_the_models_name_for_them(model, docs_texts):
     assert resolve_prompt(model, None, "query") is None  # MiniLM names query and document prompts, both empty
     with pytest.raises(ConfigError, match="not both"):
         resolve_prompt(with_prompts, "x", "query")
+
+
+def test_embed_by_default_encodes_with_what_auto_chose_and_says_so(tmp_path, model, jsonl_file, small_texts):
+    done = subprocess.run([sys.executable, "-m", "sentence_sae", "embed", "--dataset_path", str(jsonl_file),
+                           "--num_eval_examples", "8", "--num_examples", "none", "--cache_dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["encode_backend"] == "openvino" and "-openvino-" in summary["cache_dir"]
+    manifest = json.loads((tmp_path / "cache" / summary["cache_dir"].rsplit("/", 1)[1] / "manifest.json").read_text())
+    assert (manifest["key"]["backend"], manifest["key"]["precision"]) == ("openvino", openvino_precision())
+    cached = torch.from_numpy(load_embeddings(summary["cache_dir"])[:])
+    assert cosine_to(encode_texts(model, small_texts), cached).min() > 0.999

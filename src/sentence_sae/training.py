@@ -19,7 +19,7 @@ from .checkpoint import saved_config
 from .config import SAEConfig, from_mapping
 from .corpus import Corpus
 from .distributed import DistributedContext
-from .embeddings import load_sentence_model, require_dim
+from .embeddings import encoder_backend, load_sentence_model, require_dim
 from .errors import CacheError, CheckpointError, ConfigError, TrainingStopped, first_line
 from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
@@ -78,7 +78,8 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
         print(f"skipped {skipped} rows of {cfg.dataset_path} with a null or empty '{cfg.text_column}'",
               file=sys.stderr)
     return {"cache_dir": str(cache.folder), "rows": rows, "encoded": rows - before, "complete": cache.complete,
-            "skipped_texts": skipped, "seconds": round(time.perf_counter() - started, 2)}
+            "skipped_texts": skipped, "encode_backend": encoder_backend(model).name,
+            "seconds": round(time.perf_counter() - started, 2)}
 
 
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
