@@ -36,7 +36,8 @@ def isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def model():
-    return load_sentence_model(DEFAULT_MODEL, "cpu")
+    """The fp32 model: tests compare against exact embeddings (make_cfg encodes at fp32 too)."""
+    return load_sentence_model(DEFAULT_MODEL, "cpu", "torch")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@ so that tests of killed and interrupted runs do not depend on the machine's spee
 
     python tests/signal_at.py checkpoint 20 SIGKILL train ...   # right after checkpoint step_20 is written
     python tests/signal_at.py shard 4 SIGKILL embed ...          # right after the 4th cache shard is written
+    torchrun ... tests/signal_at.py rank1-shard 2 SIGKILL embed ...  # rank 1, right after its 2nd shard
 
 The signal is real and goes through the same handlers as one sent from outside; only its moment is fixed.
 """
@@ -38,6 +39,11 @@ if __name__ == "__main__":
         signal_after(trainer.Trainer, "save_checkpoint", lambda t: t.step == count, signum)
     elif point == "shard":
         signal_after(cache.EmbeddingCache, "_write_shard", lambda c: len(c.shards) == count, signum)
+    elif point == "rank1-shard":  # a process of a distributed embed: its own shards, outside the manifest
+        written = []
+        if os.environ.get("RANK") == "1":
+            signal_after(cache.EmbeddingCache, "write_shard_at", lambda c: written.append(1) or len(written) == count,
+                         signum)
     else:
-        raise SystemExit(f"unknown point {point!r}; use checkpoint or shard")
+        raise SystemExit(f"unknown point {point!r}; use checkpoint, shard or rank1-shard")
     sys.exit(main(command))

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,54 @@ def test_two_processes_stream_their_own_split_without_a_cache(tmp_path, docs_tex
     summary = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     # each rank: its half, less its 10 held-out texts and its 14 validation texts (half of 10% of 290)
     assert 2 * (300 - 2 * 10 - 2 * 14) - 32 <= summary["examples"] <= 2 * (300 - 2 * 10 - 2 * 14)
+
+
+EMBED = ["embed", "--dataset_path", "python-docs", "--num_examples", "700", "--num_eval_examples", "64",
+         "--cache_shard_size", "96", "--encode_backend", "torch"]
+ONE_THREAD = {**ENV, "OMP_NUM_THREADS": "1"}  # what torchrun gives each process: the same arithmetic
+
+
+def manifest_of(summary: dict) -> dict:
+    manifest = json.loads((Path(summary["cache_dir"]) / "manifest.json").read_text())
+    return {key: manifest[key] for key in ("key", "rows", "complete", "skipped_texts", "shards")}
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads([line for line in stdout.strip().splitlines() if line.startswith("{")][-1])
+
+
+@pytest.fixture(scope="module")
+def embedded_by_one(tmp_path_factory) -> dict:
+    """The manifest a single process writes for EMBED."""
+    folder = tmp_path_factory.mktemp("embed-one")
+    done = subprocess.run([sys.executable, "-m", "sentence_sae", *EMBED, "--cache_dir", str(folder)],
+                          capture_output=True, text=True, env=ONE_THREAD, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return manifest_of(last_json(done.stdout))
+
+
+@pytest.mark.slow
+def test_embed_under_torchrun_writes_the_shards_one_process_writes(tmp_path, embedded_by_one):
+    done = torchrun(2, *EMBED, "--cache_dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert summary["processes"] == 2 and summary["encoded"] == summary["rows"] == embedded_by_one["rows"]
+    assert manifest_of(summary) == embedded_by_one  # the same shard files, byte for byte (sha256)
+    assert len(embedded_by_one["shards"]) >= 6 and not list(tmp_path.glob("*/shard_*.json"))
+
+
+@pytest.mark.slow
+def test_a_killed_process_of_a_torchrun_embed_resumes_where_it_stopped(tmp_path, embedded_by_one):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                "127.0.0.1", "--master_port", str(free_port())]
+    signal_at = str(Path(__file__).with_name("signal_at.py"))
+    killed = subprocess.run([*launcher, signal_at, "rank1-shard", "2", "SIGKILL", *EMBED, "--cache_dir", str(tmp_path)],
+                            capture_output=True, text=True, env=ENV, timeout=900)
+    assert killed.returncode != 0
+    written = list(tmp_path.glob("*/shard_*.json"))  # shards written whole, not yet in a manifest
+    assert len(written) >= 2
+    resumed = torchrun(2, *EMBED, "--cache_dir", str(tmp_path))
+    assert resumed.returncode == 0, resumed.stderr
+    summary = last_json(resumed.stdout)
+    assert summary["encoded"] <= summary["rows"] - 96 * len(written)  # what the killed call wrote is kept
+    assert manifest_of(summary) == embedded_by_one

@@ -222,6 +222,18 @@ class ActivationStoreBase:
         self._generator.set_state(state["shuffle_state"])
 
 
+def counted_split(cfg: SAEConfig, corpus: Corpus) -> tuple[int | None, int]:
+    """(the corpus's rows, counted up to texts_worth_counting: None when it cannot be counted; the
+    validation set's size). The held-out set comes first, then validation, then training."""
+    try:
+        rows = corpus.count(limit=texts_worth_counting(cfg))
+    except DataError:  # needed for the validation set's size; else the reading reports it later
+        if cfg.num_val_examples is None:
+            raise
+        rows = None
+    return rows, validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
+
+
 class ActivationsStoreSBERT(ActivationStoreBase):
     """Streams texts, encodes them with ``model`` and serves shuffled embedding minibatches.
 
@@ -239,14 +251,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
         self._eval_texts: list[str] | None = None
-        # the validation set's size and the batch depend on the corpus's only up to texts_worth_counting rows
-        try:
-            rows = self.corpus.count(limit=texts_worth_counting(cfg))
-        except DataError:  # needed for the validation set's size; else the reading reports it later
-            if cfg.num_val_examples is None:
-                raise
-            rows = None
-        self.num_val_examples = validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
+        rows, self.num_val_examples = counted_split(cfg, self.corpus)
         self.training_start = cfg.num_eval_examples + self.num_val_examples
         self.training_texts = None if rows is None else max(rows - self.training_start, 0)
         self.corpus.show_progress(self.training_start + self.buffer_capacity)  # until the first step

@@ -18,6 +18,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,9 @@ from .files import atomic_write, atomic_write_text, sha256_file
 
 CACHE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAPPED_SHARDS = 4
+"""Shards a reader keeps memory-mapped at once: the pages a mapping has read count as the process's
+resident memory, so keeping every shard mapped would grow it with the rows read, not the buffer."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +130,7 @@ class ShardedEmbeddings:
     """A read-only (N, d) float32 array over memory-mapped shard files, in dataset order.
 
     Slicing, integer and integer-array indexing return numpy arrays holding only the rows asked
-    for; the shards themselves stay on disk (the OS pages them in and out as needed).
+    for; the shards themselves stay on disk, at most MAPPED_SHARDS of them mapped at a time.
     """
 
     def __init__(self, folder: Path, shards: list[dict[str, Any]], dim: int):
@@ -136,7 +140,7 @@ class ShardedEmbeddings:
         self._checksums = [shard.get("sha256") for shard in shards]
         self._rows = np.array([shard["rows"] for shard in shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(self._rows)]).astype(np.int64)
-        self._maps: dict[int, np.ndarray] = {}
+        self._maps: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -149,7 +153,9 @@ class ShardedEmbeddings:
         return int(self._starts[-1])
 
     def _shard(self, index: int) -> np.ndarray:
-        if index not in self._maps:
+        if index in self._maps:
+            self._maps.move_to_end(index)
+        else:
             path = self._files[index]
             if self._checksums[index]:
                 verify_shard(path, self._checksums[index], self.folder)
@@ -162,6 +168,8 @@ class ShardedEmbeddings:
                 raise CacheError(f"cache shard {path} has shape {array.shape}, expected "
                                       f"{(int(self._rows[index]), self.dim)}; delete {self.folder} to rebuild it")
             self._maps[index] = array
+            while len(self._maps) > MAPPED_SHARDS:  # unmapped, its pages leave this process's memory
+                self._maps.popitem(last=False)
         return self._maps[index]
 
     def _read_range(self, start: int, stop: int) -> np.ndarray:
@@ -373,6 +381,53 @@ class EmbeddingCache:
                              f"the cache stays valid up to row {valid_rows}: free disk space, or set cache_dir "
                              "elsewhere") from None
         _VERIFIED_SHARDS.add(_identity(self.folder / name, digest))  # this process wrote it
+
+    # shards written by several processes (embed under torchrun) ----------------------------------
+    def write_shard_at(self, index: int, block: np.ndarray) -> None:
+        """Write shard ``index`` with its record (file, rows, sha256) beside it, outside the manifest:
+        each process of a distributed embed writes its own shards, and adopt_shards lists them."""
+        name = f"shard_{index:05d}.npy"
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.ascontiguousarray(block, dtype=np.float32))
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.folder / name, write)
+            record = {"file": name, "rows": int(len(block)), "sha256": sha256_file(self.folder / name)}
+            atomic_write_text(self._record_path(index), json.dumps(record))
+        except OSError as exc:
+            raise CacheError(f"could not write {name} into the embedding cache {self.folder} ({exc.strerror or exc}); "
+                             "free disk space, or set cache_dir elsewhere") from None
+
+    def _record_path(self, index: int) -> Path:
+        return self.folder / f"shard_{index:05d}.json"
+
+    def written_shard(self, index: int) -> dict[str, Any] | None:
+        """The record of shard ``index`` when write_shard_at wrote it whole (its file matches the
+        record's checksum); None when it is missing or was cut short (a killed process)."""
+        try:
+            record = json.loads(self._record_path(index).read_text())
+            matches = sha256_file(self.folder / record["file"]) == record["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return record if matches else None
+
+    def adopt_shards(self, count: int, ended: bool, skipped_texts: int) -> None:
+        """List in the manifest, in order, the written shards that continue it, up to ``count`` shards in
+        all (the writer does this once every process is done); ``ended``: the last one ends the dataset."""
+        if not self.writable:
+            raise CacheError(f"only the writer of {self.folder} can list its shards")
+        while len(self.shards) < count and (record := self.written_shard(len(self.shards))) is not None:
+            self.shards.append(record)
+            self._record_path(len(self.shards) - 1).unlink()
+        self.complete = ended and len(self.shards) == count
+        self.skipped_texts = skipped_texts if self.complete else self.skipped_texts
+        self._write_manifest()
+        if len(self.shards) < count:
+            raise CacheError(f"shard {len(self.shards)} of the embedding cache {self.folder} was not written; the "
+                             f"cache is valid up to row {self.rows}: run the same command again to finish it")
 
     def close(self) -> None:
         self.flush()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ from .cache import EmbeddingCache, open_cache
 from .config import SAEConfig
 from .data import DatasetSource, TextCounter, iter_dataset_rows, locate_bad_line
 from .embeddings import embedding_dim, encode_texts, resolve_prompt
-from .errors import DataError, DataReadError
+from .errors import ConfigError, DataError, DataReadError
 from .tracking import progress_bar
 
 READ_RETRIES = 3
@@ -29,6 +29,21 @@ RETRY_SECONDS = 0.5
 ENCODE_CALL_TEXTS = 8192
 """Texts per model call when encoding (sentence-transformers sorts the texts of one call by length,
 so large calls waste less time on padding)."""
+
+
+class ShardPass(NamedTuple):
+    """What one process of a distributed embed saw and did."""
+
+    rows: int
+    """Rows of the dataset up to the stop (every process sees the same)."""
+    shards: int
+    """Shards those rows make, counted from the first."""
+    encoded: int
+    """Rows this process encoded."""
+    ended: bool
+    """The dataset ended before the stop."""
+    skipped_texts: int
+    """Rows with an empty or null text (known when the dataset ended)."""
 
 
 def first_non_finite(embeddings: torch.Tensor) -> int | None:
@@ -174,7 +189,9 @@ class Corpus:
         returns the number of rows now cached."""
         if self.cache is None:
             raise DataError("precomputing embeddings needs use_cache=true")
-        start = self.cache.rows
+        # From the rows encoded so far, shard or not: flushing the held-out and validation rows as a short
+        # shard would put the shards off the cache_shard_size grid that embed under torchrun writes.
+        start = self.cache.next_row
         rows = self.count()
         total = stop if rows is None else min(stop or math.inf, rows)
         with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
@@ -186,6 +203,44 @@ class Corpus:
                 self.on_encoded = None
         self.cache.flush()
         return self.cache.rows
+
+    def encode_shards(self, stop: int | None, rank: int, world_size: int, ends: Sequence[int] = ()) -> ShardPass:
+        """Encode this process's shards of rows [cache.rows, stop) into the cache (embed under
+        torchrun): shard i, of cache_shard_size rows, belongs to process i mod world_size, and one that
+        an earlier, killed call wrote whole is kept. Every process reads the texts; each encodes the same
+        row ranges per call as a single process does (calls end at multiples of the call size and at
+        ``ends``: a single process reads the held-out and validation sets first), so the shard files
+        are the same bytes."""
+        cache, size = self.cache, self.cfg.cache_shard_size
+        call = min(ENCODE_CALL_TEXTS, size)
+        if size % call:
+            raise ConfigError(f"embed under torchrun needs cache_shard_size at most {ENCODE_CALL_TEXTS} or a multiple "
+                              f"of it (got {size}), so that its processes encode the rows a single process would")
+        index, position, encoded, counter = len(cache.shards), cache.rows, 0, TextCounter()
+        texts = self.texts_from(position, counter)
+        total = self.count(stop)
+        mine = sum(min(size, total - first) for first in range(position, total, size)
+                   if (index + (first - position) // size) % world_size == rank) if total is not None else None
+        with progress_bar(mine, f"embed (process {rank + 1} of {world_size})") as bar:
+            self.on_encoded = bar.update
+            try:
+                while stop is None or position < stop:
+                    want = size if stop is None else min(size, stop - position)
+                    batch = list(itertools.islice(texts, want))
+                    if batch and index % world_size == rank and cache.written_shard(index) is None:
+                        # calls end where a single process's do: at multiples of `call` rows from row 0
+                        cuts = sorted({0, *range(call - position % call, len(batch), call), len(batch),
+                                       *(end - position for end in ends if 0 < end - position < len(batch))})
+                        parts = [self._checked(self.encode(batch[a:b]), position + a, False, batch[a:b])
+                                 for a, b in zip(cuts, cuts[1:])]
+                        cache.write_shard_at(index, torch.cat(parts).cpu().numpy())
+                        encoded += len(batch)
+                    position, index = position + len(batch), index + (len(batch) > 0)
+                    if len(batch) < want:
+                        return ShardPass(position, index, encoded, True, counter.skipped_empty)
+            finally:
+                self.on_encoded = None
+        return ShardPass(position, index, encoded, False, counter.skipped_empty)
 
     def _encoded(self, count: int) -> None:
         if self.on_encoded is not None:

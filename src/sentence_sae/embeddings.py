@@ -154,10 +154,10 @@ def fastest_faithful(model: Any, device: str, model_name: str, candidates: Seque
 
 
 @lru_cache(maxsize=4)
-def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "torch") -> Any:
+def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "auto") -> Any:
     """Load a SentenceTransformer once per process (name or local path; hub names need network),
-    converted for the encoder ``backend`` (see ENCODE_BACKENDS; ``encoder_backend(model)`` says which
-    one ``auto`` chose)."""
+    converted for the encoder ``backend`` (see ENCODE_BACKENDS; the default is the config's,
+    ``auto``, and ``encoder_backend(model)`` says what it chose)."""
     from sentence_transformers import SentenceTransformer
 
     if backend not in ENCODE_BACKENDS:
