@@ -42,7 +42,7 @@ def resolve_model_path(model_name: str) -> str:
 # OpenVINO, bf16 where the CPU has bf16 instructions (CPU only; the [openvino] extra). fast: bf16
 # weights on CPU, fp16 on GPU. bfloat16 / float16: weights in that precision. int8: dynamic int8
 # quantization of every Linear layer (CPU only; cosine to fp32 near 0.95, too lossy for most uses).
-# auto: the first of AUTO_ORDER that is installed, runs on the device, and keeps AUTO_MIN_COSINE.
+# auto: the first of auto_order() that is installed, runs on the device and keeps AUTO_MIN_COSINE.
 
 AUTO_MIN_COSINE = 0.999
 """Mean cosine to fp32 embeddings that a backend must keep on the probe texts for auto to choose it."""
@@ -140,14 +140,19 @@ def fastest_faithful(model: Any, device: str, model_name: str, candidates: Seque
     for backend in auto_order(device) if candidates is None else candidates:
         if backend == "openvino" and not openvino_available():
             continue
-        transformer = model[0].model
-        # openvino swaps the transformer out and leaves the weights be: no copy needed, and undone below
-        candidate = _apply_backend(model if backend == "openvino" else copy.deepcopy(model), backend, device,
-                                   model_name)
+        transformer = getattr(model[0], "model", None)
+        try:  # openvino swaps the transformer out and leaves the weights be: no copy, and undone below
+            candidate = _apply_backend(model if backend == "openvino" else copy.deepcopy(model), backend, device,
+                                       model_name)
+        except ModelError as exc:  # a model this backend cannot run
+            logger.info("encode_backend auto: %s passed over (%s)", backend, exc)
+            continue
         cosine = torch.nn.functional.cosine_similarity(encode_texts(candidate, probe), reference).mean().item()
         if cosine >= min_cosine:
             return candidate
-        model[0].model = transformer
+        if candidate is model:
+            model[0].model = transformer
+            del model.sentence_sae_fingerprint
         logger.info("encode_backend auto: %s keeps mean cosine %.5f to fp32 on the probe texts, below %s",
                     backend, cosine, min_cosine)
     return _apply_backend(model, "torch", device, model_name)
