@@ -74,19 +74,19 @@ print(json.dumps(json.loads((run_dir / "metrics.jsonl").read_text().splitlines()
 """
 
 
-def point(folder: Path, dict_size: int, top_k: int, examples: int, out: Path) -> tuple[float, float, float]:
-    """(seconds per 10,000 training examples, peak resident MB, held-out FVU) of one training process."""
+def point(folder: Path, dict_size: int, top_k: int, examples: int, out: Path) -> tuple[float, float]:
+    """(seconds per 10,000 training examples, peak resident MB) of one training process."""
     run = run_process([sys.executable, "-c", CHILD, str(folder), str(dict_size), str(top_k), str(examples),
                        str(out), str(BATCH), str(LR)], ENV)
     final = json.loads(run.stdout.strip().splitlines()[-1])
     seconds = final["phase/train_s"] + final["phase/data_wait_s"]
-    return seconds / (final["step"] * BATCH) * 10_000, run.peak_mb, final["eval/fvu"]
+    return seconds / (final["step"] * BATCH) * 10_000, run.peak_mb
 
 
 def rows_part(examples: int, out: Path, repeats: int = 2) -> None:
     print(f"1. rows: batchtopk, 1,536 features, k 32, {examples:,} examples, batch {BATCH}; "
           f"{repeats} runs per size, the sizes alternating")
-    runs: dict[int, list[tuple[float, float, float]]] = {rows: [] for rows in ROWS}
+    runs: dict[int, list[tuple[float, float]]] = {rows: [] for rows in ROWS}
     for _ in range(repeats):
         for rows in ROWS:
             runs[rows].append(point(synthetic_cache(rows), 1_536, 32, examples, out))
@@ -106,7 +106,7 @@ def dict_part(examples: int, out: Path) -> None:
     base = None
     for dict_size in DICT_SIZES:
         for top_k in TOP_KS:
-            seconds, peak, _ = point(folder, dict_size, top_k, examples, out)
+            seconds, peak = point(folder, dict_size, top_k, examples, out)
             base = base or seconds
             print(f"| {dict_size:,} | {top_k} | {seconds:.2f} ({seconds / base:.1f}x) | {peak:.0f} |", flush=True)
 

@@ -20,7 +20,7 @@ from sentence_sae.finalize import post_init_cfg
 
 def make_cfg(tmp_path: Path, model=None, **overrides) -> SAEConfig:
     """A finalized config that writes under tmp_path and logs nowhere unless asked; it encodes at fp32
-    like the session's ``model`` fixture, so caches that tests fill from that model are the run's."""
+    like the shared ``model`` fixture, so caches that tests fill from that model are the run's."""
     values = dict(output_dir=str(tmp_path / "runs"), wandb_mode="disabled", device="cpu", encode_backend="torch",
                   perf_log_freq=0, checkpoint_freq=0, cache_dir=str(tmp_path / "cache"))
     values.update(overrides)

@@ -362,17 +362,24 @@ class EmbeddingCache:
         self.skipped_texts = skipped_texts
         self._write_manifest()
 
-    def _write_shard(self, block: np.ndarray) -> None:
-        name = f"shard_{len(self.shards):05d}.npy"
+    def _save_shard(self, index: int, block: np.ndarray) -> dict[str, Any]:
+        """Write shard ``index`` whole or not at all; its manifest entry (file, rows, sha256)."""
+        name = f"shard_{index:05d}.npy"
+
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:
-                np.save(handle, block)
+                np.save(handle, np.ascontiguousarray(block, dtype=np.float32))
 
+        atomic_write(self.folder / name, write)
+        return {"file": name, "rows": int(len(block)), "sha256": sha256_file(self.folder / name)}
+
+    def _write_shard(self, block: np.ndarray) -> None:
+        name = f"shard_{len(self.shards):05d}.npy"
         valid_rows = self.rows
         try:
-            atomic_write(self.folder / name, write)
-            digest = sha256_file(self.folder / name)
-            self.shards.append({"file": name, "rows": int(len(block)), "sha256": digest})
+            record = self._save_shard(len(self.shards), block)
+            digest = record["sha256"]
+            self.shards.append(record)
             self._write_manifest()
         except OSError as exc:
             if self.shards and self.shards[-1]["file"] == name:
@@ -386,20 +393,12 @@ class EmbeddingCache:
     def write_shard_at(self, index: int, block: np.ndarray) -> None:
         """Write shard ``index`` with its record (file, rows, sha256) beside it, outside the manifest:
         each process of a distributed embed writes its own shards, and adopt_shards lists them."""
-        name = f"shard_{index:05d}.npy"
-
-        def write(tmp: Path) -> None:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(block, dtype=np.float32))
-
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.folder / name, write)
-            record = {"file": name, "rows": int(len(block)), "sha256": sha256_file(self.folder / name)}
-            atomic_write_text(self._record_path(index), json.dumps(record))
+            atomic_write_text(self._record_path(index), json.dumps(self._save_shard(index, block)))
         except OSError as exc:
-            raise CacheError(f"could not write {name} into the embedding cache {self.folder} ({exc.strerror or exc}); "
-                             "free disk space, or set cache_dir elsewhere") from None
+            raise CacheError(f"could not write shard_{index:05d}.npy into the embedding cache {self.folder} "
+                             f"({exc.strerror or exc}); free disk space, or set cache_dir elsewhere") from None
 
     def _record_path(self, index: int) -> Path:
         return self.folder / f"shard_{index:05d}.json"

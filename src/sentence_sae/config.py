@@ -41,7 +41,6 @@ DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
 
 
-
 def default_cache_root() -> Path:
     """Where caches live (embeddings, exported encoders): ``$SENTENCE_SAE_CACHE``, else
     ``$XDG_CACHE_HOME/sentence-sae``, else ``~/.cache/sentence-sae``."""

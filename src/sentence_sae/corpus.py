@@ -34,10 +34,8 @@ so large calls waste less time on padding)."""
 class ShardPass(NamedTuple):
     """What one process of a distributed embed saw and did."""
 
-    rows: int
-    """Rows of the dataset up to the stop (every process sees the same)."""
     shards: int
-    """Shards those rows make, counted from the first."""
+    """Shards the rows up to the stop make, counted from the first (every process sees the same)."""
     encoded: int
     """Rows this process encoded."""
     ended: bool
@@ -237,10 +235,10 @@ class Corpus:
                         encoded += len(batch)
                     position, index = position + len(batch), index + (len(batch) > 0)
                     if len(batch) < want:
-                        return ShardPass(position, index, encoded, True, counter.skipped_empty)
+                        return ShardPass(index, encoded, True, counter.skipped_empty)
             finally:
                 self.on_encoded = None
-        return ShardPass(position, index, encoded, False, counter.skipped_empty)
+        return ShardPass(index, encoded, False, counter.skipped_empty)
 
     def _encoded(self, count: int) -> None:
         if self.on_encoded is not None:

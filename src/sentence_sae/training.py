@@ -100,7 +100,7 @@ def _embed_shared(context: DistributedContext, cfg: SAEConfig) -> dict[str, Any]
     try:
         with StopOnSignals(immediately=True):
             if cache.complete:
-                passed = ShardPass(cache.rows, len(cache.shards), 0, True, cache.skipped_texts)
+                passed = ShardPass(len(cache.shards), 0, True, cache.skipped_texts)
             else:
                 _, validation = counted_split(cfg, corpus)
                 start = cfg.num_eval_examples + validation
