@@ -1,30 +1,28 @@
 """Decision: AuxK takes the dead features' raw pre-activations (`sae/base.py`), with coefficient 1
-(`aux_penalty`), and vanilla and gated use it too.
+(`aux_penalty`), not weighted down while few features are dead; vanilla and gated use it too.
 
 Why features died at larger dictionaries: the AuxK loss, which should revive dead features, used
 their rectified pre-activations. A feature whose pre-activation is below zero on every text has a
-zero ReLU, so AuxK gave it no gradient, and those are exactly the features that stay dead. SAELens
-and sparsify take the raw pre-activations. Each variant is trained as before (topk, batchtopk and
-matryoshka with the rectified AuxK at coefficient 1/32, patched in here only; vanilla and gated
-without AuxK) and with the defaults (raw AuxK at 1); topk also with the raw AuxK at 1/32, which
-alone is not enough, and batchtopk with the raw AuxK at 1 not weighted down while few features are
-dead (min(dead / top_k_aux, 1), kept: unweighted it costs held-out FVU). jumprelu, whose features do
-not die, has no AuxK.
+zero ReLU, so AuxK gave it no gradient, and those are exactly the features that stay dead (`first
+recipe` rows: rectified, coefficient 1/32; vanilla and gated without AuxK). SAELens and sparsify take
+the raw pre-activations. They also weight AuxK by min(dead / top_k_aux, 1), which starves the last
+few dead features (`weighted` rows); the default drops that weight. With ``--seeds`` every run is
+repeated per seed, and the mean paired difference of the default against `weighted` is printed.
 
 Points: the first 20,000 Debian descriptions (2,000 of them held out at random) at 6,144 features,
 and 20,000 WordNet glosses (2,000 others held out) at 3,072 (8 x d); k 32, 100,000 examples, the
-default recipe otherwise. `dead` is the share of features that did not fire in the last
+default recipe otherwise (seed 42). `dead` is the share of features that did not fire in the last
 dead_feature_window (20,000) training examples; FVU and L0 are on the held-out texts.
 
-    python -m benchmarks.studies.dead_latents                      # about 28 minutes on 2 cores
-    python -m benchmarks.studies.dead_latents --corpora debian --variants topk
+    python -m benchmarks.studies.dead_latents                      # about 30 minutes on 2 cores
+    python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,default --seeds 0,1,2,3,4
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +36,12 @@ from sentence_sae.sae.kernels import selection_from_topk, sparse_code
 POINTS = {"debian": (SHARED / "debian_descriptions.jsonl.gz", 6144), "wordnet": (SHARED / "wordnet_glosses.jsonl.gz", 3072)}
 N_TEXTS, HELD_OUT = 20_000, 2_000
 VARIANTS = ("topk", "batchtopk", "matryoshka", "vanilla", "gated", "jumprelu")
-RECTIFIED_BEFORE = ("topk", "batchtopk", "matryoshka")
 NO_AUXK_BEFORE = ("vanilla", "gated")
 
 
-def rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=True, weighted=True):
-    """The AuxK of before: dead features enter with ReLU(pre), so an all-negative one gets no gradient.
-    ``rectify=False, weighted=False``: today's AuxK without its weight min(dead / top_k_aux, 1)."""
+def earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=True):
+    """AuxK weighted by min(dead / top_k_aux, 1); ``rectify``: the first recipe's, where dead features
+    enter with ReLU(pre), so an all-negative one gets no gradient."""
     n_dead = 0 if dead_mask is None else int(dead_mask.sum())
     if not (n_dead > 0 and sae.cfg.aux_penalty > 0):
         return x_in.new_zeros(())
@@ -59,16 +56,16 @@ def rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=T
     else:
         x_cent = x_in - sae.b_dec if x_cent is None else x_cent
         decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre, selection_from_topk(chosen), rectify)
-    scale = min(n_dead / sae.cfg.top_k_aux, 1.0) if weighted else 1.0
+    scale = min(n_dead / sae.cfg.top_k_aux, 1.0)
     return sae.cfg.aux_penalty * scale * sae.reconstruction_loss(decoded, (x_in - x_hat).detach())
 
 
-def unweighted_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
-    return rectified_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent, rectify=False, weighted=False)
+def weighted_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
+    return earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent, rectify=False)
 
 
 @contextlib.contextmanager
-def patched_auxk(loss=rectified_auxk_loss) -> Iterator[None]:
+def patched_auxk(loss=earlier_auxk_loss) -> Iterator[None]:
     saved = sae_base.auxk_loss, sae_topk.auxk_loss
     sae_base.auxk_loss = sae_topk.auxk_loss = loss
     try:
@@ -77,32 +74,51 @@ def patched_auxk(loss=rectified_auxk_loss) -> Iterator[None]:
         sae_base.auxk_loss, sae_topk.auxk_loss = saved
 
 
+def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Callable, dict]]:
+    """(row label, context that patches AuxK, config overrides) of one corpus and variant."""
+    runs = []
+    if "first" in chosen and corpus == "debian" and variant in ("topk", "batchtopk"):
+        runs.append(("rectified, 1/32, weighted (first recipe)", patched_auxk, {"aux_penalty": 1 / 32}))
+    if "first" in chosen and corpus == "debian" and variant in NO_AUXK_BEFORE:
+        runs.append(("none (first recipe)", contextlib.nullcontext, {"aux_penalty": 0.0}))
+    if variant == "jumprelu":
+        return runs + ([("none (its features do not die)", contextlib.nullcontext, {})] if "default" in chosen else [])
+    if "weighted" in chosen:
+        runs.append(("raw, 1, weighted", lambda: patched_auxk(weighted_auxk_loss), {}))
+    if "default" in chosen:
+        runs.append(("raw, 1 (default)", contextlib.nullcontext, {}))
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpora", default="debian,wordnet")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--runs", default="first,weighted,default", help="which of first, weighted, default")
+    parser.add_argument("--seeds", default="42")
     args = parser.parse_args()
-    print("| corpus | features | variant | AuxK | held-out FVU | L0 | dead | s |\n|---|---|---|---|---|---|---|---|")
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    print("| corpus | features | variant | AuxK | seed | held-out FVU | L0 | dead | s |\n|---|---|---|---|---|---|---|---|---|")
     for corpus in args.corpora.split(","):
         path, width = POINTS[corpus]
         training, held_out = first_rows_split(path, N_TEXTS, HELD_OUT)
         for variant in args.variants.split(","):
-            settings = {"sae_type": variant, "top_k": 32, "dict_size": width, "num_examples": 100_000}
-            runs = []
-            if variant in RECTIFIED_BEFORE:
-                runs.append(("rectified, 1/32 (before)", patched_auxk, {"aux_penalty": 1 / 32}))
-            if variant in NO_AUXK_BEFORE:
-                runs.append(("none (before)", contextlib.nullcontext, {"aux_penalty": 0.0}))
-            if variant == "topk":
-                runs.append(("raw, 1/32", contextlib.nullcontext, {"aux_penalty": 1 / 32}))
-            runs.append(("none" if variant == "jumprelu" else "raw, 1 (default)", contextlib.nullcontext, {}))
-            if variant == "batchtopk":
-                runs.append(("raw, 1, not weighted by the dead share", lambda: patched_auxk(unweighted_auxk_loss), {}))
-            for label, context, overrides in runs:
-                with context():
-                    row = train_one(training, held_out, {**settings, **overrides})
-                print(f"| {corpus} | {width} | {variant} | {label} | {row['fvu']:.4f} | {row['l0']:.1f} | "
-                      f"{row['dead']:.3f} | {row['seconds']:.0f} |", flush=True)
+            fvu: dict[str, list[float]] = {}
+            for seed in seeds:
+                for label, context, overrides in runs_for(corpus, variant, set(args.runs.split(","))):
+                    settings = {"sae_type": variant, "top_k": 32, "dict_size": width, "num_examples": 100_000,
+                                "seed": seed, **overrides}
+                    with context():
+                        row = train_one(training, held_out, settings)
+                    fvu.setdefault(label, []).append(row["fvu"])
+                    print(f"| {corpus} | {width} | {variant} | {label} | {seed} | {row['fvu']:.4f} | {row['l0']:.1f} | "
+                          f"{row['dead']:.3f} | {row['seconds']:.0f} |", flush=True)
+            pair = fvu.get("raw, 1 (default)"), fvu.get("raw, 1, weighted")
+            if len(seeds) > 1 and pair[0] and pair[1]:
+                change = [d / w - 1 for d, w in zip(*pair)]
+                print(f"{corpus} {variant}: held-out FVU of the default against weighted, paired over {len(seeds)} "
+                      f"seeds: mean {100 * sum(change) / len(change):+.2f}% (from {100 * min(change):+.2f}% to "
+                      f"{100 * max(change):+.2f}%)", flush=True)
 
 
 if __name__ == "__main__":
