@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from sentence_sae import load_embeddings
 from sentence_sae.config import DEFAULT_MODEL, default_cache_root
 from sentence_sae.embeddings import (
     AUTO_MIN_COSINE,
+    DeferredModel,
     EncoderBackend,
     StringEncoder,
     backend_precision,
@@ -22,6 +25,7 @@ from sentence_sae.embeddings import (
     fastest_faithful,
     load_sentence_model,
     model_fingerprint,
+    remembered_facts,
     resolve_model_path,
     resolve_prompt,
 )
@@ -149,3 +153,49 @@ def test_embed_by_default_encodes_with_what_auto_chose_and_says_so(tmp_path, mod
     assert (manifest["key"]["backend"], manifest["key"]["precision"]) == ("openvino", openvino_precision())
     cached = torch.from_numpy(load_embeddings(summary["cache_dir"])[:])
     assert cosine_to(encode_texts(model, small_texts), cached).min() > 0.999
+
+
+CACHED_RUN = """
+import json, sys, runpy
+sys.argv = ["sentence_sae", *sys.argv[1:]]
+try:
+    runpy.run_module("sentence_sae", run_name="__main__")
+finally:
+    print(json.dumps({"sentence_transformers_imported": "sentence_transformers" in sys.modules}))
+"""
+
+
+def test_a_run_whose_embeddings_are_cached_does_not_load_the_model(tmp_path, jsonl_file):
+    """The second run reads the model's facts from the memo the first wrote, never imports
+    sentence-transformers, and trains exactly what the first trained."""
+    args = ["train", "--dataset_path", str(jsonl_file), "--num_eval_examples", "8", "--num_examples", "400",
+            "--dict_size", "64", "--top_k", "4", "--output_dir", str(tmp_path / "runs"), "--encode_backend", "torch"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled", "SENTENCE_SAE_CACHE": str(tmp_path / "cache")}
+    summaries, imported = [], []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CACHED_RUN, *args], capture_output=True, text=True, env=env,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        imported.append(json.loads(lines[-1])["sentence_transformers_imported"])
+        summaries.append(json.loads(lines[-2]))
+    assert imported == [True, False]
+    assert summaries[1]["fvu"] == summaries[0]["fvu"] and summaries[1]["l0"] == summaries[0]["l0"]
+
+
+def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("SENTENCE_SAE_CACHE", str(tmp_path / "cache"))
+    folder = Path(shutil.copytree(resolve_model_path(DEFAULT_MODEL), tmp_path / "minilm"))
+    assert remembered_facts(str(folder), "cpu", "torch") is None
+    loaded = load_sentence_model(str(folder), "cpu", "torch")
+    facts = remembered_facts(str(folder), "cpu", "torch")
+    assert facts is not None and facts.fingerprint == model_fingerprint(loaded) and facts.dim == 384
+    assert remembered_facts(str(folder), "cpu", "bfloat16") is None  # another backend was never loaded
+    os.utime(folder / "config.json", ns=(1, 1))
+    assert remembered_facts(str(folder), "cpu", "torch") is None
+    wrong = DeferredModel(facts._replace(fingerprint="0" * 64), str(folder), "cpu", "torch")
+    assert embedding_dim(wrong) == 384 and not wrong.loaded  # answered from the facts
+    with pytest.raises(ModelError, match="loaded differently"):
+        wrong.encode(["a text"])

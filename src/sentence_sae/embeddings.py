@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
+import json
 import logging
 import os
 import warnings
@@ -16,6 +18,7 @@ import torch
 from .config import DEFAULT_MODEL, ENCODE_BACKENDS, default_cache_root
 from .data import python_docs_paragraphs
 from .errors import ConfigError, ModelError, first_line
+from .files import atomic_write_text
 from .openvino_encoder import openvino_available, openvino_precision, to_openvino
 from .tracking import progress_bar
 
@@ -178,8 +181,152 @@ def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "au
         ) from None
     model.eval()
     if backend == "auto":
-        return fastest_faithful(model, device, model_name)
-    return _apply_backend(model, backend, device, model_name)
+        model = fastest_faithful(model, device, model_name)
+    else:
+        model = _apply_backend(model, backend, device, model_name)
+    remember_facts(model_name, device, backend, model)
+    return model
+
+
+# A run whose embeddings are all cached needs from its model only what the cache key records. The
+# memo keeps that per model folder, so such a run answers it without importing sentence-transformers
+# or probing the backends, which were most of a cached run's start-up.
+
+MEMO_PACKAGES = ("torch", "transformers", "sentence-transformers", "openvino")
+"""Packages whose versions a memo entry holds: after any of them changes, auto probes again."""
+
+
+class ModelFacts(NamedTuple):
+    """What the embedding cache's key and the config need from a loaded model."""
+
+    fingerprint: str
+    dim: int
+    max_seq_length: int | None
+    prompts: dict[str, str]
+    backend: EncoderBackend
+
+
+def _memo_path(source: str) -> Path:
+    folder = Path(source).resolve()
+    slug = "".join(c if c.isalnum() else "-" for c in folder.name).strip("-")[:40] or "model"
+    return default_cache_root() / "models" / f"{slug}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.json"
+
+
+def _files_signature(source: str) -> list[list[Any]]:
+    """(path, size, mtime) of every file of a local model folder: a changed file forgets its memo."""
+    folder = Path(source)
+    return sorted([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns]
+                  for path in folder.rglob("*") if path.is_file() and (stat := path.stat()))
+
+
+def _memo_environment(device: str, backend: str) -> dict[str, Any]:
+    versions = {}
+    for package in MEMO_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"device": str(device), "backend": backend, "cpu_bf16": _cpu_has_bf16(), "versions": versions}
+
+
+def remembered_facts(model_name: str, device: str, backend: str) -> ModelFacts | None:
+    """The facts recorded when this local model folder, unchanged since, was last loaded on this device
+    with this backend and these package versions; None otherwise."""
+    source = resolve_model_path(model_name)
+    if not Path(source).is_dir():
+        return None
+    try:
+        memo = json.loads(_memo_path(source).read_text())
+        if memo["files"] != _files_signature(source):
+            return None
+        environment = _memo_environment(device, backend)
+        for entry in memo["entries"]:
+            if entry["environment"] == environment:
+                facts = entry["facts"]
+                return ModelFacts(facts["fingerprint"], int(facts["dim"]), facts["max_seq_length"],
+                                  dict(facts["prompts"]), EncoderBackend(*facts["backend"]))
+    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: load the model
+        return None
+    return None
+
+
+def facts_of(model: Any) -> ModelFacts:
+    return ModelFacts(model_fingerprint(model), embedding_dim(model), getattr(model, "max_seq_length", None),
+                      dict(getattr(model, "prompts", None) or {}), encoder_backend(model))
+
+
+def remember_facts(model_name: str, device: str, backend: str, model: Any) -> None:
+    """Record a loaded model's facts for ``remembered_facts``; a memo that cannot be written is skipped."""
+    source = resolve_model_path(model_name)
+    if not Path(source).is_dir():
+        return
+    path, signature = _memo_path(source), _files_signature(source)
+    try:
+        memo = json.loads(path.read_text())
+        entries = memo["entries"] if memo["files"] == signature else []
+    except (OSError, ValueError, KeyError, TypeError):
+        entries = []
+    environment = _memo_environment(device, backend)
+    entries = [entry for entry in entries if entry.get("environment") != environment]
+    entries.append({"environment": environment, "facts": facts_of(model)._asdict()})
+    try:
+        atomic_write_text(path, json.dumps({"source": str(Path(source).resolve()), "files": signature,
+                                            "entries": entries}, indent=1))
+    except OSError as exc:
+        logger.info("model memo %s not written (%s)", path, exc)
+
+
+class DeferredModel:
+    """A SentenceTransformer loaded on first use. Until then it answers, from the memo, what the cache
+    key and the config read (weights fingerprint, width, max_seq_length, prompts, backend); anything
+    else loads the model, which must then match those facts."""
+
+    def __init__(self, facts: ModelFacts, model_name: str, device: str, backend: str):
+        self._facts, self._args, self._model = facts, (model_name, device, backend), None
+        self.sentence_sae_fingerprint = facts.fingerprint
+        self.sentence_sae_backend = facts.backend
+        self.max_seq_length = facts.max_seq_length
+        self.prompts = facts.prompts
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get_embedding_dimension(self) -> int:
+        return self._facts.dim
+
+    get_sentence_embedding_dimension = get_embedding_dimension
+
+    def load(self) -> Any:
+        """The SentenceTransformer itself, loaded now if it was not yet."""
+        if self._model is None:
+            model = load_sentence_model(*self._args)
+            if facts_of(model) != self._facts:
+                _memo_path(resolve_model_path(self._args[0])).unlink(missing_ok=True)
+                raise ModelError(f"model '{self._args[0]}' loaded differently from what this run's embedding cache "
+                                 "was chosen by (its weights, width, prompts or backend changed since they were "
+                                 "recorded); run the command again")
+            self._model = model
+        return self._model
+
+    def __getattr__(self, name: str) -> Any:  # only for what the facts do not answer
+        if name.startswith("__") or name in ("_facts", "_args", "_model"):
+            raise AttributeError(name)
+        return getattr(self.load(), name)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.load()[index]
+
+
+@lru_cache(maxsize=4)
+def load_sentence_model_deferred(model_name: str, device: str = "cpu", backend: str = "auto") -> Any:
+    """``load_sentence_model``'s model, or, when the memo knows this model folder on this device and
+    backend, a DeferredModel that loads it only if something needs more than the memo holds (a run
+    whose embeddings are all cached does not)."""
+    facts = remembered_facts(model_name, device, backend) if backend in ENCODE_BACKENDS else None
+    if facts is None:
+        return load_sentence_model(model_name, device, backend)
+    return DeferredModel(facts, model_name, device, backend)
 
 
 def embedding_dim(model: Any) -> int:

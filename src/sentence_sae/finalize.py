@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from .config import WANDB_MODES, SAEConfig, from_mapping, matryoshka_widths
 from .data import DatasetSource
-from .embeddings import embedding_dim, load_sentence_model, resolve_prompt
+from .embeddings import embedding_dim, load_sentence_model_deferred, resolve_prompt
 from .errors import ConfigError
 from .sae import SAE_REGISTRY
 
@@ -200,7 +200,7 @@ def post_init_cfg(cfg: SAEConfig | Mapping[str, Any], model: Any = None,
     cfg.wandb_mode = resolve_wandb_mode(cfg.wandb_mode)
 
     if model is None and embedding_width is None:
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+        model = load_sentence_model_deferred(cfg.model_name, cfg.device, cfg.encode_backend)
     width = embedding_dim(model) if model is not None else embedding_width
     if cfg.act_size is not None and cfg.act_size != width:
         given = f"model '{cfg.model_name}' gives" if model is not None else "the store serves"

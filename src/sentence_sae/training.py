@@ -19,7 +19,7 @@ from .checkpoint import saved_config
 from .config import SAEConfig, from_mapping
 from .corpus import Corpus, ShardPass
 from .distributed import DistributedContext
-from .embeddings import encoder_backend, load_sentence_model, require_dim
+from .embeddings import encoder_backend, load_sentence_model, load_sentence_model_deferred, require_dim
 from .errors import CacheError, CheckpointError, ConfigError, TrainingStopped, first_line
 from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
@@ -139,8 +139,8 @@ def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:
 
 def _set_up(context: DistributedContext, cfg: SAEConfig) -> tuple[SAEConfig, ActivationsStoreSBERT, BaseSAE]:
     """This process's finalized config, activation store and SAE, for a new or a resumed run."""
-    cfg = post_init_cfg(context.configure(cfg))  # validates before the model loads (cached)
-    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    cfg = post_init_cfg(context.configure(cfg))  # validates before the model loads
+    model = load_sentence_model_deferred(cfg.model_name, cfg.device, cfg.encode_backend)
     return cfg, context.make_store(model, cfg), create_sae(cfg)
 
 
