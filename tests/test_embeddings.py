@@ -25,6 +25,7 @@ from sentence_sae.embeddings import (
     fastest_faithful,
     load_sentence_model,
     model_fingerprint,
+    remember_facts,
     remembered_facts,
     resolve_model_path,
     resolve_prompt,
@@ -199,3 +200,7 @@ def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_
     assert embedding_dim(wrong) == 384 and not wrong.loaded  # answered from the facts
     with pytest.raises(ModelError, match="loaded differently"):
         wrong.encode(["a text"])
+    # auto takes a remembered choice without probing again: here a recorded fast, though openvino,
+    # installed and first in auto's order, is what a probe would pick
+    remember_facts(str(folder), "cpu", "auto", load_sentence_model(str(folder), "cpu", "fast"))
+    assert encoder_backend(load_sentence_model(str(folder), "cpu", "auto")).name == "fast"

