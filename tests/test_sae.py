@@ -19,7 +19,8 @@ D_IN, D_SAE, K = 24, 64, 4
 
 def tiny_cfg(sae_type: str, **overrides) -> SAEConfig:
     overrides.setdefault("matryoshka_widths", "4,8,16,32")
-    cfg = SAEConfig(sae_type=sae_type, dict_size=D_SAE, top_k=K, top_k_aux=8, device="cpu", **overrides)
+    overrides.setdefault("top_k_aux", 8)
+    cfg = SAEConfig(sae_type=sae_type, dict_size=D_SAE, top_k=K, device="cpu", **overrides)
     cfg.act_size = D_IN
     return cfg
 
@@ -367,3 +368,22 @@ def test_similarity_term_takes_part_in_training_only_when_set(sparse):
     torch.testing.assert_close(out_steered.loss, out_plain.loss + out_steered.similarity_loss)
     steered.eval()
     assert steered(x).similarity_loss.item() == 0.0
+
+
+
+@pytest.mark.parametrize("sae_type", ["topk", "batchtopk", "matryoshka", "vanilla", "gated"])
+def test_auxk_is_weighted_by_the_dead_share_only_where_a_coefficient_sets_l0(sae_type):
+    """Two dead features, so top_k_aux 8 and 16 both take them all: the k variants' AuxK is the same
+    for both (no weight; it starved the last few dead features), while vanilla's and gated's carries the
+    weight min(dead / top_k_aux, 1), twice as large at 8 (a revived feature adds to their L0)."""
+    x = torch.randn(16, D_IN, generator=torch.Generator().manual_seed(8))
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[:2] = True
+    losses = []
+    for top_k_aux in (8, 16):
+        sae = randomized(sae_type, top_k_aux=top_k_aux)
+        sae.train()
+        gate_term = sae(x, dead_mask=torch.zeros_like(dead))["aux_loss"].item()  # gated's own, without AuxK
+        losses.append(sae(x, dead_mask=dead)["aux_loss"].item() - gate_term)
+    assert losses[1] > 0
+    assert losses[0] / losses[1] == pytest.approx(1.0 if sae.uses_top_k else 2.0, rel=1e-5)

@@ -1,27 +1,31 @@
 """Decision: AuxK takes the dead features' raw pre-activations (`sae/base.py`), with coefficient 1
-(`aux_penalty`), not weighted down while few features are dead; vanilla and gated use it too.
+(`aux_penalty`); vanilla and gated use it too; it is weighted down by min(dead / top_k_aux, 1) while
+few features are dead only where a sparsity coefficient sets L0 (vanilla, gated), not where k does.
 
 Why features died at larger dictionaries: the AuxK loss, which should revive dead features, used
 their rectified pre-activations. A feature whose pre-activation is below zero on every text has a
 zero ReLU, so AuxK gave it no gradient, and those are exactly the features that stay dead (`first
 recipe` rows: rectified, coefficient 1/32; vanilla and gated without AuxK). SAELens and sparsify take
-the raw pre-activations. They also weight AuxK by min(dead / top_k_aux, 1), which starves the last
-few dead features (`weighted` rows); the default drops that weight. With ``--seeds`` every run is
-repeated per seed, and the mean paired difference of the default against `weighted` is printed.
+the raw pre-activations, and weight them by the dead share, which starves the last few dead features.
+Without the weight (`not weighted`), the variants whose k fixes L0 keep fewer features dead at the
+same held-out FVU, while vanilla's FVU rises and gated loses more features, since there every
+revived feature adds to L0. With ``--seeds`` every run is repeated per seed, and the mean paired
+change of held-out FVU from `weighted` to `not weighted` is printed.
 
 Points: the first 20,000 Debian descriptions (2,000 of them held out at random) at 6,144 features,
 and 20,000 WordNet glosses (2,000 others held out) at 3,072 (8 x d); k 32, 100,000 examples, the
 default recipe otherwise (seed 42). `dead` is the share of features that did not fire in the last
 dead_feature_window (20,000) training examples; FVU and L0 are on the held-out texts.
 
-    python -m benchmarks.studies.dead_latents                      # about 30 minutes on 2 cores
-    python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,default --seeds 0,1,2,3,4
+    python -m benchmarks.studies.dead_latents                      # about 45 minutes on 2 cores
+    python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,not_weighted --seeds 0,1,2
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 
 import torch
@@ -39,9 +43,9 @@ VARIANTS = ("topk", "batchtopk", "matryoshka", "vanilla", "gated", "jumprelu")
 NO_AUXK_BEFORE = ("vanilla", "gated")
 
 
-def earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=True):
-    """AuxK weighted by min(dead / top_k_aux, 1); ``rectify``: the first recipe's, where dead features
-    enter with ReLU(pre), so an all-negative one gets no gradient."""
+def earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=True, weighted=True):
+    """AuxK, ``weighted`` by min(dead / top_k_aux, 1) or not; ``rectify``: the first recipe's, where
+    dead features enter with ReLU(pre), so an all-negative one gets no gradient."""
     n_dead = 0 if dead_mask is None else int(dead_mask.sum())
     if not (n_dead > 0 and sae.cfg.aux_penalty > 0):
         return x_in.new_zeros(())
@@ -56,12 +60,16 @@ def earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None, rectify=Tru
     else:
         x_cent = x_in - sae.b_dec if x_cent is None else x_cent
         decoded, _ = sparse_code(x_cent, sae.W_enc, sae.b_enc, sae.W_dec, pre, selection_from_topk(chosen), rectify)
-    scale = min(n_dead / sae.cfg.top_k_aux, 1.0)
+    scale = min(n_dead / sae.cfg.top_k_aux, 1.0) if weighted else 1.0
     return sae.cfg.aux_penalty * scale * sae.reconstruction_loss(decoded, (x_in - x_hat).detach())
 
 
 def weighted_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
     return earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent, rectify=False)
+
+
+def unweighted_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent=None):
+    return earlier_auxk_loss(sae, x_in, x_hat, pre, dead_mask, x_cent, rectify=False, weighted=False)
 
 
 @contextlib.contextmanager
@@ -74,6 +82,9 @@ def patched_auxk(loss=earlier_auxk_loss) -> Iterator[None]:
         sae_base.auxk_loss, sae_topk.auxk_loss = saved
 
 
+WEIGHTED, NOT_WEIGHTED = "raw, 1, weighted", "raw, 1, not weighted"
+
+
 def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Callable, dict]]:
     """(row label, context that patches AuxK, config overrides) of one corpus and variant."""
     runs = []
@@ -82,11 +93,12 @@ def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Cal
     if "first" in chosen and corpus == "debian" and variant in NO_AUXK_BEFORE:
         runs.append(("none (first recipe)", contextlib.nullcontext, {"aux_penalty": 0.0}))
     if variant == "jumprelu":
-        return runs + ([("none (its features do not die)", contextlib.nullcontext, {})] if "default" in chosen else [])
-    if "weighted" in chosen:
-        runs.append(("raw, 1, weighted", lambda: patched_auxk(weighted_auxk_loss), {}))
-    if "default" in chosen:
-        runs.append(("raw, 1 (default)", contextlib.nullcontext, {}))
+        return runs + [("none (its features do not die)", contextlib.nullcontext, {})]
+    default = "weighted" if variant in NO_AUXK_BEFORE else "not_weighted"  # weighted where a coefficient sets L0
+    for name, label, loss in (("weighted", WEIGHTED, weighted_auxk_loss), ("not_weighted", NOT_WEIGHTED, unweighted_auxk_loss)):
+        if name in chosen or (name == default and "default" in chosen):
+            runs.append((f"{label} (default)" if name == default else label,
+                         contextlib.nullcontext if name == default else functools.partial(patched_auxk, loss), {}))
     return runs
 
 
@@ -94,7 +106,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--corpora", default="debian,wordnet")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--runs", default="first,weighted,default", help="which of first, weighted, default")
+    parser.add_argument("--runs", default="first,weighted,not_weighted",
+                        help="which of first, weighted, not_weighted, default (whichever of the two is the default)")
     parser.add_argument("--seeds", default="42")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
@@ -113,10 +126,11 @@ def main() -> None:
                     fvu.setdefault(label, []).append(row["fvu"])
                     print(f"| {corpus} | {width} | {variant} | {label} | {seed} | {row['fvu']:.4f} | {row['l0']:.1f} | "
                           f"{row['dead']:.3f} | {row['seconds']:.0f} |", flush=True)
-            pair = fvu.get("raw, 1 (default)"), fvu.get("raw, 1, weighted")
+            pair = [next((v for label, v in fvu.items() if label.startswith(name)), None)
+                    for name in (NOT_WEIGHTED, WEIGHTED)]
             if len(seeds) > 1 and pair[0] and pair[1]:
-                change = [d / w - 1 for d, w in zip(*pair)]
-                print(f"{corpus} {variant}: held-out FVU of the default against weighted, paired over {len(seeds)} "
+                change = [n / w - 1 for n, w in zip(*pair)]
+                print(f"{corpus} {variant}: held-out FVU not weighted against weighted, paired over {len(seeds)} "
                       f"seeds: mean {100 * sum(change) / len(change):+.2f}% (from {100 * min(change):+.2f}% to "
                       f"{100 * max(change):+.2f}%)", flush=True)
 

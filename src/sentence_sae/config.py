@@ -123,8 +123,8 @@ class SAEConfig:
     top_k_aux: int = 192
     """Dead features used by the AuxK loss (every variant but jumprelu); about half the embedding size works."""
     aux_penalty: float = 1.0
-    """Weight of the AuxK loss that revives dead features (every variant but jumprelu). 1, as in SAELens: at
-    1/32 4-5% of a 6,144-feature dictionary stayed dead, at 1 about 2%, held-out FVU unchanged."""
+    """Weight of the AuxK loss that revives dead features (every variant but jumprelu); 1, as in SAELens
+    (benchmarks/studies/dead_latents.py)."""
     similarity_coeff: float = 0.0
     """Weight of a loss that keeps what the embeddings say about each other: the KL divergence between
     each example's softmax over its cosine similarities to the rest of the batch, of the embeddings and
