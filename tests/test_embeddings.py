@@ -15,6 +15,7 @@ from sentence_sae import load_embeddings
 from sentence_sae.config import DEFAULT_MODEL, default_cache_root
 from sentence_sae.embeddings import (
     AUTO_MIN_COSINE,
+    auto_order,
     DeferredModel,
     EncoderBackend,
     StringEncoder,
@@ -29,6 +30,7 @@ from sentence_sae.embeddings import (
     remembered_facts,
     resolve_model_path,
     resolve_prompt,
+    string_backend,
 )
 from sentence_sae.errors import ConfigError, ModelError
 from sentence_sae.openvino_encoder import openvino_precision, to_openvino
@@ -204,3 +206,10 @@ def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_
     # installed and first in auto's order, is what a probe would pick
     remember_facts(str(folder), "cpu", "auto", load_sentence_model(str(folder), "cpu", "fast"))
     assert encoder_backend(load_sentence_model(str(folder), "cpu", "auto")).name == "fast"
+
+
+def test_strings_are_embedded_in_half_precision_only_where_the_hardware_has_it():
+    """explain's many short strings: bf16 where the CPU runs it (as auto's order assumes), fp32 where it
+    would be emulated and slower, fp16 on a GPU."""
+    assert string_backend("cuda:0") == "fast"
+    assert string_backend("cpu") == ("fast" if "fast" in auto_order("cpu") else "torch")

@@ -75,6 +75,13 @@ def auto_order(device: str) -> list[str]:
     return ["openvino", "fast"] if _cpu_has_bf16() else ["openvino"]
 
 
+def string_backend(device: str) -> str:
+    """The backend for embedding many short strings (explain's terms and labels): ``fast`` where the
+    hardware runs half precision natively (a GPU, a CPU with bf16 instructions), else fp32 ``torch``,
+    since emulated bf16 is slower than fp32."""
+    return "fast" if str(device).startswith("cuda") or _cpu_has_bf16() else "torch"
+
+
 def backend_precision(backend: str, device: str | None) -> str:
     """The numeric precision an explicitly named backend runs at on a device."""
     on_gpu = str(device or "cpu").startswith("cuda")

@@ -12,7 +12,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import torch
 
-from ..embeddings import StringEncoder, load_sentence_model
+from ..embeddings import StringEncoder, load_sentence_model, string_backend
 from ..errors import DataError, check_positive
 from ..files import atomic_write_text
 from ..runs import open_run
@@ -119,7 +119,7 @@ def _label(run: Any, corpus: Any, texts: list[str], stats: FeatureStats, label_t
     needed = np.unique(np.concatenate([np.zeros(0, np.int64), *label_rows.values(), *scoring.positives,
                                        *scoring.negatives, *(labelling.support[f] for f in alive), labelling.contrast]))
     embeddings_of = _embeddings_of_rows(corpus, needed, texts)
-    labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, "fast"))
+    labeler = KeywordLabeler(load_sentence_model(run.cfg.model_name, run.cfg.device, string_backend(run.cfg.device)))
     found = label_features(labeler.model, texts, embeddings_of, alive, [label_rows[f] for f in alive], stats.firing_rows,
                            labelling, labeler)
     return Labelled(dict(zip(alive, found)), label_rows, scoring, embeddings_of, labeler.encoder)

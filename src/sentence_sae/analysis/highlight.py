@@ -2,7 +2,7 @@
 activation on the whole text minus its activation on the text with that word removed and embedded
 again. Positive: the word drives the feature; negative: the word holds it back.
 
-Each distinct text's word-removed variants are embedded once (in the ``fast`` backend's bf16 on CPU)
+Each distinct text's word-removed variants are embedded once (with ``embeddings.string_backend``)
 and read for every feature that asks about the text, and only a text's first MAX_WORDS words are
 removed in turn, so the cost grows with the number of texts, not with their length.
 """
