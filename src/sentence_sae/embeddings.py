@@ -111,9 +111,13 @@ def model_fingerprint(model: Any) -> str:
     return hasher.hexdigest()
 
 
+def _slug(name: str) -> str:
+    """A model's folder name as a file-name prefix for what the cache root keeps per model."""
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:40] or "model"
+
+
 def _onnx_path(model: Any, model_name: str) -> Path:
-    slug = "".join(c if c.isalnum() else "-" for c in Path(model_name.rstrip("/")).name).strip("-")[:40]
-    return default_cache_root() / "onnx" / f"{slug or 'model'}-{model_fingerprint(model)[:16]}.onnx"
+    return default_cache_root() / "onnx" / f"{_slug(Path(model_name.rstrip('/')).name)}-{model_fingerprint(model)[:16]}.onnx"
 
 
 def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> Any:
@@ -218,8 +222,7 @@ class ModelFacts(NamedTuple):
 
 def _memo_path(source: str) -> Path:
     folder = Path(source).resolve()
-    slug = "".join(c if c.isalnum() else "-" for c in folder.name).strip("-")[:40] or "model"
-    return default_cache_root() / "models" / f"{slug}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.json"
+    return default_cache_root() / "models" / f"{_slug(folder.name)}-{hashlib.sha256(str(folder).encode()).hexdigest()[:16]}.json"
 
 
 def _files_signature(source: str) -> list[list[Any]]:
@@ -227,6 +230,15 @@ def _files_signature(source: str) -> list[list[Any]]:
     folder = Path(source)
     return sorted([str(path.relative_to(folder)), stat.st_size, stat.st_mtime_ns]
                   for path in folder.rglob("*") if path.is_file() and (stat := path.stat()))
+
+
+def _memo_entries(source: str, signature: list[list[Any]]) -> list[dict[str, Any]]:
+    """The memo's entries for this model folder, or none when it is absent, damaged or its files changed."""
+    try:
+        memo = json.loads(_memo_path(source).read_text())
+        return list(memo["entries"]) if memo["files"] == signature else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _memo_environment(device: str, backend: str) -> dict[str, Any]:
@@ -245,18 +257,15 @@ def remembered_facts(model_name: str, device: str, backend: str) -> ModelFacts |
     source = resolve_model_path(model_name)
     if not Path(source).is_dir():
         return None
-    try:
-        memo = json.loads(_memo_path(source).read_text())
-        if memo["files"] != _files_signature(source):
-            return None
-        environment = _memo_environment(device, backend)
-        for entry in memo["entries"]:
+    environment = _memo_environment(device, backend)
+    for entry in _memo_entries(source, _files_signature(source)):
+        try:
             if entry["environment"] == environment:
                 facts = entry["facts"]
                 return ModelFacts(facts["fingerprint"], int(facts["dim"]), facts["max_seq_length"],
                                   dict(facts["prompts"]), EncoderBackend(*facts["backend"]))
-    except (OSError, ValueError, KeyError, TypeError):  # absent or damaged: load the model
-        return None
+        except (KeyError, TypeError, ValueError):  # a damaged entry: load the model
+            return None
     return None
 
 
@@ -271,11 +280,7 @@ def remember_facts(model_name: str, device: str, backend: str, model: Any) -> No
     if not Path(source).is_dir():
         return
     path, signature = _memo_path(source), _files_signature(source)
-    try:
-        memo = json.loads(path.read_text())
-        entries = memo["entries"] if memo["files"] == signature else []
-    except (OSError, ValueError, KeyError, TypeError):
-        entries = []
+    entries = _memo_entries(source, signature)
     environment = _memo_environment(device, backend)
     entries = [entry for entry in entries if entry.get("environment") != environment]
     entries.append({"environment": environment, "facts": facts_of(model)._asdict()})
