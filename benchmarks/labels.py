@@ -72,7 +72,6 @@ def held_out_file(path: Path, rows: np.ndarray, embeddings: np.ndarray, model, f
 
 def earlier_labeler_scores(run_dir: Path, held_path: Path, model) -> tuple[np.ndarray, np.ndarray]:
     """(embedding, lexical) label scores of the earlier labeler, on the scoring texts explain used."""
-    import torch
 
     from sentence_sae.analysis.features import collect_feature_stats
     from sentence_sae.analysis.keywords import KeywordLabeler
@@ -83,7 +82,7 @@ def earlier_labeler_scores(run_dir: Path, held_path: Path, model) -> tuple[np.nd
     run = open_run(run_dir, "cpu", model, dataset_path=str(held_path))
     texts = [json.loads(line)["text"] for line in held_path.read_text().splitlines()]
     corpus = run.corpus()
-    embeddings = torch.from_numpy(np.asarray(corpus.cache.embeddings())[: len(texts)].copy())
+    embeddings = corpus.embeddings_at(np.arange(len(texts)), texts)
     corpus.close()
     stats = collect_feature_stats(run.sae, iter(embeddings.split(4096)))
     scoring = scoring_set([stats.firing_rows(f) for f in range(run.sae.d_sae)], 8, len(texts))

@@ -186,7 +186,7 @@ def test_empty_and_missing_texts_are_skipped_and_counted(tmp_path, model, small_
     assert served_texts(store) == small_texts[1:3]
     assert sum(len(batch) for batch in store) == 2
     assert store.counter.skipped_empty == 4
-    assert store.cache.complete and store.cache.skipped_texts == 4
+    assert store.corpus.cache.complete and store.corpus.skipped_texts == 4
 
 
 def test_missing_text_column_lists_the_columns(tmp_path, model, small_texts):

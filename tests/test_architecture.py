@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("data", "openvino_encoder", "embeddings"),
     ("cache",),
     ("corpus",),
-    ("activation_store",),
+    ("activation_store", "cache_fill"),
     ("sae",),
     ("finalize",),
     ("checkpoint",),
@@ -100,6 +100,21 @@ def test_no_module_imports_a_layer_above_it():
     wrong = [f"{name} imports {target}" for name, targets in import_graph().items() for target in sorted(targets)
              if layer_of(target) > layer_of(name)]
     assert not wrong, "imports of a higher layer:\n" + "\n".join(wrong)
+
+
+CACHE_READERS = {"corpus", "cache_fill", "__init__"}
+"""The modules that may open cache files: the data layer's corpus and cache filler (and the package,
+which re-exports ``load_embeddings``); everything else reads embeddings through a ``Corpus``."""
+
+
+def cache_importers(graph: dict[str, set[str]]) -> set[str]:
+    return {name for name, targets in graph.items() if "cache" in targets}
+
+
+def test_only_the_data_layer_opens_cache_files():
+    graph = import_graph()
+    assert cache_importers(graph) <= CACHE_READERS, sorted(cache_importers(graph) - CACHE_READERS)
+    assert cache_importers({**graph, "training": graph["training"] | {"cache"}}) - CACHE_READERS == {"training"}
 
 
 def test_the_imports_have_no_cycle():

@@ -53,7 +53,7 @@ def test_second_run_reads_the_cache_and_never_runs_the_model(tmp_path, model, js
         first = ActivationsStoreSBERT(model, cfg)
         served_first = drain(first)
         assert counter.calls > 0
-        assert first.cache.complete and first.cache.rows == 60
+        assert first.corpus.cache.complete and first.corpus.cache.rows == 60
         counter.calls = 0
         second = ActivationsStoreSBERT(model, cfg)
         served_second = drain(second)

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from .config import SAEConfig, max_passes
-from .corpus import Corpus, first_non_finite
+from .corpus import Corpus, check_training_rows, counted_split, first_non_finite
 from .data import TextCounter
 from .embeddings import embedding_dim
 from .errors import DataError
 from .prefetch import Prefetcher
-from .recipe import batch_size_for, texts_worth_counting, validation_size
+from .recipe import batch_size_for, validation_size
 
 
 class DataShare(NamedTuple):
@@ -222,18 +222,6 @@ class ActivationStoreBase:
         self._generator.set_state(state["shuffle_state"])
 
 
-def counted_split(cfg: SAEConfig, corpus: Corpus) -> tuple[int | None, int]:
-    """(the corpus's rows, counted up to texts_worth_counting: None when it cannot be counted; the
-    validation set's size). The held-out set comes first, then validation, then training."""
-    try:
-        rows = corpus.count(limit=texts_worth_counting(cfg))
-    except DataError:  # needed for the validation set's size; else the reading reports it later
-        if cfg.num_val_examples is None:
-            raise
-        rows = None
-    return rows, validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
-
-
 class ActivationsStoreSBERT(ActivationStoreBase):
     """Streams texts, encodes them with ``model`` and serves shuffled embedding minibatches.
 
@@ -247,7 +235,6 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.model = model
         self.source = cfg.dataset_path
         self.corpus = corpus or Corpus(model, cfg, self.device)
-        self.cache = self.corpus.cache
         self.texts_read = 0  # texts handed out by get_batch_tokens
         self._text_batches: Iterator[str] | None = None
         self._eval_texts: list[str] | None = None
@@ -257,7 +244,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         self.corpus.show_progress(self.training_start + self.buffer_capacity)  # until the first step
         self._eval_embeddings = self.corpus.embeddings(0, cfg.num_eval_examples)
         self._val_embeddings = self.corpus.embeddings(cfg.num_eval_examples, self.training_start)
-        self._check_training_texts_exist()
+        check_training_rows(self.corpus, cfg, self.num_val_examples)
 
     # ------------------------------------------------------------------ texts
     @property
@@ -266,19 +253,6 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         if self._eval_texts is None:
             self._eval_texts = list(itertools.islice(self.corpus.texts_from(0), self.cfg.num_eval_examples))
         return self._eval_texts
-
-    def _check_training_texts_exist(self) -> None:
-        start = self.training_start
-        cached = self.cache.rows if self.cache is not None else 0
-        if cached > start or next(self.corpus.texts_from(start), None) is not None:
-            return
-        held = len(self._eval_embeddings)
-        if held == 0:
-            raise DataError(f"dataset {self.source} holds no texts; give a dataset with texts in column "
-                            f"'{self.cfg.text_column}'")
-        raise DataError(f"dataset {self.source} has only {held + len(self._val_embeddings)} texts, all taken by the "
-                        f"held-out set (num_eval_examples={self.cfg.num_eval_examples}) and the validation set "
-                        f"(num_val_examples={self.num_val_examples}); lower them")
 
     def get_batch_tokens(self) -> list[str]:
         """The next ``model_batch_size`` training texts, in dataset order, over the configured passes

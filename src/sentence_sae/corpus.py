@@ -13,6 +13,7 @@ import math
 import time
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from .cache import EmbeddingCache, open_cache
@@ -20,6 +21,7 @@ from .config import SAEConfig
 from .data import DatasetSource, TextCounter, iter_dataset_rows, locate_bad_line
 from .embeddings import embedding_dim, encode_texts, resolve_prompt
 from .errors import ConfigError, DataError, DataReadError
+from .recipe import texts_worth_counting, validation_size
 from .tracking import progress_bar
 
 READ_RETRIES = 3
@@ -79,6 +81,20 @@ class Corpus:
         """Called with the number of texts after each group is encoded (a progress bar's update)."""
         self._bar: Any = None
         self._counted: tuple[int | None, int | None] = (None, None)  # (rows counted, that count's limit)
+
+    @classmethod
+    def from_complete_cache(cls, model: Any, cfg: SAEConfig, device: torch.device | str = "cpu",
+                            source: DatasetSource | None = None) -> "Corpus | None":
+        """The corpus read wholly from its embedding cache, or None when caching is off or the cache is
+        not complete (the cache is then left as it was: no writer's lock taken)."""
+        if not cfg.use_cache:
+            return None
+        source = source or DatasetSource.from_config(cfg)
+        cache = open_cache(cfg, model, source)
+        if not cache.complete:
+            cache.close()
+            return None
+        return cls(model, cfg, device, source=source, cache=cache)
 
     @property
     def skipped_texts(self) -> int:
@@ -182,9 +198,11 @@ class Corpus:
             self._bar.close()
             self._bar = None
 
-    def precompute(self, stop: int | None, chunk_size: int, progress: bool = True) -> int:
+    def precompute(self, stop: int | None, ends: Sequence[int] = ()) -> int:
         """Encode rows [0, stop) into the cache (all rows when stop is None) with a progress bar;
-        returns the number of rows now cached."""
+        returns the number of rows now cached. Encoding calls also end at ``ends`` (where a training
+        run's reads end: the held-out and validation sets), so the cache holds the same bytes
+        whichever filled it."""
         if self.cache is None:
             raise DataError("precomputing embeddings needs use_cache=true")
         # From the rows encoded so far, shard or not: flushing the held-out and validation rows as a short
@@ -192,11 +210,13 @@ class Corpus:
         start = self.cache.next_row
         rows = self.count()
         total = stop if rows is None else min(stop or math.inf, rows)
-        with progress_bar(total, "embed", initial=start, **({} if progress else {"disable": True})) as bar:
+        cuts = [end for end in sorted(set(ends)) if start < end and (stop is None or end < stop)]
+        with progress_bar(total, "embed", initial=start) as bar:
             self.on_encoded = bar.update
             try:
-                for _ in self.embedding_chunks(start, stop, chunk_size):
-                    pass
+                for first, last in zip([start, *cuts], [*cuts, stop]):
+                    for _ in self.embedding_chunks(first, last, ENCODE_CALL_TEXTS):
+                        pass
             finally:
                 self.on_encoded = None
         self.cache.flush()
@@ -340,6 +360,22 @@ class Corpus:
                         f"{texts[offset][:80]!r}; the model fails on it: remove the text or use another "
                         "encode_backend")
 
+    def has_row(self, position: int) -> bool:
+        """Whether the dataset holds row ``position``, cached or still text."""
+        if self.cache is not None and self.cache.rows > position:
+            return True
+        return next(self.texts_from(position), None) is not None
+
+    def embeddings_at(self, rows: np.ndarray, texts: Sequence[str]) -> torch.Tensor:
+        """The embeddings of ``rows`` (sorted row positions) on the CPU: read from the cache when it
+        holds them all, else encoded again from their texts (``texts[r]`` is row r's)."""
+        if not len(rows):
+            return torch.zeros(0, self.dim)
+        if self.cache is not None and self.cache.rows > rows[-1]:
+            self.cache.flush()
+            return torch.from_numpy(np.ascontiguousarray(self.cache.embeddings()[rows]))
+        return self.encode([texts[r] for r in rows.tolist()]).cpu()
+
     def embeddings(self, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) as one tensor (fewer rows if the dataset ends first)."""
         chunks = [chunk for _, chunk in self.embedding_chunks(start, stop, max(1, stop - start))]
@@ -368,3 +404,29 @@ class Corpus:
     def close(self) -> None:
         if self.cache is not None:
             self.cache.close()
+
+
+def counted_split(cfg: SAEConfig, corpus: Corpus) -> tuple[int | None, int]:
+    """(the corpus's rows, counted up to texts_worth_counting: None when it cannot be counted; the
+    validation set's size). The held-out set comes first, then validation, then training."""
+    try:
+        rows = corpus.count(limit=texts_worth_counting(cfg))
+    except DataError:  # needed for the validation set's size; else the reading reports it later
+        if cfg.num_val_examples is None:
+            raise
+        rows = None
+    return rows, validation_size(cfg, None if rows is None else max(rows - cfg.num_eval_examples, 0))
+
+
+def check_training_rows(corpus: Corpus, cfg: SAEConfig, validation: int) -> None:
+    """A DataError naming the fix unless rows follow the held-out set and the ``validation`` rows."""
+    start = cfg.num_eval_examples + validation
+    if corpus.has_row(start):
+        return
+    rows = corpus.cache.rows if corpus.fully_cached else sum(1 for _ in itertools.islice(corpus.texts_from(0), start))
+    if rows == 0:
+        raise DataError(f"dataset {corpus.source} holds no texts; give a dataset with texts in column "
+                        f"'{cfg.text_column}'")
+    raise DataError(f"dataset {corpus.source} has only {rows} texts, all taken by the held-out set "
+                    f"(num_eval_examples={cfg.num_eval_examples}) and the validation set "
+                    f"(num_val_examples={validation}); lower them")

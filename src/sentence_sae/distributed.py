@@ -28,7 +28,6 @@ import torch
 import torch.distributed as dist
 
 from .activation_store import ActivationsStoreSBERT, DataShare
-from .cache import open_cache
 from .config import SAEConfig
 from .recipe import texts_worth_counting, validation_size
 from .corpus import Corpus
@@ -171,10 +170,8 @@ class DistributedContext:
             return ActivationsStoreSBERT(model, store_cfg)
         share = DataShare(self.rank, self.world_size)
         source = DatasetSource.from_config(store_cfg)
-        cache = open_cache(store_cfg, model, source) if store_cfg.use_cache else None
-        if cache is not None and cache.complete:
-            corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", source=source, cache=cache)
-        else:  # each process encodes its own split, and none writes the cache
+        corpus = Corpus.from_complete_cache(model, store_cfg, store_cfg.device or "cpu", source)
+        if corpus is None:  # each process encodes its own split, and none writes the cache
             store_cfg = store_cfg.replace(use_cache=False)
             if store_cfg.num_val_examples is None:  # each sets the same share of its split aside for validation
                 rows = Corpus(model, store_cfg, source=source).count(limit=texts_worth_counting(store_cfg))

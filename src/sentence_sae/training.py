@@ -13,18 +13,16 @@ from typing import Any
 
 import torch
 
-from .activation_store import ActivationsStoreSBERT, BatchSource, counted_split
-from .cache import EmbeddingCache, open_cache
+from .activation_store import ActivationsStoreSBERT, BatchSource
+from .cache_fill import fill_cache, fill_cache_shared
 from .checkpoint import saved_config
 from .config import SAEConfig, from_mapping
-from .corpus import Corpus, ShardPass
 from .distributed import DistributedContext
-from .embeddings import encoder_backend, load_sentence_model, load_sentence_model_deferred, require_dim
-from .errors import CacheError, CheckpointError, ConfigError, TrainingStopped, first_line
+from .embeddings import load_sentence_model, load_sentence_model_deferred, require_dim
+from .errors import CheckpointError, ConfigError, first_line
 from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
 from .sae import BaseSAE, create_sae
-from .signals import SignalReceived, StopOnSignals
 from .tracking import read_metrics
 from .trainer import TRAINER_STATE, Trainer, TrainResult
 
@@ -52,77 +50,11 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
     if not cfg.use_cache:
         raise ConfigError("embed writes the embedding cache; drop use_cache=false")
     with DistributedContext.from_environment() as context:
-        return _embed_shared(context, cfg) if context.distributed else _embed_alone(cfg)
-
-
-def _stopped(received: SignalReceived, cache: EmbeddingCache) -> TrainingStopped:
-    return TrainingStopped(f"{received.name} received; the embedding cache {cache.folder} is valid up to row "
-                           f"{cache.rows}; run the same command again to continue from there",
-                           exit_code=128 + received.signum)
-
-
-def _embed_alone(cfg: SAEConfig) -> dict[str, Any]:
-    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    started = time.perf_counter()
-    cache = open_cache(cfg, model)
-    cache.wait_for_writer(cfg.cache_lock_timeout)
-    before = cache.rows
-    corpus = Corpus(model, cfg, cfg.device or "cpu", cache=cache)
-    store: ActivationsStoreSBERT | None = None
-    try:
-        with StopOnSignals(immediately=True):
-            try:
-                store = ActivationsStoreSBERT(model, cfg, corpus=corpus)
-                stop = None if cfg.num_examples is None else store.training_start + cfg.num_examples
-                rows = corpus.precompute(stop, store.chunk_size)
-            finally:
-                (store or corpus).close()  # writes the rows encoded so far
-    except SignalReceived as received:
-        raise _stopped(received, cache) from None
-    if stop is not None and rows < stop and not cache.complete:
-        raise CacheError(f"the embedding cache {cache.folder} holds {rows} of the {stop} rows asked for; "
-                         "run the same command again to finish it")
-    return _embed_summary(cfg, cache, model, corpus.skipped_texts, rows - before, started)
-
-
-def _embed_shared(context: DistributedContext, cfg: SAEConfig) -> dict[str, Any]:
-    """embed under torchrun: each process encodes its own shards of the rows one process would
-    (Corpus.encode_shards), then the first lists them all in the manifest."""
-    cfg = context.configure(cfg)
-    model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
-    started, collectives = time.perf_counter(), context.collectives
-    cache = open_cache(cfg, model)
-    if context.is_main:
-        cache.wait_for_writer(cfg.cache_lock_timeout)
-    collectives.all_true(True)  # the others open the cache once the first holds the writer's lock
-    cache = cache if context.is_main else open_cache(cfg, model)
-    corpus = Corpus(model, cfg, cfg.device or "cpu", cache=cache)
-    try:
-        with StopOnSignals(immediately=True):
-            if cache.complete:
-                passed = ShardPass(len(cache.shards), 0, True, cache.skipped_texts)
-            else:
-                _, validation = counted_split(cfg, corpus)
-                start = cfg.num_eval_examples + validation
-                stop = None if cfg.num_examples is None else start + cfg.num_examples
-                passed = corpus.encode_shards(stop, context.rank, context.world_size, ends=(cfg.num_eval_examples, start))
-    except SignalReceived as received:
-        raise _stopped(received, cache) from None
-    encoded = sum(each.encoded for each in collectives.gather(passed))
-    if context.is_main and not cache.complete:
-        cache.adopt_shards(passed.shards, passed.ended, passed.skipped_texts)
-    cache.close()
-    return {**_embed_summary(cfg, cache, model, passed.skipped_texts, encoded, started), "processes": context.world_size}
-
-
-def _embed_summary(cfg: SAEConfig, cache: EmbeddingCache, model: Any, skipped: int, encoded: int,
-                   started: float) -> dict[str, Any]:
-    if skipped:
-        print(f"skipped {skipped} rows of {cfg.dataset_path} with a null or empty '{cfg.text_column}'",
-              file=sys.stderr)
-    return {"cache_dir": str(cache.folder), "rows": cache.rows, "encoded": encoded, "complete": cache.complete,
-            "skipped_texts": skipped, "encode_backend": encoder_backend(model).name,
-            "seconds": round(time.perf_counter() - started, 2)}
+        cfg = context.configure(cfg)
+        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+        if not context.distributed:
+            return fill_cache(model, cfg)
+        return fill_cache_shared(model, cfg, context.rank, context.world_size, context.collectives)
 
 
 def train(cfg: SAEConfig | dict[str, Any]) -> TrainResult:

@@ -187,15 +187,8 @@ def _feature_map(sae: Any, stats: FeatureStats, features: list[FeatureRecord], f
 
 
 def _embeddings_of_rows(corpus: Any, rows: np.ndarray, texts: list[str]) -> Callable[[np.ndarray], torch.Tensor]:
-    """A lookup of the embeddings of some rows (sorted): from the cache when it holds them, else
-    encoded again."""
-    cache = corpus.cache
-    if not len(rows):
-        values = torch.zeros(0, 0)
-    elif cache is not None and cache.rows > rows[-1]:
-        values = torch.from_numpy(np.ascontiguousarray(cache.embeddings()[rows]))
-    else:
-        values = corpus.encode([texts[r] for r in rows.tolist()]).cpu()
+    """A lookup of the embeddings of some rows (sorted), read or encoded once."""
+    values = corpus.embeddings_at(rows, texts)
 
     def embeddings_of(wanted: np.ndarray) -> torch.Tensor:
         return values[torch.from_numpy(np.searchsorted(rows, np.asarray(wanted, dtype=np.int64)))]
