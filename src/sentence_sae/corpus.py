@@ -105,6 +105,14 @@ class Corpus:
         return self.skipped_empty
 
     @property
+    def chunk_rows(self) -> int:
+        """Rows per model call and per cache read: ENCODE_CALL_TEXTS, or a cache shard when shards are
+        smaller (so that a killed run loses at most a shard). Calls cover the fixed row ranges [k n,
+        (k + 1) n), so a row is always encoded in the same company (padding and batching included) and
+        a resumed run or another process gets bit-identical embeddings."""
+        return min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size)
+
+    @property
     def fully_cached(self) -> bool:
         return self.cache is not None and self.cache.complete
 
@@ -181,8 +189,8 @@ class Corpus:
     def show_progress(self, rows: int) -> None:
         """A progress bar for encoding rows [0, rows) where they are not cached yet; stop_progress
         closes it (encoding that goes on after that counts on the caller's own bar)."""
-        # rows are encoded ENCODE_CALL_TEXTS at a time: the call that holds the last one is encoded whole
-        rows = math.ceil(rows / ENCODE_CALL_TEXTS) * ENCODE_CALL_TEXTS
+        # rows are encoded a chunk at a time: the call that holds the last one is encoded whole
+        rows = math.ceil(rows / self.chunk_rows) * self.chunk_rows
         try:
             rows = min(rows, self.count(limit=rows) or rows)
         except DataError:  # the reading that follows reports it, with what it had read
@@ -215,7 +223,7 @@ class Corpus:
             self.on_encoded = bar.update
             try:
                 for first, last in zip([start, *cuts], [*cuts, stop]):
-                    for _ in self.embedding_chunks(first, last, ENCODE_CALL_TEXTS):
+                    for _ in self.embedding_chunks(first, last, self.chunk_rows):
                         pass
             finally:
                 self.on_encoded = None
@@ -229,8 +237,7 @@ class Corpus:
         row ranges per call as a single process does (calls end at multiples of the call size and at
         ``ends``: a single process reads the held-out and validation sets first), so the shard files
         are the same bytes."""
-        cache, size = self.cache, self.cfg.cache_shard_size
-        call = min(ENCODE_CALL_TEXTS, size)
+        cache, size, call = self.cache, self.cfg.cache_shard_size, self.chunk_rows
         if size % call:
             raise ConfigError(f"embed under torchrun needs cache_shard_size at most {ENCODE_CALL_TEXTS} or a multiple "
                               f"of it (got {size}), so that its processes encode the rows a single process would")
@@ -312,8 +319,8 @@ class Corpus:
             cache.flush()
             end = cache.rows if stop is None else min(stop, cache.rows)
             stored = cache.embeddings()
-            for first in range(start, end, ENCODE_CALL_TEXTS):
-                yield self._checked(torch.from_numpy(stored[first : min(first + ENCODE_CALL_TEXTS, end)]), first, True)
+            for first in range(start, end, self.chunk_rows):
+                yield self._checked(torch.from_numpy(stored[first : min(first + self.chunk_rows, end)]), first, True)
             start = max(start, end)
             if (stop is not None and start >= stop) or cache.complete:
                 return
@@ -324,10 +331,7 @@ class Corpus:
         appending = cache is not None and cache.writable and start == cache.next_row
         counter = TextCounter()
         texts = self.texts_from(start, counter)
-        # Large calls, but no more than a cache shard, so that a killed run loses at most a shard.
-        # Calls cover fixed row ranges [k size, (k + 1) size): a row is always encoded in the same
-        # company (padding and batching included), so a resumed run gets bit-identical embeddings.
-        size = min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size)
+        size = self.chunk_rows
         position = start
         while stop is None or position < stop:
             want = (position // size + 1) * size - position
