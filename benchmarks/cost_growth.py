@@ -4,6 +4,9 @@
    from embedding caches of 10k, 100k, 1M and 4M rows. Memory must not grow with the rows beyond
    the shuffle buffer: the cache is memory-mapped and read one chunk at a time.
 2. dictionary: 1,536 to 65,536 features at k 32 and 64, from the 1M-row cache.
+3. explain: the default SAE (trained on the last 17,659 WordNet glosses) explains the first 3,000,
+   30,000 and 100,000 glosses with its default options, their embeddings already cached, so the
+   time is explain's own work; a whole `sentence-sae explain --num_examples N` process each.
 
 Each point is a whole child process (its peak resident memory from wait4); the time per 10,000
 examples is the training loop's time in its metrics.jsonl (`phase/train_s` plus `phase/data_wait_s`,
@@ -12,7 +15,7 @@ the wait for the cache's chunks), so start-up and evaluation do not blur it. The
 Batch size and learning rate are fixed, so the recipe (which follows the run's size) does not move
 them between points.
 
-    python -m benchmarks.cost_growth [--parts 12] [--examples 200000]
+    python -m benchmarks.cost_growth [--parts 123] [--examples 200000]
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ import numpy as np  # noqa: E402
 from sentence_sae.cache import EmbeddingCache, load_embeddings  # noqa: E402
 from sentence_sae.config import default_cache_root  # noqa: E402
 
-from benchmarks.common import run_process  # noqa: E402
+from benchmarks.common import SHARED, run_process, whole_embeddings  # noqa: E402
 
 ROWS = (10_000, 100_000, 1_000_000, 4_000_000)
 DICT_SIZES = (1_536, 6_144, 24_576, 65_536)
 TOP_KS = (32, 64)
 WIDTH, CENTRES, BATCH, LR = 384, 256, 1_024, 1e-3
 ENV = {"TQDM_DISABLE": "1", "WANDB_MODE": "disabled"}
+EXPLAIN_TEXTS = (3_000, 30_000, 100_000)
+EXPLAIN_TRAINED_FROM = 100_000
+"""The explain part's SAE trains on the glosses from this row on; the texts explained come before it."""
 
 
 def synthetic_cache(rows: int) -> Path:
@@ -111,9 +117,36 @@ def dict_part(examples: int, out: Path) -> None:
             print(f"| {dict_size:,} | {top_k} | {seconds:.2f} ({seconds / base:.1f}x) | {peak:.0f} |", flush=True)
 
 
+def explain_part(out: Path) -> None:
+    import torch
+
+    from sentence_sae import EmbeddingStore, SAEConfig, create_sae, post_init_cfg
+    from sentence_sae.trainer import Trainer
+
+    path = SHARED / "wordnet_glosses.jsonl.gz"
+    if not path.exists():
+        sys.exit(f"cost_growth: {path} is missing")
+    embeddings = torch.from_numpy(np.asarray(whole_embeddings(path)))
+    cfg = post_init_cfg(SAEConfig().replace(dataset_path=str(path), num_eval_examples=0, perf_log_freq=0,
+                                            checkpoint_freq=0, wandb_mode="disabled", output_dir=str(out)),
+                        embedding_width=embeddings.shape[1])
+    torch.manual_seed(0)
+    run_dir = Trainer(create_sae(cfg), EmbeddingStore(embeddings[EXPLAIN_TRAINED_FROM:], cfg), cfg).train().run_dir
+    print(f"\n3. explain: the default SAE ({cfg.dict_size:,} features, trained on WordNet rows "
+          f"{EXPLAIN_TRAINED_FROM:,} on), default options, the texts' embeddings cached")
+    print("| texts | whole process s | explain s | s per 10k texts | peak memory MB |")
+    print("|---|---|---|---|---|")
+    for texts in EXPLAIN_TEXTS:
+        run = run_process([sys.executable, "-m", "sentence_sae", "explain", str(run_dir), "--dataset_path", str(path),
+                           "--num_examples", str(texts)], ENV)
+        summary = json.loads(run.stdout.strip().splitlines()[-1])
+        print(f"| {texts:,} | {run.seconds:.0f} | {summary['seconds']:.0f} | {summary['seconds_per_10k_texts']:.1f} | "
+              f"{run.peak_mb:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="12")
+    parser.add_argument("--parts", default="123")
     parser.add_argument("--examples", type=int, default=200_000, help="training examples per point (rows part)")
     parser.add_argument("--dict_examples", type=int, default=50_000, help="training examples per dictionary point")
     args = parser.parse_args()
@@ -122,6 +155,8 @@ def main() -> None:
             rows_part(args.examples, Path(tmp))
         if "2" in args.parts:
             dict_part(args.dict_examples, Path(tmp))
+        if "3" in args.parts:
+            explain_part(Path(tmp))
 
 
 if __name__ == "__main__":
