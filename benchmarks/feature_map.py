@@ -72,7 +72,7 @@ def decoder_layout(directions: np.ndarray, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    table = ["| corpus | live features | random | decoder (UMAP) | co-activation map | x decoder | x random "
+    table = ["| corpus | live features | random | decoder (UMAP) | map | x decoder | x random "
              "| games features: map (decoder) |", "|---|---|---|---|---|---|---|---|"]
     for name, load in (("debian", debian), ("wordnet", wordnet)):
         training, mapped, labels = load()

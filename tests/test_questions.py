@@ -406,11 +406,16 @@ def test_map_neighbours_found_in_blocks_are_the_nearest_by_the_documented_simila
     sae, stats, live = docs_feature_stats
     decoder = sae.W_dec.detach().numpy()
     indices, distances = nearest_features(stats, decoder, live, k=7, block=100)
-    columns = np.zeros((stats.n_texts, len(stats.counts)))
-    columns[stats.sorted_rows, np.repeat(np.arange(len(stats.counts)), np.diff(stats.starts))] = stats.sorted_values
-    columns = columns[:, live] / np.linalg.norm(columns[:, live], axis=0)
+    codes = np.zeros((stats.n_texts, len(stats.counts)))
+    codes[stats.sorted_rows, np.repeat(np.arange(len(stats.counts)), np.diff(stats.starts))] = stats.sorted_values
+    codes = codes[:, live]
+    fired = np.flatnonzero(codes.max(1) > 0)
+    strongest = np.zeros_like(codes)
+    strongest[fired, codes[fired].argmax(1)] = 1  # each text counts toward its strongest live feature
+    profiles = codes.T @ strongest
+    profiles /= np.linalg.norm(profiles, axis=1, keepdims=True)
     places = place_vectors(stats, decoder, live)
-    similarity = 0.5 * places @ places.T + 0.5 * columns.T @ columns
+    similarity = 0.5 * places @ places.T + 0.5 * profiles @ profiles.T
     np.fill_diagonal(similarity, -np.inf)
     expected = -np.sort(-similarity, axis=1)[:, :7]
     assert np.allclose(1 - distances, expected, atol=1e-4)

@@ -99,6 +99,8 @@ def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Cal
         if name in chosen or (name == default and "default" in chosen):
             runs.append((f"{label} (default)" if name == default else label,
                          contextlib.nullcontext if name == default else functools.partial(patched_auxk, loss), {}))
+    if "unclipped" in chosen:
+        runs.append(("default AuxK, no gradient clipping", contextlib.nullcontext, {"max_grad_norm": None}))
     return runs
 
 
@@ -107,7 +109,8 @@ def main() -> None:
     parser.add_argument("--corpora", default="debian,wordnet")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--runs", default="first,weighted,not_weighted",
-                        help="which of first, weighted, not_weighted, default (whichever of the two is the default)")
+                        help="which of first, weighted, not_weighted, default (whichever of the two is the default), "
+                             "unclipped (the default without max_grad_norm)")
     parser.add_argument("--seeds", default="42")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]

@@ -1,11 +1,13 @@
 """A map of the features, laid out by how they fire on the corpus, drawn on one canvas in the browser
 (``browser/map.html``) so that it stays smooth with tens of thousands of features.
 
-Two features are near when they fire together on the same texts and when the texts each fires on
-mean the same: their similarity is the mean of the cosine between their activation columns over the
-corpus (co-activation) and the cosine between the activation-weighted centroids of the embeddings of
-their texts, less the corpus mean (where in embedding space each fires). A feature firing on fewer
-than MIN_FIRINGS texts is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
+Two features are near when they fire on the same kinds of text and when the texts each fires on mean
+the same: their similarity is the mean of (1) the cosine between their activation profiles over the
+texts' dominant features (each text counts toward its strongest feature: the SAE's own clustering of
+the corpus, so two features that fire on different but like texts still meet, where co-activation on
+the very same texts would miss them) and (2) the cosine between the activation-weighted centroids of
+the embeddings of their texts, less the corpus mean (where in embedding space each fires). A feature
+firing on fewer than MIN_FIRINGS texts is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
 nearest neighbours by that similarity gives the 2-D layout; decoder directions alone place related
 features no nearer than unrelated ones (``benchmarks/feature_map.py``).
 
@@ -29,6 +31,9 @@ MIN_FIRINGS = 5
 """A feature firing on fewer texts is placed by its decoder direction: too few texts say where it fires."""
 PERPLEXITY = 30.0
 """t-SNE's perplexity: about how many neighbours shape each feature's place."""
+TSNE_ITERATIONS = 500
+"""t-SNE's iterations (scikit-learn's default is 1,000): half the time at the same structure score on
+Debian and WordNet (``benchmarks/feature_map.py``: 0.305 and 0.442 at 500, 0.302 and 0.441 at 1,000)."""
 NEIGHBOUR_BLOCK = 2048
 """Features whose similarities to every other feature are held at once while finding neighbours."""
 
@@ -43,23 +48,35 @@ def place_vectors(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray) ->
     return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def dominant_profiles(stats: FeatureStats, live: np.ndarray) -> Any:
+    """[live, live] sparse unit rows: each live feature's activation summed over the texts whose
+    strongest live feature is each other one (texts where no live feature fires count nowhere)."""
+    from scipy import sparse
+
+    codes = sparse.csc_matrix((stats.sorted_values, stats.sorted_rows, stats.starts),
+                              shape=(stats.n_texts, len(stats.counts)))[:, live].tocsr()
+    fired = np.diff(codes.indptr) > 0
+    strongest = np.asarray(codes.argmax(axis=1)).ravel()[fired]
+    cluster = sparse.csr_matrix((np.ones(len(strongest), np.float32), (np.flatnonzero(fired), strongest)),
+                                shape=(stats.n_texts, len(live)))
+    profiles = (codes.T @ cluster).tocsr().astype(np.float32)
+    norms = np.sqrt(np.asarray(profiles.multiply(profiles).sum(1))).ravel()
+    return (sparse.diags(1 / np.maximum(norms, 1e-12)) @ profiles).tocsr().astype(np.float32)
+
+
 def nearest_features(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray, k: int,
                      block: int = NEIGHBOUR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Each live feature's ``k`` nearest live features (positions in ``live``) and their distances
     (1 - similarity, see the module), nearest first; computed ``block`` features at a time, never
     [live, live] at once."""
-    from scipy import sparse
 
-    columns = sparse.csc_matrix((stats.sorted_values, stats.sorted_rows, stats.starts),
-                                shape=(stats.n_texts, len(stats.counts)))[:, live]
-    norms = np.sqrt(np.asarray(columns.multiply(columns).sum(0))).ravel()
-    columns = (columns @ sparse.diags(1 / np.maximum(norms, 1e-12))).tocsc().astype(np.float32)
-    rows = columns.T.tocsr()
+    profiles = dominant_profiles(stats, live)
+    columns = profiles.T.tocsc()
     places = place_vectors(stats, decoder, live)
     indices, distances = [], []
     for start in range(0, len(live), block):
         stop = min(start + block, len(live))
-        similarity = 0.5 * (places[start:stop] @ places.T) + 0.5 * (rows[start:stop] @ columns).toarray()
+        similarity = 0.5 * (places[start:stop] @ places.T) + 0.5 * (profiles[start:stop] @ columns).toarray()
         similarity[np.arange(stop - start), np.arange(start, stop)] = -np.inf
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(similarity, nearest, 1), axis=1, kind="stable")
@@ -85,7 +102,7 @@ def map_layout(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray, seed:
     graph = sparse.csr_matrix((distances.ravel(), indices.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
     with warnings.catch_warnings():  # the neighbours are given, so t-SNE's warning about a non-metric graph is moot
         warnings.simplefilter("ignore")
-        coords = TSNE(perplexity=perplexity, metric="precomputed", init="random",
+        coords = TSNE(perplexity=perplexity, metric="precomputed", init="random", max_iter=TSNE_ITERATIONS,
                       random_state=seed).fit_transform(graph)
     coords = coords - coords.min(0)
     return coords / np.maximum(coords.max(0), 1e-12)
@@ -193,8 +210,7 @@ def map_page(features: list[FeatureRecord], coords: np.ndarray, roots: list[int]
             "file": [feature_file(f.id) for f in live]}
     payload = inline_json(data)
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
-<p class="meta">Each point is a feature; features that fire together, on texts of like meaning, lie near each
-other. Colored by family (grey: none), sized by how often it fires. Hover for its label, click to open it;
+<p class="meta">Each point is a feature; features that fire on the same kinds of text lie near each other. Colored by family (grey: none), sized by how often it fires. Hover for its label, click to open it;
 <code>map.html#q=word</code> opens the map with the word highlighted.</p>
 <div class="controls"><input id="search" type="search" placeholder="highlight a keyword or #id" aria-label="search"></div>
 <p class="meta" id="count"></p>
