@@ -33,7 +33,7 @@ from sentence_sae.embeddings import (
     string_backend,
 )
 from sentence_sae.errors import ConfigError, ModelError
-from sentence_sae.openvino_encoder import openvino_precision, to_openvino
+from sentence_sae.openvino_encoder import openvino_available, openvino_precision, to_openvino
 
 
 def test_default_model_loads_offline_from_the_package(model):
@@ -208,8 +208,9 @@ def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_
     assert encoder_backend(load_sentence_model(str(folder), "cpu", "auto")).name == "fast"
 
 
-def test_strings_are_embedded_in_half_precision_only_where_the_hardware_has_it():
-    """explain's many short strings: bf16 where the CPU runs it (as auto's order assumes), fp32 where it
-    would be emulated and slower, fp16 on a GPU."""
+def test_strings_are_embedded_by_the_fastest_faithful_backend_installed():
+    """explain's many short strings: OpenVINO on a CPU where installed, else bf16 where the CPU runs it
+    (as auto's order assumes), fp32 where bf16 would be emulated and slower; fp16 on a GPU."""
     assert string_backend("cuda:0") == "fast"
-    assert string_backend("cpu") == ("fast" if "fast" in auto_order("cpu") else "torch")
+    fallback = "fast" if "fast" in auto_order("cpu") else "torch"
+    assert string_backend("cpu") == ("openvino" if openvino_available() else fallback)

@@ -76,10 +76,15 @@ def auto_order(device: str) -> list[str]:
 
 
 def string_backend(device: str) -> str:
-    """The backend for embedding many short strings (explain's terms and labels): ``fast`` where the
-    hardware runs half precision natively (a GPU, a CPU with bf16 instructions), else fp32 ``torch``,
-    since emulated bf16 is slower than fp32."""
-    return "fast" if str(device).startswith("cuda") or _cpu_has_bf16() else "torch"
+    """The backend for embedding many short strings (explain's terms and labels): ``fast`` (fp16) on a
+    GPU; on a CPU ``openvino`` where installed (on short texts 2.38x fp32 torch against bf16 torch's
+    1.98x, and nearer fp32: ``benchmarks/RESULTS.md``), else ``fast`` where the CPU runs bf16
+    natively, else fp32 ``torch``, since emulated bf16 is slower than fp32."""
+    if str(device).startswith("cuda"):
+        return "fast"
+    if openvino_available():
+        return "openvino"
+    return "fast" if _cpu_has_bf16() else "torch"
 
 
 def backend_precision(backend: str, device: str | None) -> str:

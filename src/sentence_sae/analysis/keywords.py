@@ -15,8 +15,8 @@ The earlier research project's method, made fast, with one change: for each feat
    best term of each of the top ``n_terms`` clusters is kept, best first.
 
 Speed comes from embedding each distinct candidate once for the whole SAE, in large batches, with
-the model's ``fast`` backend where the hardware has half precision (bf16 on CPU: about half the time,
-the same labels on WordNet), else fp32 (``embeddings.string_backend``).
+the fastest backend that keeps fp32's embeddings (OpenVINO where installed, else bf16 where the
+hardware has it, else fp32: ``embeddings.string_backend``).
 """
 
 from __future__ import annotations
