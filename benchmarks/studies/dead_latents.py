@@ -19,6 +19,10 @@ dead_feature_window (20,000) training examples; FVU and L0 are on the held-out t
 
     python -m benchmarks.studies.dead_latents                      # about 45 minutes on 2 cores
     python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,not_weighted --seeds 0,1,2
+    python -m benchmarks.studies.dead_latents --corpora debian --variants topk,batchtopk,vanilla --runs unclipped
+
+`unclipped` is the default without max_grad_norm: clipping binds at every step (norms 30-50 against 1),
+and without it `topk` keeps its features alive at the first recipe's FVU while `vanilla` falls apart.
 """
 
 from __future__ import annotations
