@@ -10,10 +10,12 @@ mean over three seeds of each layout (the random one included). Also
 printed: the same share for the features whose dominant label is Debian's `games` section alone.
 
     python -m benchmarks.feature_map          # about 6 minutes on 2 cores (umap-learn for the baseline)
+    python -m benchmarks.feature_map --tsne_iterations 1000   # the map at scikit-learn's default length
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import os
@@ -28,6 +30,7 @@ import torch  # noqa: E402
 
 from benchmarks.common import SHARED, first_rows_split, whole_embeddings  # noqa: E402
 from sentence_sae import EmbeddingStore, SAEConfig, create_sae  # noqa: E402
+from sentence_sae.analysis import feature_map  # noqa: E402
 from sentence_sae.analysis.feature_map import map_layout, structure_score  # noqa: E402
 from sentence_sae.analysis.features import FeatureStats, collect_feature_stats  # noqa: E402
 from sentence_sae.embeddings import encode_texts, load_sentence_model  # noqa: E402
@@ -72,6 +75,9 @@ def decoder_layout(directions: np.ndarray, seed: int) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tsne_iterations", type=int, default=feature_map.TSNE_ITERATIONS)
+    feature_map.TSNE_ITERATIONS = parser.parse_args().tsne_iterations
     table = ["| corpus | live features | random | decoder (UMAP) | map | x decoder | x random "
              "| games features: map (decoder) |", "|---|---|---|---|---|---|---|---|"]
     for name, load in (("debian", debian), ("wordnet", wordnet)):

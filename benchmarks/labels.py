@@ -9,7 +9,10 @@ the same run: the labels shuffled across features, the most frequent content wor
 and the top text itself. Beside them, on the same scoring texts: the earlier labeler (its keyword
 terms from the top 8 texts, joined, with no concept choice, no support or contrast texts).
 
-    python -m benchmarks.labels [--corpora wordnet,debian]
+    python -m benchmarks.labels [--corpora wordnet,debian] [--string_backend fast]
+
+`--string_backend` embeds the labeller's terms and labels with that backend instead of
+`embeddings.string_backend`'s choice (OpenVINO where installed), to compare the two.
 
 Embeddings come from the sentence-sae cache, `--encode_backend fast` (each whole file is encoded once;
 the split files' caches are filled from it).
@@ -114,7 +117,12 @@ def train_default(name: str, folder: Path, model) -> tuple[Path, np.ndarray, np.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpora", default="wordnet,debian")
+    parser.add_argument("--string_backend", help="the labeller's backend, in place of string_backend's choice")
     args = parser.parse_args()
+    if args.string_backend:
+        import sentence_sae.analysis.explain as explain_module
+
+        explain_module.string_backend = lambda device: args.string_backend
     model = load_sentence_model(SAEConfig().model_name, "cpu", BACKEND)
     goals = []
     table = ["| corpus | scorer | labels | earlier labeler | shuffled | most frequent word | top text | labels >= 0.8 "

@@ -39,9 +39,7 @@ def fill_cache(model: Any, cfg: SAEConfig) -> dict[str, Any]:
     try:
         with StopOnSignals(immediately=True):
             try:
-                _, validation = counted_split(cfg, corpus)
-                start = cfg.num_eval_examples + validation
-                stop = None if cfg.num_examples is None else start + cfg.num_examples
+                validation, start, stop = _rows_a_run_reads(cfg, corpus)
                 check_training_rows(corpus, cfg, validation)
                 rows = corpus.precompute(stop, ends=(cfg.num_eval_examples, start))
             finally:
@@ -69,9 +67,7 @@ def fill_cache_shared(model: Any, cfg: SAEConfig, rank: int, world_size: int, ot
             if cache.complete:
                 passed = ShardPass(len(cache.shards), 0, True, cache.skipped_texts)
             else:
-                _, validation = counted_split(cfg, corpus)
-                start = cfg.num_eval_examples + validation
-                stop = None if cfg.num_examples is None else start + cfg.num_examples
+                _, start, stop = _rows_a_run_reads(cfg, corpus)
                 passed = corpus.encode_shards(stop, rank, world_size, ends=(cfg.num_eval_examples, start))
     except SignalReceived as received:
         raise _stopped(received, cache) from None
@@ -80,6 +76,14 @@ def fill_cache_shared(model: Any, cfg: SAEConfig, rank: int, world_size: int, ot
         cache.adopt_shards(passed.shards, passed.ended, passed.skipped_texts)
     cache.close()
     return {**_summary(cfg, cache, model, passed.skipped_texts, encoded, started), "processes": world_size}
+
+
+def _rows_a_run_reads(cfg: SAEConfig, corpus: Corpus) -> tuple[int, int, int | None]:
+    """(the validation set's size, the first training row, the row after the last one a run of ``cfg``
+    reads: None for the whole dataset)."""
+    _, validation = counted_split(cfg, corpus)
+    start = cfg.num_eval_examples + validation
+    return validation, start, None if cfg.num_examples is None else start + cfg.num_examples
 
 
 def _stopped(received: SignalReceived, cache: EmbeddingCache) -> TrainingStopped:

@@ -29,8 +29,7 @@ import torch.distributed as dist
 
 from .activation_store import ActivationsStoreSBERT, DataShare
 from .config import SAEConfig
-from .recipe import texts_worth_counting, validation_size
-from .corpus import Corpus
+from .corpus import Corpus, counted_split
 from .data import DatasetSource
 from .errors import ConfigError
 from .files import new_run_dir
@@ -174,9 +173,8 @@ class DistributedContext:
         if corpus is None:  # each process encodes its own split, and none writes the cache
             store_cfg = store_cfg.replace(use_cache=False)
             if store_cfg.num_val_examples is None:  # each sets the same share of its split aside for validation
-                rows = Corpus(model, store_cfg, source=source).count(limit=texts_worth_counting(store_cfg))
-                training = None if rows is None else max(rows - store_cfg.num_eval_examples, 0)
-                store_cfg = store_cfg.replace(num_val_examples=validation_size(store_cfg, training) // self.world_size)
+                _, validation = counted_split(store_cfg, Corpus(model, store_cfg, source=source))
+                store_cfg = store_cfg.replace(num_val_examples=validation // self.world_size)
             corpus = Corpus(model, store_cfg, store_cfg.device or "cpu", split=share, source=source)
         return ActivationsStoreSBERT(model, store_cfg, share=share, corpus=corpus)
 

@@ -7,8 +7,8 @@ texts' dominant features (each text counts toward its strongest feature: the SAE
 the corpus, so two features that fire on different but like texts still meet, where co-activation on
 the very same texts would miss them) and (2) the cosine between the activation-weighted centroids of
 the embeddings of their texts, less the corpus mean (where in embedding space each fires). A feature
-firing on fewer than MIN_FIRINGS texts is placed by its decoder direction instead of a centroid. t-SNE (scikit-learn) on each feature's
-nearest neighbours by that similarity gives the 2-D layout; decoder directions alone place related
+firing on fewer than MIN_FIRINGS texts is placed by its decoder direction instead of a centroid.
+t-SNE (scikit-learn) on each feature's nearest neighbours by that similarity gives the 2-D layout; decoder directions alone place related
 features no nearer than unrelated ones (``benchmarks/feature_map.py``).
 
 Each live feature is a point colored by the root of its family tree and sized by its density; hovering
@@ -32,8 +32,9 @@ MIN_FIRINGS = 5
 PERPLEXITY = 30.0
 """t-SNE's perplexity: about how many neighbours shape each feature's place."""
 TSNE_ITERATIONS = 500
-"""t-SNE's iterations (scikit-learn's default is 1,000): half the time at the same structure score on
-Debian and WordNet (``benchmarks/feature_map.py``: 0.305 and 0.442 at 500, 0.302 and 0.441 at 1,000)."""
+"""t-SNE's iterations (scikit-learn's default is 1,000): half the work at the same structure score on
+Debian and WordNet (``benchmarks/feature_map.py``: 0.325 and 0.444 at 500, 0.325 and 0.445 with
+``--tsne_iterations 1000``)."""
 NEIGHBOUR_BLOCK = 2048
 """Features whose similarities to every other feature are held at once while finding neighbours."""
 
@@ -59,7 +60,7 @@ def dominant_profiles(stats: FeatureStats, live: np.ndarray) -> Any:
     strongest = np.asarray(codes.argmax(axis=1)).ravel()[fired]
     cluster = sparse.csr_matrix((np.ones(len(strongest), np.float32), (np.flatnonzero(fired), strongest)),
                                 shape=(stats.n_texts, len(live)))
-    profiles = (codes.T @ cluster).tocsr().astype(np.float32)
+    profiles = (codes.T @ cluster).tocsr()
     norms = np.sqrt(np.asarray(profiles.multiply(profiles).sum(1))).ravel()
     return (sparse.diags(1 / np.maximum(norms, 1e-12)) @ profiles).tocsr().astype(np.float32)
 
@@ -69,7 +70,6 @@ def nearest_features(stats: FeatureStats, decoder: np.ndarray, live: np.ndarray,
     """Each live feature's ``k`` nearest live features (positions in ``live``) and their distances
     (1 - similarity, see the module), nearest first; computed ``block`` features at a time, never
     [live, live] at once."""
-
     profiles = dominant_profiles(stats, live)
     columns = profiles.T.tocsc()
     places = place_vectors(stats, decoder, live)
@@ -210,7 +210,8 @@ def map_page(features: list[FeatureRecord], coords: np.ndarray, roots: list[int]
             "file": [feature_file(f.id) for f in live]}
     payload = inline_json(data)
     body = f"""<p><a href='index.html'>&larr; all features</a></p><h1>{html.escape(title)}</h1>
-<p class="meta">Each point is a feature; features that fire on the same kinds of text lie near each other. Colored by family (grey: none), sized by how often it fires. Hover for its label, click to open it;
+<p class="meta">Each point is a feature; features that fire on the same kinds of text lie near each other.
+Colored by family (grey: none), sized by how often it fires. Hover for its label, click to open it;
 <code>map.html#q=word</code> opens the map with the word highlighted.</p>
 <div class="controls"><input id="search" type="search" placeholder="highlight a keyword or #id" aria-label="search"></div>
 <p class="meta" id="count"></p>
