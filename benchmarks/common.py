@@ -1,9 +1,13 @@
 """What the benchmarks share: the shared data folder, the WordNet split every quality benchmark uses
 (train on the first N_TRAIN definitions, judge on the rest, EXAMPLES training examples seen), and
-running a command as a child process measured whole (wall time and its own peak memory)."""
+running a command as a child process measured whole (wall time and its own peak memory), and texts
+read from a corpus file."""
 
 from __future__ import annotations
 
+import gzip
+import itertools
+import json
 import os
 import subprocess
 import tempfile
@@ -67,3 +71,15 @@ def run_process(args: list[str], env: dict[str, str] | None = None) -> ProcessRu
     if child.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} exited {child.returncode}:\n{stderr[-3000:]}")
     return ProcessRun(seconds, usage.ru_maxrss / 1024, stdout, stderr)
+
+
+def load_texts(path: Path | None, n: int, skip: int = 0) -> tuple[list[str], str]:
+    """``n`` texts after the first ``skip`` of a JSON-lines file (gzipped or not), or of the built-in
+    python-docs corpus when there is no such file; and the source's name."""
+    if path is not None and path.exists():
+        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as handle:
+            lines = itertools.islice(handle, skip, skip + n)
+            return [json.loads(line)["text"] for line in lines], path.name
+    from sentence_sae.data import python_docs_paragraphs
+
+    return list(python_docs_paragraphs())[skip : skip + n], "python-docs"

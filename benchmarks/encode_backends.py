@@ -16,8 +16,6 @@ starts after the first N texts (texts a benchmark's SAE never trained on).
 from __future__ import annotations
 
 import argparse
-import gzip
-import itertools
 import json
 import os
 import tempfile
@@ -29,18 +27,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from sentence_sae.config import DEFAULT_MODEL  # noqa: E402
-from sentence_sae.data import python_docs_paragraphs  # noqa: E402
 from sentence_sae.embeddings import encode_texts, encoder_backend, load_sentence_model  # noqa: E402
 
-from benchmarks.common import DEFAULT_DATA, run_process  # noqa: E402
-
-
-def load_texts(path: Path | None, n: int, skip: int = 0) -> tuple[list[str], str]:
-    if path is not None and path.exists():
-        with gzip.open(path, "rt") if path.suffix == ".gz" else open(path) as handle:
-            lines = itertools.islice(handle, skip, skip + n)
-            return [json.loads(line)["text"] for line in lines], path.name
-    return list(python_docs_paragraphs())[skip : skip + n], "python-docs"
+from benchmarks.common import DEFAULT_DATA, load_texts, run_process  # noqa: E402
 
 
 def whole_processes(texts: list[str]) -> None:

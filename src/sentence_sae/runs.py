@@ -13,7 +13,7 @@ from .checkpoint import load_sae, saved_config_and_provenance
 from .config import SAEConfig
 from .corpus import Corpus
 from .data import DatasetSource
-from .embeddings import encode_texts, load_sentence_model, require_dim, resolve_prompt
+from .embeddings import encode_texts, load_sentence_model, load_sentence_model_deferred, require_dim, resolve_prompt
 from .errors import CheckpointError
 from .sae import BaseSAE, eval_mode
 
@@ -51,8 +51,8 @@ def open_run(run_dir: str | Path, device: str | None = None, model: Any = None, 
     changes = {key: value for key, value in overrides.items() if value is not None}
     cfg = cfg.replace(**changes, device=device or "cpu")
     sae = load_sae(folder, device=cfg.device)
-    if model is None:
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    if model is None:  # loaded when first asked to encode: a corpus whose embeddings are all cached never is
+        model = load_sentence_model_deferred(cfg.model_name, cfg.device, cfg.encode_backend)
     cfg.act_size = require_dim(model, sae.d_in, f"the SAE in {folder}", cfg.model_name)
     return Run(folder, sae, cfg, model, trained_on)
 
