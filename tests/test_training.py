@@ -9,10 +9,11 @@ import pytest
 import torch
 from helpers import make_cfg, pca_fvu
 
-from sentence_sae import ActivationsStoreSBERT, create_sae, load_sae
+from sentence_sae import ActivationsStoreSBERT, create_sae, get_default_cfg, load_sae, post_init_cfg
 from sentence_sae.activation_store import EmbeddingStore
 from sentence_sae.metrics import reconstruction_metrics
-from sentence_sae.schedules import clip_gradients, lr_multiplier, sparsity_multiplier, warmup_top_k
+from sentence_sae.schedules import (RELATIVE_CLIP_DECAY, GradientClipper, clip_gradients, lr_multiplier,
+                                   sparsity_multiplier, warmup_top_k)
 from sentence_sae.steering import l0_tolerance
 from sentence_sae.trainer import Trainer
 from sentence_sae.training import load_trainer_state
@@ -157,6 +158,42 @@ def test_gradient_clipping_gives_clip_grad_norm_s_gradients_and_norm(max_norm):
     assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, torchs))  # bit for bit
     clipped = torch.cat([p.grad.flatten() for p in ours]).norm().item()
     assert clipped == pytest.approx(min(total, max_norm), rel=1e-5)
+
+
+def test_relative_clipping_cuts_only_steps_larger_than_the_recent_ones_and_resumes_its_mean():
+    """Norms 2, 2, 2 pass untouched; a step of 10 is cut to 1.5 x the running mean; a clipper
+    restored from the state continues exactly."""
+    parameter = torch.nn.Parameter(torch.zeros(4))
+
+    def step(clipper: GradientClipper, norm: float) -> tuple[float, float]:
+        parameter.grad = torch.tensor([norm, 0.0, 0.0, 0.0])
+        return clipper([parameter]), parameter.grad.norm().item()
+
+    clipper = GradientClipper(1.5, relative=True)
+    assert [step(clipper, 2.0) for _ in range(3)] == [(2.0, 2.0)] * 3
+    saved = clipper.state_dict()
+    seen, after = step(clipper, 10.0)
+    assert seen == 10.0 and after == pytest.approx(1.5 * 2.0)
+    mean = RELATIVE_CLIP_DECAY * 2.0 + (1 - RELATIVE_CLIP_DECAY) * 3.0  # the mean follows the clipped norm
+    assert clipper.recent_norm == pytest.approx(mean)
+    restored = GradientClipper(1.5, relative=True)
+    restored.load_state_dict(saved)
+    assert step(restored, 10.0) == (seen, after) and restored.recent_norm == clipper.recent_norm
+    assert step(GradientClipper(1.5), 10.0) == (10.0, pytest.approx(1.5))  # fixed: at max_norm itself
+    assert step(GradientClipper(None, relative=True), 10.0)[1] == 10.0
+
+
+@pytest.mark.parametrize("variant,relative", [("topk", True), ("batchtopk", True), ("matryoshka", False),
+                                              ("vanilla", False), ("gated", False), ("jumprelu", False)])
+def test_each_variant_records_its_clipping_and_an_explicit_choice_wins(tmp_path, variant, relative):
+    embeddings = torch.randn(512, 16, generator=torch.Generator().manual_seed(0))
+    for asked, expected in ((None, relative), (not relative, not relative)):
+        cfg = post_init_cfg(get_default_cfg().replace(sae_type=variant, dict_size=32, top_k=4, num_examples=64,
+                                                      relative_grad_clip=asked, output_dir=str(tmp_path),
+                                                      wandb_mode="disabled"), embedding_width=16)
+        trainer = Trainer(create_sae(cfg), EmbeddingStore(embeddings, cfg), cfg)
+        assert trainer.cfg.relative_grad_clip is expected and trainer.clipper.relative is expected
+        assert trainer.sae.cfg.relative_grad_clip is expected  # saved with the run
 
 
 def test_k_based_training_starts_dense_and_ends_at_top_k(tmp_path, model, docs_split):

@@ -178,7 +178,12 @@ class SAEConfig:
     beta2: float = 0.999
     """Adam beta2."""
     max_grad_norm: float | None = 1.0
-    """Gradient-norm clipping threshold; unset disables clipping."""
+    """Gradient-norm clipping threshold (with relative_grad_clip, a multiple of the recent norms);
+    unset disables clipping."""
+    relative_grad_clip: bool | None = None
+    """Clip at max_grad_norm times the running mean of the recent steps' gradient norms, so only
+    steps larger than usual are cut, instead of at max_grad_norm itself. Unset: the variant's
+    default, relative for topk and batchtopk (docs/variants.md)."""
     lr_warmup_steps: int | None = None
     """Steps of linear learning-rate warm-up from 0. Unset: 5% of the training steps."""
     lr_decay_frac: float = 0.5

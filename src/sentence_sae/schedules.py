@@ -29,6 +29,44 @@ def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float | None)
     return total.item()
 
 
+class GradientClipper:
+    """Clips the gradients' total norm at ``max_norm`` (None: never), or, ``relative``, at ``max_norm``
+    times the running mean of the recent steps' norms (as clipped; RELATIVE_CLIP_DECAY per step), so
+    that only steps larger than usual are cut. Its state goes into checkpoints: a resumed run clips as
+    the run it continues would have."""
+
+    def __init__(self, max_norm: float | None, relative: bool = False):
+        self.max_norm, self.relative = max_norm, relative
+        self.recent_norm: float | None = None
+
+    def __call__(self, parameters: list[torch.nn.Parameter]) -> float:
+        """The gradients' total norm before clipping (nan when ``max_norm`` is None)."""
+        if not self.relative:
+            return clip_gradients(parameters, self.max_norm)
+        if self.max_norm is None:
+            return float("nan")
+        total = torch.nn.utils.get_total_norm([param.grad for param in parameters if param.grad is not None])
+        norm = total.item()
+        limit = norm if self.recent_norm is None else self.max_norm * self.recent_norm
+        if norm > limit:
+            torch.nn.utils.clip_grads_with_norm_(parameters, limit, total)
+        seen = min(norm, limit)
+        self.recent_norm = (seen if self.recent_norm is None
+                            else RELATIVE_CLIP_DECAY * self.recent_norm + (1 - RELATIVE_CLIP_DECAY) * seen)
+        return norm
+
+    def state_dict(self) -> dict[str, float | None]:
+        return {"recent_norm": self.recent_norm}
+
+    def load_state_dict(self, state: dict[str, float | None]) -> None:
+        self.recent_norm = state["recent_norm"]
+
+
+RELATIVE_CLIP_DECAY = 0.99
+"""The running mean of relative clipping forgets at this rate per step: it follows about the last 100
+steps' norms."""
+
+
 def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:
     """Linear warm-up from 0 over ``warmup_steps``, constant, then linear decay to 0 over the last
     ``decay_frac`` of ``total_steps`` (no decay when the length of training is unknown)."""

@@ -32,7 +32,7 @@ from .metrics import reconstruction_metrics
 from .sae import BaseSAE, eval_mode
 from .sae.base import initialize_b_dec, normalize_decoder, remove_parallel_decoder_grad
 from .recipe import RunSize, fill_recipe, sparsity_target
-from .schedules import adam, clip_gradients, lr_multiplier, warmup_top_k
+from .schedules import GradientClipper, adam, lr_multiplier, warmup_top_k
 from .signals import StopOnSignals
 from .steering import DeadFeatures, SparsityCoefficient, diverged, fvu_miss, l0_miss
 from .tracking import PhaseTimer, RunLogger, progress_bar
@@ -116,6 +116,7 @@ class Trainer:
         self.started = time.perf_counter()  # the run's seconds include waiting for the first embeddings
         self.last_checkpoint: Path | None = None
         self.optimizer = adam(list(sae.parameters()), cfg.lr, (cfg.beta1, cfg.beta2))
+        self.clipper = GradientClipper(cfg.max_grad_norm, bool(cfg.relative_grad_clip))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda step: lr_multiplier(step, self.total_steps, cfg.lr_warmup_steps, cfg.lr_decay_frac),
@@ -133,6 +134,8 @@ class Trainer:
         num_val = getattr(store, "num_val_examples", cfg.num_val_examples)
         if num_val != cfg.num_val_examples:
             cfg = cfg.replace(num_val_examples=num_val)
+        if cfg.relative_grad_clip is None:
+            cfg = cfg.replace(relative_grad_clip=self.sae.relative_grad_clip)
         return fill_recipe(cfg, RunSize(total, getattr(store, "training_texts", None)), self.world_size,
                            small_encoder_start=self.sae.encoder_init_scale < 1)
 
@@ -162,7 +165,7 @@ class Trainer:
         output.loss.backward()
         collectives.all_reduce_gradients(sae)
         remove_parallel_decoder_grad(sae)
-        grad_norm = clip_gradients(list(sae.parameters()), self.cfg.max_grad_norm)
+        grad_norm = self.clipper(list(sae.parameters()))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         normalize_decoder(sae)
@@ -237,6 +240,7 @@ class Trainer:
             "sparsity": self.sparsity.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "grad_clipper": self.clipper.state_dict(),
             "stores": self.collectives.gather(self.store.state_dict()),
             "history": self.history,
             "wandb_id": self.logger.wandb_id,
@@ -258,6 +262,11 @@ class Trainer:
             self.sparsity.load_state_dict(state["sparsity"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "grad_clipper" in state:
+            self.clipper.load_state_dict(state["grad_clipper"])
+        elif self.clipper.relative:  # a checkpoint from before relative clipping: go on as it began
+            self.clipper.relative = False
+            self.cfg = self.sae.cfg = self.cfg.replace(relative_grad_clip=False)
         self.history = list(state.get("history", []))
         self.first_error = state.get("first_error")
         if state.get("training_sample") is not None:  # checkpoints of format 3 on: train_fvu as if never stopped
