@@ -20,7 +20,7 @@ from sentence_sae.analysis.diff import diff_run, firing_diff, two_proportion_p_v
 from sentence_sae.analysis.feature_map import (MIN_FIRINGS, family_roots, map_layout, nearest_features, place_vectors,
                                                structure_score)
 from sentence_sae.analysis.features import collect_feature_stats
-from sentence_sae.analysis.search import feature_search, search_run
+from sentence_sae.analysis.search import feature_activations, feature_search, search_run
 from sentence_sae.analysis.records import FeatureRecord, TextExample
 from sentence_sae.analysis.search_page import WORD, text_index
 from sentence_sae.errors import ConfigError
@@ -387,6 +387,23 @@ def docs_feature_stats(labelled_run, model, docs_embeddings):
     sae = open_run(labelled_run[0], model=model).sae
     stats = collect_feature_stats(sae, iter(docs_embeddings.split(1024)))
     return sae, stats, np.flatnonzero(stats.counts)
+
+
+def test_statistics_and_activations_do_not_depend_on_how_codes_are_blocked(docs_feature_stats, docs_embeddings,
+                                                                            monkeypatch):
+    """Codes are made in blocks of at most DENSE_CODE_VALUES values, whatever the chunk: blocks of 7
+    rows inside chunks of 1,024 give the same statistics and activations as the default blocks."""
+    import sentence_sae.metrics as metrics
+
+    sae, default, live = docs_feature_stats
+    features = live[:5].tolist()
+    whole = feature_activations(sae, docs_embeddings, features)
+    monkeypatch.setattr(metrics, "DENSE_CODE_VALUES", 7 * sae.d_sae)
+    blocked = collect_feature_stats(sae, iter(docs_embeddings.split(1024)))
+    assert np.array_equal(blocked.counts, default.counts) and np.array_equal(blocked.sorted_rows, default.sorted_rows)
+    assert np.array_equal(blocked.coactivation, default.coactivation)
+    assert np.allclose(blocked.centroids, default.centroids, atol=1e-5)
+    assert torch.equal(feature_activations(sae, docs_embeddings, features), whole)
 
 
 def test_the_map_keeps_features_of_one_topic_together(docs_feature_stats):

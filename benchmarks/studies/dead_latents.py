@@ -101,7 +101,8 @@ def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Cal
     """(row label, context that patches AuxK, config overrides) of one corpus and variant."""
     runs = []
     if "first" in chosen and corpus == "debian" and variant in ("topk", "batchtopk"):
-        runs.append(("rectified, 1/32, weighted (first recipe)", patched_auxk, {"aux_penalty": 1 / 32}))
+        runs.append(("rectified, 1/32, weighted (first recipe)", patched_auxk,
+                     {"aux_penalty": 1 / 32, "relative_grad_clip": False}))
     if "first" in chosen and corpus == "debian" and variant in NO_AUXK_BEFORE:
         runs.append(("none (first recipe)", contextlib.nullcontext, {"aux_penalty": 0.0}))
     if variant == "jumprelu":

@@ -106,10 +106,11 @@ class Corpus:
 
     @property
     def chunk_rows(self) -> int:
-        """Rows per model call and per cache read: ENCODE_CALL_TEXTS, or a cache shard when shards are
-        smaller (so that a killed run loses at most a shard). Calls cover the fixed row ranges [k n,
-        (k + 1) n), so a row is always encoded in the same company (padding and batching included) and
-        a resumed run or another process gets bit-identical embeddings."""
+        """Rows per model call and per cache read, for training and analysis alike: ENCODE_CALL_TEXTS,
+        or a cache shard when shards are smaller (so that a killed run loses at most a shard). Calls
+        cover the fixed row ranges [k n, (k + 1) n), so a row is always encoded in the same company
+        (padding and batching included) and a resumed run or another process gets bit-identical
+        embeddings."""
         return min(ENCODE_CALL_TEXTS, self.cfg.cache_shard_size)
 
     @property
@@ -385,21 +386,21 @@ class Corpus:
         chunks = [chunk for _, chunk in self.embedding_chunks(start, stop, max(1, stop - start))]
         return torch.cat(chunks) if chunks else torch.empty(0, self.dim, device=self.device)
 
-    def iter_rows(self, start: int = 0, stop: int | None = None, chunk_size: int = 4096,
+    def iter_rows(self, start: int = 0, stop: int | None = None,
                   extra_columns: dict[str, str] | None = None) -> Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]]:
-        """(texts, extra column values, embeddings) of rows [start, stop), chunk by chunk, in order."""
+        """(texts, extra column values, embeddings) of rows [start, stop), chunk_rows at a time, in order."""
         rows = self.rows_from(start, extra_columns)
-        for _, embeddings in self.embedding_chunks(start, stop, chunk_size):
+        for _, embeddings in self.embedding_chunks(start, stop, self.chunk_rows):
             chunk = list(itertools.islice(rows, len(embeddings)))
             yield [text for text, _ in chunk], [extra for _, extra in chunk], embeddings
 
-    def read(self, stop: int | None, desc: str, extra_columns: dict[str, str] | None = None,
-             chunk_size: int = 4096) -> Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]]:
+    def read(self, stop: int | None, desc: str,
+             extra_columns: dict[str, str] | None = None) -> Iterator[tuple[list[str], list[dict[str, Any]], torch.Tensor]]:
         """iter_rows over rows [0, stop) with a progress bar named ``desc``; once read to the end, every
         row encoded on the way is in the cache (flushed), so the rows can be looked up there."""
         total = self.count(stop)
         with progress_bar(stop if total is None else total, desc) as bar:
-            for chunk in self.iter_rows(0, stop, chunk_size, extra_columns):
+            for chunk in self.iter_rows(0, stop, extra_columns):
                 bar.update(len(chunk[0]))
                 yield chunk
         if self.cache is not None:

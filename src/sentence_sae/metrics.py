@@ -8,11 +8,25 @@ whatever normalization the SAE applies inside.
 from __future__ import annotations
 
 import math
+from typing import Iterator
 
 import torch
 
 from .errors import DataError
 from .sae import BaseSAE, eval_mode
+
+DENSE_CODE_VALUES = 1 << 24
+"""Dense codes are made at most this many values (64 MB in fp32) at a time, whatever the size of the
+corpus chunk they come from: 8,192 rows at 65,536 features would be 2 GB."""
+
+
+def code_blocks(sae: BaseSAE, embeddings: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, dense feature activations) of consecutive blocks of ``embeddings``, in inference
+    mode, each block at most DENSE_CODE_VALUES values."""
+    rows = max(1, DENSE_CODE_VALUES // sae.d_sae)
+    with torch.no_grad(), eval_mode(sae):
+        for start in range(0, len(embeddings), rows):
+            yield start, sae.encode(embeddings[start : start + rows].to(sae.device))
 
 
 @torch.no_grad()

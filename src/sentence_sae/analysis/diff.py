@@ -19,7 +19,7 @@ from scipy import stats
 from ..corpus import Corpus
 from ..errors import ConfigError, DataError, check_fdr, check_positive
 from ..files import atomic_write_text
-from ..metrics import encode_in_batches
+from ..metrics import code_blocks
 from ..runs import open_run
 from ..sae import BaseSAE
 from .browser import examples_html, feature_file, file_stem, page, q_text
@@ -127,7 +127,8 @@ def collect_sides(sae: BaseSAE, corpora: list[Corpus], num_examples: int | None,
     for index, corpus in enumerate(corpora):
         chunks = corpus.read(num_examples, "diff" if len(corpora) == 1 else f"diff {'AB'[index]}", extra)
         for side, texts, embeddings in _side_chunks(chunks, label_column, sides):
-            found[side if len(corpora) == 1 else index].add(encode_in_batches(sae, embeddings), texts)
+            for start, codes in code_blocks(sae, embeddings):
+                found[side if len(corpora) == 1 else index].add(codes, texts[start : start + len(codes)])
     return found
 
 

@@ -9,7 +9,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..metrics import encode_in_batches
+from ..metrics import code_blocks
 from ..sae import BaseSAE
 
 QUANTILES = (0.25, 0.5, 0.75)
@@ -61,22 +61,22 @@ def collect_feature_stats(sae: BaseSAE, chunks: Iterator[torch.Tensor], top_n: i
     centroids = torch.zeros(d_sae, sae.W_dec.shape[1], dtype=torch.float32)
     embedding_sum = torch.zeros(sae.W_dec.shape[1], dtype=torch.float64)
     offset = 0
-    for embeddings in chunks:
-        codes = encode_in_batches(sae, embeddings).float().cpu()
-        embeddings = embeddings.float().cpu()
-        embedding_sum += embeddings.double().sum(0)
-        rows, features = codes.nonzero(as_tuple=True)
-        values = codes[rows, features]
-        # over the firings only: a dense codes.T @ embeddings costs d_sae / L0 times as much
-        centroids.index_add_(0, features, values[:, None] * embeddings[rows])
-        rows_list.append((rows + offset).to(torch.int64).numpy())
-        features_list.append(features.to(torch.int32).numpy())
-        values_list.append(values.numpy())
-        if coactivation is not None:
-            fired = (codes > 0).float()
-            sparse = fired.to_sparse().t()
-            coactivation += torch.sparse.mm(sparse, fired)
-        offset += len(codes)
+    for chunk in chunks:
+        for start, codes in code_blocks(sae, chunk):
+            codes = codes.float().cpu()
+            embeddings = chunk[start : start + len(codes)].float().cpu()
+            embedding_sum += embeddings.double().sum(0)
+            rows, features = codes.nonzero(as_tuple=True)
+            values = codes[rows, features]
+            # over the firings only: a dense codes.T @ embeddings costs d_sae / L0 times as much
+            centroids.index_add_(0, features, values[:, None] * embeddings[rows])
+            rows_list.append((rows + offset).to(torch.int64).numpy())
+            features_list.append(features.to(torch.int32).numpy())
+            values_list.append(values.numpy())
+            if coactivation is not None:
+                fired = (codes > 0).float()
+                coactivation += torch.sparse.mm(fired.to_sparse().t(), fired)
+            offset += len(codes)
     rows = np.concatenate(rows_list) if rows_list else np.zeros(0, np.int64)
     features = np.concatenate(features_list) if features_list else np.zeros(0, np.int32)
     values = np.concatenate(values_list) if values_list else np.zeros(0, np.float32)

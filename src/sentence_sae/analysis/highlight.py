@@ -16,12 +16,9 @@ import torch
 
 from ..embeddings import encode_texts, resolve_prompt
 from ..tracking import progress_bar
-from ..sae import BaseSAE, eval_mode
+from ..metrics import code_blocks
+from ..sae import BaseSAE
 from .words import word_spans
-
-ENCODE_CHUNK = 4096
-"""Variants run through the SAE this many at a time (bounds the dense codes' memory)."""
-
 
 class WordContributions(NamedTuple):
     """One text's words (character spans) and, per asked feature, each word's contribution."""
@@ -51,13 +48,12 @@ def word_contributions(sae: BaseSAE, model: Any, texts: Sequence[str], features:
     starts = np.concatenate([[0], np.cumsum([len(s) + 1 for s in spans])])
     wanted = [torch.as_tensor(list(f), dtype=torch.long) for f in features]
     pieces: dict[int, list[torch.Tensor]] = {}
-    with eval_mode(sae), torch.inference_mode():
-        for begin in range(0, len(variants), ENCODE_CHUNK):
-            codes = sae.encode(embeddings[begin : begin + ENCODE_CHUNK].to(sae.device)).float().cpu()
-            end = begin + len(codes)
-            for i in sorted(set(owner[begin:end])):
-                lo, hi = max(starts[i], begin), min(starts[i + 1], end)
-                pieces.setdefault(i, []).append(codes[lo - begin : hi - begin][:, wanted[i]])
+    for begin, codes in code_blocks(sae, embeddings):
+        codes = codes.float().cpu()
+        end = begin + len(codes)
+        for i in sorted(set(owner[begin:end])):
+            lo, hi = max(starts[i], begin), min(starts[i + 1], end)
+            pieces.setdefault(i, []).append(codes[lo - begin : hi - begin][:, wanted[i]])
     results = []
     for i, text_spans in enumerate(spans):
         values = torch.cat(pieces[i]) if i in pieces else torch.zeros(1, len(wanted[i]))

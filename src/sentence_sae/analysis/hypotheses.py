@@ -26,7 +26,7 @@ from scipy import sparse, stats
 
 from ..errors import DataError, check_fdr, check_positive
 from ..files import atomic_write_text
-from ..metrics import encode_in_batches
+from ..metrics import code_blocks
 from ..runs import open_run
 from .browser import examples_html, feature_file, file_stem, page, q_text
 from .records import feature_labels
@@ -76,7 +76,7 @@ def read_outcome(run: Any, target_column: str, num_examples: int | None) -> Outc
         for chunk_texts, extras, chunk in corpus.read(num_examples, "hypotheses", {target_column: "target_column"}):
             texts.extend(chunk_texts)
             values.extend(row[target_column] for row in extras)
-            codes.append(sparse.csr_matrix(encode_in_batches(run.sae, chunk).float().cpu().numpy()))
+            codes.extend(sparse.csr_matrix(block.float().cpu().numpy()) for _, block in code_blocks(run.sae, chunk))
             embeddings.append(chunk.float().cpu().numpy())
     finally:
         corpus.close()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError, check_positive
-from ..metrics import encode_in_batches
+from ..metrics import code_blocks
 from ..runs import Run, open_run
 from .compare import similarity_shares
 from .records import feature_labels
@@ -75,10 +75,10 @@ def check_feature(sae: Any, feature: int) -> None:
 
 
 def feature_activations(sae: Any, embeddings: torch.Tensor, features: list[int]) -> torch.Tensor:
-    """[n, len(features)] activations of some features, 4,096 rows at a time so that the [n, d_sae]
-    codes of a whole corpus are never held at once."""
-    return torch.cat([encode_in_batches(sae, embeddings[start : start + 4096])[:, features].float().cpu()
-                      for start in range(0, len(embeddings), 4096)])
+    """[n, len(features)] activations of some features, block by block, so that the [n, d_sae] codes of
+    a whole corpus are never held at once."""
+    return torch.cat([torch.zeros(0, len(features)),
+                      *(codes[:, features].float().cpu() for _, codes in code_blocks(sae, embeddings))])
 
 
 class Steering(NamedTuple):
