@@ -18,7 +18,7 @@ default recipe otherwise (seed 42). `dead` is the share of features that did not
 dead_feature_window (20,000) training examples; FVU and L0 are on the held-out texts.
 
     python -m benchmarks.studies.dead_latents                      # about 45 minutes on 2 cores
-    python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,not_weighted --seeds 0,1,2
+    python -m benchmarks.studies.dead_latents --variants batchtopk --runs weighted,not_weighted --seeds 0,1,2 --clip fixed
     python -m benchmarks.studies.dead_latents --corpora debian --variants topk,batchtopk,vanilla --runs unclipped
     python -m benchmarks.studies.dead_latents --variants topk,batchtopk --runs first,fixed_clip,default --seeds 0,1,2
 
@@ -100,7 +100,7 @@ WEIGHTED, NOT_WEIGHTED = "raw, 1, weighted", "raw, 1, not weighted"
 def runs_for(corpus: str, variant: str, chosen: set[str]) -> list[tuple[str, Callable, dict]]:
     """(row label, context that patches AuxK, config overrides) of one corpus and variant."""
     runs = []
-    if "first" in chosen and corpus == "debian" and variant in ("topk", "batchtopk"):
+    if "first" in chosen and variant in ("topk", "batchtopk"):
         runs.append(("rectified, 1/32, weighted (first recipe)", patched_auxk,
                      {"aux_penalty": 1 / 32, "relative_grad_clip": False}))
     if "first" in chosen and corpus == "debian" and variant in NO_AUXK_BEFORE:
@@ -131,6 +131,8 @@ def main() -> None:
                              "recent norms), unclipped (the default without max_grad_norm), relative_clip (the "
                              "other variants clipped relative to the recent norms)")
     parser.add_argument("--seeds", default="42")
+    parser.add_argument("--clip", choices=("default", "fixed"), default="default",
+                        help="fixed: every run clips at max_grad_norm itself, as all did before relative clipping")
     args = parser.parse_args()
     seeds = [int(seed) for seed in args.seeds.split(",")]
     print("| corpus | features | variant | AuxK | seed | held-out FVU | L0 | dead | s |\n|---|---|---|---|---|---|---|---|---|")
@@ -142,7 +144,8 @@ def main() -> None:
             for seed in seeds:
                 for label, context, overrides in runs_for(corpus, variant, set(args.runs.split(","))):
                     settings = {"sae_type": variant, "top_k": 32, "dict_size": width, "num_examples": 100_000,
-                                "seed": seed, **overrides}
+                                "seed": seed, **({"relative_grad_clip": False} if args.clip == "fixed" else {}),
+                                **overrides}
                     with context():
                         row = train_one(training, held_out, settings)
                     fvu.setdefault(label, []).append(row["fvu"])
