@@ -1,7 +1,7 @@
 """The training recipe that follows from the run's size.
 
-The values a user leaves unset (``batch_size``, ``lr``, ``lr_warmup_steps``, ``num_val_examples``)
-are derived here from how many training examples the run will see and how many distinct training
+The values a user leaves unset (``batch_size``, ``lr``, ``lr_warmup_steps``, ``num_val_examples``,
+``relative_grad_clip``) are derived here from how many training examples the run will see and how many distinct training
 texts the corpus holds, never from constants fitted to one corpus; an explicit value always wins.
 The rules and the measurements behind them are in docs/recipe.md; ``python -m benchmarks.panel``
 checks them.
@@ -39,6 +39,13 @@ held-out FVU in 21 of 24 default-budget cells (jumprelu up to 22%), so those kee
 WARMUP_FRACTION = 0.05
 VALIDATION_FRACTION = 0.05
 MIN_VALIDATION, MAX_VALIDATION = 64, 2_048
+RELATIVE_CLIP_ARCHITECTURES = ("topk", "batchtopk")
+"""The variants that clip the gradient at max_grad_norm times its recent norms rather than at
+max_grad_norm itself. With k fixing L0 their loss keeps its scale, and a clip at a fixed norm (which
+binds at every step) slowed learning while AuxK revived dead features: on Debian at 6,144 features,
+held-out FVU 0.8% (topk) and 1.4% (batchtopk) above relative clipping. matryoshka lost 3.8% with
+relative clipping, and vanilla, whose loss changes scale as its coefficient is steered, fell apart
+(benchmarks/studies/dead_latents.py, docs/variants.md)."""
 
 
 class RunSize(NamedTuple):
@@ -93,8 +100,8 @@ def sparsity_target(cfg: SAEConfig) -> float:
 
 
 def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1, small_encoder_start: bool = False) -> SAEConfig:
-    """``cfg`` with batch_size, lr and lr_warmup_steps filled where unset; ``small_encoder_start``:
-    the architecture's encoder_init_scale is below 1 (see LR_STEPS)."""
+    """``cfg`` with batch_size, lr, lr_warmup_steps and relative_grad_clip filled where unset;
+    ``small_encoder_start``: the architecture's encoder_init_scale is below 1 (see LR_STEPS)."""
     changes: dict[str, object] = {}
     batch_size = cfg.batch_size
     if batch_size is None:
@@ -106,6 +113,8 @@ def fill_recipe(cfg: SAEConfig, size: RunSize, world_size: int = 1, small_encode
         changes["lr"] = learning_rate_for(steps or None, small_encoder_start=small_encoder_start)
     if cfg.lr_warmup_steps is None:
         changes["lr_warmup_steps"] = max(1, round(WARMUP_FRACTION * steps)) if steps else 20
+    if cfg.relative_grad_clip is None:
+        changes["relative_grad_clip"] = cfg.sae_type in RELATIVE_CLIP_ARCHITECTURES
     if batch_size % world_size:
         raise ConfigError(f"batch_size ({batch_size}) must be divisible by the number of processes ({world_size})")
     buffer = cfg.model_batch_size * cfg.num_batches_in_buffer

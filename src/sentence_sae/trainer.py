@@ -134,8 +134,6 @@ class Trainer:
         num_val = getattr(store, "num_val_examples", cfg.num_val_examples)
         if num_val != cfg.num_val_examples:
             cfg = cfg.replace(num_val_examples=num_val)
-        if cfg.relative_grad_clip is None:
-            cfg = cfg.replace(relative_grad_clip=self.sae.relative_grad_clip)
         return fill_recipe(cfg, RunSize(total, getattr(store, "training_texts", None)), self.world_size,
                            small_encoder_start=self.sae.encoder_init_scale < 1)
 

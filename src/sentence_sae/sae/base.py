@@ -86,7 +86,6 @@ class BaseSAE(nn.Module):
     default_input_unit_norm: ClassVar[bool] = False  # input_unit_norm when the config leaves it unset
     uses_top_k: ClassVar[bool] = False  # top_k sets the sparsity (the trainer anneals k towards it)
     encoder_init_scale: ClassVar[float] = 1.0  # W_enc starts as this times W_dec^T (unit-norm rows)
-    relative_grad_clip: ClassVar[bool] = False  # the default of cfg.relative_grad_clip (docs/variants.md)
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()

@@ -31,11 +31,6 @@ class TopKSAE(BaseSAE):
     # Small initial codes (as SAELens's decoder rows at norm 0.1 give): held-out FVU 3-6% lower for
     # topk and batchtopk at ten points on WordNet, Debian and python-docs (benchmarks/RESULTS.md, point 6).
     encoder_init_scale = 0.1
-    # With k fixing L0 the loss keeps its scale through training, and a clip at a fixed norm (which
-    # binds at every step) slowed learning while AuxK revived dead features: on Debian at 6,144
-    # features, held-out FVU 0.8% (topk) and 1.4% (batchtopk) above relative clipping
-    # (benchmarks/studies/dead_latents.py, docs/variants.md).
-    relative_grad_clip = True
 
     def activate(self, pre: torch.Tensor, k: int | None = None) -> torch.Tensor:
         return keep_top_k(F.relu(pre), k or self.cfg.top_k)
