@@ -1,8 +1,9 @@
 """The training recipe that follows from the run's size.
 
 The values a user leaves unset (``batch_size``, ``lr``, ``lr_warmup_steps``, ``num_val_examples``,
-``relative_grad_clip``) are derived here from how many training examples the run will see and how many distinct training
-texts the corpus holds, never from constants fitted to one corpus; an explicit value always wins.
+``relative_grad_clip``) are derived here from how many training examples the run will see, how many
+distinct training texts the corpus holds and the architecture, never from constants fitted to one
+corpus; an explicit value always wins.
 The rules and the measurements behind them are in docs/recipe.md; ``python -m benchmarks.panel``
 checks them.
 """

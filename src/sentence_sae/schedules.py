@@ -29,6 +29,11 @@ def clip_gradients(parameters: list[torch.nn.Parameter], max_norm: float | None)
     return total.item()
 
 
+RELATIVE_CLIP_DECAY = 0.99
+"""The running mean of relative clipping forgets at this rate per step: it follows about the last 100
+steps' norms."""
+
+
 class GradientClipper:
     """Clips the gradients' total norm at ``max_norm`` (None: never), or, ``relative``, at ``max_norm``
     times the running mean of the recent steps' norms (as clipped; RELATIVE_CLIP_DECAY per step), so
@@ -60,11 +65,6 @@ class GradientClipper:
 
     def load_state_dict(self, state: dict[str, float | None]) -> None:
         self.recent_norm = state["recent_norm"]
-
-
-RELATIVE_CLIP_DECAY = 0.99
-"""The running mean of relative clipping forgets at this rate per step: it follows about the last 100
-steps' norms."""
 
 
 def lr_multiplier(step: int, total_steps: int | None, warmup_steps: int, decay_frac: float) -> float:
