@@ -218,6 +218,35 @@ def planted_target(rows: list[dict], topic: str, seed: int, numeric: bool = Fals
     return ["yes" if bool(t) != bool(f) else "no" for t, f in zip(on_topic, flipped)]
 
 
+def test_hypothesis_tests_are_one_sided_permutation_tests():
+    from scipy import sparse
+
+    from sentence_sae.analysis.hypotheses import feature_tests
+
+    rng = np.random.default_rng(0)
+    n, positives = 400, 40
+    target = np.zeros(n)
+    target[:positives] = 1
+    codes = np.zeros((n, 3))
+    codes[:, 0] = np.where(target == 1, rng.uniform(1, 2, n), rng.uniform(0, 1.5, n) * (rng.random(n) < 0.5))
+    codes[[0, 1, 2], 1] = [0.5, 0.7, 0.9]  # fires on three texts, all of them positive
+    codes[:, 2] = codes[:, 0]
+    effects, p = feature_tests(sparse.csr_matrix(codes), target, "binary", np.arange(3), np.array([1.0, 1.0, -1.0]))
+    auc = stats.mannwhitneyu(codes[target == 1, 0], codes[target == 0, 0]).statistic / (positives * (n - positives))
+    assert effects[0] == pytest.approx(auc) and effects[2] == pytest.approx(auc)
+    assert p[0] == pytest.approx(1 / 10_000)  # beats every permutation
+    assert p[2] == 1.0  # the same feature claimed to fire less on the positives: never confirmed
+    # three firing texts all positive happen by chance with probability C(40,3) / C(400,3) = 0.00093; the
+    # normal approximation claims far less than that
+    exact = (40 * 39 * 38) / (400 * 399 * 398)
+    assert exact / 2 < p[1] < exact * 2
+    asymptotic = stats.mannwhitneyu(codes[target == 1, 1], codes[target == 0, 1], alternative="greater").pvalue
+    assert asymptotic < exact / 10
+    noisy = target + 0.3 * rng.normal(size=n)
+    rho, p = feature_tests(sparse.csr_matrix(codes), noisy, "numeric", np.arange(1), np.array([1.0]))
+    assert rho[0] == pytest.approx(stats.spearmanr(codes[:, 0], noisy).statistic) and p[0] < 0.001
+
+
 @pytest.mark.slow
 def test_hypotheses_recover_a_planted_signal_and_find_nothing_in_a_shuffled_one(labelled_run, model, tmp_path):
     from sentence_sae.analysis.hypotheses import find_hypotheses, read_outcome
