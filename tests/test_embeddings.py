@@ -95,7 +95,10 @@ def test_a_damaged_export_is_made_again(tmp_path, model, docs_texts):
 def test_auto_takes_the_first_faithful_backend_and_skips_lossy_ones(model, docs_texts):
     auto = load_sentence_model(DEFAULT_MODEL, "cpu", "auto")
     assert encoder_backend(auto).name == "openvino"  # installed with the test extra, and first in auto_order
-    # int8 keeps mean cosine about 0.95 to fp32: auto passes it over for the next candidate.
+    # int8 loads (its fingerprint is that of the fp32 weights), keeps mean cosine about 0.95 to fp32,
+    # and auto passes it over for the next candidate.
+    int8 = load_sentence_model(DEFAULT_MODEL, "cpu", "int8")
+    assert encoder_backend(int8).name == "int8" and model_fingerprint(int8) == model_fingerprint(model)
     chosen = fastest_faithful(fresh_model(), "cpu", DEFAULT_MODEL, candidates=["int8", "openvino"])
     assert encoder_backend(chosen).name == "openvino"
     # When nothing is faithful enough the fp32 model is kept, whole, after the trials.

@@ -105,7 +105,8 @@ def encoder_backend(model: Any) -> EncoderBackend:
 @lru_cache(maxsize=8)
 def model_fingerprint(model: Any) -> str:
     """A hash of the model's weights: two models share a cache only if they compute the same thing. A
-    model whose transformer runs elsewhere (openvino) carries the fingerprint of the weights it came from."""
+    model whose transformer runs elsewhere (openvino) or is quantized (int8) carries the fingerprint of
+    the weights it came from."""
     if getattr(model, "sentence_sae_fingerprint", None):
         return model.sentence_sae_fingerprint
     hasher = hashlib.sha256()
@@ -139,10 +140,12 @@ def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> An
     elif precision == "int8":
         if str(device).startswith("cuda"):
             raise ModelError("encode_backend int8 runs on the CPU only; use fast or float16 on a GPU")
+        fingerprint = model_fingerprint(model)  # a quantized state holds packed parameters, not tensors
         with warnings.catch_warnings():  # PyTorch deprecates the quantized tensor API it still uses here
             warnings.simplefilter("ignore", UserWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model.sentence_sae_fingerprint = fingerprint
     model.sentence_sae_backend = EncoderBackend(backend, precision)
     return model
 
