@@ -94,8 +94,8 @@ class ActivationStoreBase:
 
     # subclasses -----------------------------------------------------------------
     def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
-        """(position, chunk) for the training embeddings of pass ``pass_index``, in chunks of
-        ``chunk_size``, without the first ``skip`` positions (not even read), and with ``share``
+        """(position, chunk) for the training embeddings of pass ``pass_index``, in blocks of
+        ``shuffle_block`` rows, without the first ``skip`` positions (not even read), and with ``share``
         set only this process's positions."""
         raise NotImplementedError
 
@@ -128,8 +128,10 @@ class ActivationStoreBase:
         return self.cfg.model_batch_size * self.cfg.num_batches_in_buffer
 
     @property
-    def chunk_size(self) -> int:
-        """Embeddings added per refill: half a buffer."""
+    def shuffle_block(self) -> int:
+        """Rows per block of the shuffled block order (half a buffer): later passes visit the dataset
+        in a new random order of such blocks, and a resumed run skips whole blocks. It is the unit of
+        the example order, not of reading: the corpus reads and encodes ``Corpus.chunk_rows`` at a time."""
         return max(1, self.buffer_capacity // 2)
 
     def _refill(self) -> None:
@@ -292,7 +294,7 @@ class ActivationsStoreSBERT(ActivationStoreBase):
         generator = self._chunk_generator if pass_index > 0 else None
         # A corpus that reads only this process's split of the dataset needs no further sharing.
         keep = self._keep() if self.corpus.split is None else None
-        yield from self.corpus.embedding_chunks(self.training_start, None, self.chunk_size, generator, skip, keep)
+        yield from self.corpus.embedding_chunks(self.training_start, None, self.shuffle_block, generator, skip, keep)
         self.counter.skipped_empty = self.corpus.skipped_texts or self.counter.skipped_empty
 
     @property
@@ -359,7 +361,7 @@ class EmbeddingStore(ActivationStoreBase):
         return _planned(self.n_train, self.cfg)
 
     def _pass_chunks(self, pass_index: int, skip: int) -> Iterator[tuple[int, torch.Tensor]]:
-        size = self.chunk_size
+        size = self.shuffle_block
         starts = np.arange(self.train_start, len(self.embeddings), size)
         order = torch.randperm(len(starts), generator=self._chunk_generator).tolist()
         keep = self._keep()
