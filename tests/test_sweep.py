@@ -20,11 +20,14 @@ def test_sweep_trains_every_grid_point_from_one_pass_of_encoding(tmp_path, model
     cfg = make_cfg(tmp_path, model, dataset_path=str(jsonl_file), use_cache=False, dict_size=128,
                    model_batch_size=8, num_batches_in_buffer=4, batch_size=8, num_eval_examples=10,
                    num_epochs=1, num_examples=None)
-    with ForwardCounter(model) as single:
-        from sentence_sae import train
+    from sentence_sae import train
+    from sentence_sae.embeddings import load_sentence_model
 
+    # the model both load (the fixture's, unless the per-process cache of loaded models let it go)
+    loaded = load_sentence_model(cfg.model_name, cfg.device, cfg.encode_backend)
+    with ForwardCounter(loaded) as single:
         train(cfg.replace(top_k=8))
-    with ForwardCounter(model) as many:
+    with ForwardCounter(loaded) as many:
         results = sweep(cfg, {"top_k": [4, 8], "sae_type": ["topk", "batchtopk"]})
     assert many.calls == single.calls  # four SAEs, one encoding of the corpus
     assert len(results) == 4 and len({r.run_dir for r in results}) == 4

@@ -4,6 +4,9 @@ The transformer is exported once per model with ``torch.onnx.export`` (the ONNX 
 cache root, named by the weights' fingerprint) and compiled for the CPU, in bf16 where the CPU has
 bf16 instructions. Only the transformer moves: tokenization, truncation, prompts, pooling and
 normalization stay the model's own, so ``model.encode`` means what it meant. No optimum needed.
+
+``StandaloneEncoder`` runs the same compiled transformer without sentence-transformers, for the
+plainest pipelines, where the model's own encode has been seen to give the same bits.
 """
 
 from __future__ import annotations
