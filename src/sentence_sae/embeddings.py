@@ -240,7 +240,7 @@ def _standalone_matches(model: Any, source: str) -> bool:
 # memo keeps that per model folder, so such a run answers it without importing sentence-transformers
 # or probing the backends, which were most of a cached run's start-up.
 
-MEMO_PACKAGES = ("torch", "transformers", "sentence-transformers", "openvino")
+MEMO_PACKAGES = ("torch", "transformers", "tokenizers", "sentence-transformers", "openvino")
 """Packages whose versions a memo entry holds: after any of them changes, auto probes again."""
 
 
