@@ -253,6 +253,9 @@ def test_the_memo_forgets_a_changed_model_folder_and_a_mismatch_is_an_error(tmp_
     assert remembered_facts(str(folder), "cpu", "bfloat16") is None  # another backend was never loaded
     os.utime(folder / "config.json", ns=(1, 1))
     assert remembered_facts(str(folder), "cpu", "torch") is None
+    # a memo that says the model may encode standalone (here: for a backend that has none, so it
+    # loads), where the load finds it may not, still matches: that is how, not what, it computes
+    assert DeferredModel(facts._replace(standalone=True), str(folder), "cpu", "torch").encode(["a"]).shape == (1, 384)
     wrong = DeferredModel(facts._replace(fingerprint="0" * 64), str(folder), "cpu", "torch")
     assert embedding_dim(wrong) == 384 and not wrong.loaded  # answered from the facts
     with pytest.raises(ModelError, match="loaded differently"):

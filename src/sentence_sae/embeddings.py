@@ -355,7 +355,8 @@ class DeferredModel:
         """The SentenceTransformer itself, loaded now if it was not yet."""
         if self._model is None:
             model = load_sentence_model(*self._args)
-            if facts_of(model) != self._facts:
+            # whether it may encode standalone is how, not what, it computes: not part of the match
+            if facts_of(model)._replace(standalone=False) != self._facts._replace(standalone=False):
                 _memo_path(resolve_model_path(self._args[0])).unlink(missing_ok=True)
                 raise ModelError(f"model '{self._args[0]}' loaded differently from what this run's embedding cache "
                                  "was chosen by (its weights, width, prompts or backend changed since they were "
@@ -368,7 +369,8 @@ class DeferredModel:
         return self._model.device if self._model is not None else torch.device(self._args[1])
 
     def encode(self, *args: Any, **kwargs: Any) -> Any:
-        if self._model is None and self._facts.standalone and self._standalone is None:
+        standalone = self._facts.standalone and self._facts.backend.name == "openvino"
+        if self._model is None and standalone and self._standalone is None:
             try:
                 self._standalone = StandaloneEncoder.load(Path(resolve_model_path(self._args[0])),
                                                           _onnx_path(self._args[0], self._facts.fingerprint),
