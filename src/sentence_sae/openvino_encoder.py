@@ -227,7 +227,9 @@ class StandaloneEncoder:
         return torch.nn.functional.normalize(pooled, p=2, dim=-1) if self.pipeline.normalize else pooled
 
     def encode(self, sentences: Any, batch_size: int = 32, prompt: str | None = None, **_: Any) -> torch.Tensor:
-        texts = [sentences] if isinstance(sentences, str) else list(sentences)
+        if isinstance(sentences, str):  # one text: one vector, as the model's encode gives it
+            return self.encode([sentences], batch_size, prompt)[0]
+        texts = list(sentences)
         order = np.argsort([-len(text) for text in texts])
         rows: list[torch.Tensor] = []
         with torch.inference_mode():
