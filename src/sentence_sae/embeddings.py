@@ -151,14 +151,18 @@ def _apply_backend(model: Any, backend: str, device: str, model_name: str) -> An
     return model
 
 
+def probe_paragraphs() -> list[str]:
+    """AUTO_PROBE_TEXTS paragraphs of the built-in corpus, spread over it, whole."""
+    paragraphs = python_docs_paragraphs()
+    return list(paragraphs[:: max(1, len(paragraphs) // AUTO_PROBE_TEXTS)][:AUTO_PROBE_TEXTS])
+
+
 def fastest_faithful(model: Any, device: str, model_name: str, candidates: Sequence[str] | None = None,
                      min_cosine: float = AUTO_MIN_COSINE) -> Any:
     """``model`` (fp32, as loaded) converted to the first of ``candidates`` (auto_order by default) that
     is installed and keeps mean cosine ``min_cosine`` to it on the probe texts; ``model`` itself
     (torch) when none does."""
-    paragraphs = python_docs_paragraphs()
-    probe = [" ".join(text.split()[:AUTO_PROBE_WORDS])
-             for text in paragraphs[:: max(1, len(paragraphs) // AUTO_PROBE_TEXTS)][:AUTO_PROBE_TEXTS]]
+    probe = [" ".join(text.split()[:AUTO_PROBE_WORDS]) for text in probe_paragraphs()]
     reference = encode_texts(model, probe)
     for backend in auto_order(device) if candidates is None else candidates:
         if backend == "openvino" and not openvino_available():
@@ -219,8 +223,9 @@ def _loaded_model(model_name: str, device: str, backend: str) -> Any:
 
 def _standalone_matches(model: Any, source: str) -> bool:
     """Whether the standalone encoder (openvino_encoder.StandaloneEncoder) gives the very bits of
-    ``model`` (openvino): on the probe paragraphs whole (past the longest sequence), on texts with
-    surrounding spaces, capitals, accents or nothing, each with and without a prompt."""
+    ``model`` (openvino): on the probe paragraphs whole, all of them as one text (past the longest
+    sequence), and texts with surrounding spaces, capitals, accents or nothing, each with and without
+    a prompt."""
     pipeline = standalone_pipeline(Path(source)) if Path(source).is_dir() else None
     if pipeline is None or not getattr(model, "max_seq_length", None):
         return False
@@ -229,7 +234,8 @@ def _standalone_matches(model: Any, source: str) -> bool:
     except Exception as exc:  # a tokenizer file the tokenizers package cannot read, a missing pad token
         logger.info("standalone encoder passed over (%s)", first_line(exc))
         return False
-    texts = [*python_docs_paragraphs()[:: 97][:24], "  surrounding spaces  ", "CAPITALS and Àccénts", "", "x"]
+    paragraphs = probe_paragraphs()
+    texts = [*paragraphs, " ".join(paragraphs), "  surrounding spaces  ", "CAPITALS and Àccénts", "", "x"]
     with torch.inference_mode():
         return all(torch.equal(encoder.encode(texts, 8, prompt=prompt),
                                model.encode(texts, batch_size=8, convert_to_tensor=True, prompt=prompt).cpu())

@@ -147,7 +147,8 @@ def feature_tests(codes: sparse.csr_matrix, target: np.ndarray, kind: str, featu
     scores = target if kind == "binary" else stats.rankdata(target)
     scores = scores - scores.mean()
     sign = np.where(coefficients > 0, 1.0, -1.0)
-    observed = sign * (scores @ ranks)
+    statistic = scores @ ranks
+    observed = sign * statistic
     tolerance = 1e-9 * (np.abs(observed) + 1)  # the observed labelling itself, up to rounding
     exceeded, rng = np.zeros(len(features)), np.random.default_rng(seed)
     step = max(1, PERMUTATION_VALUES // len(scores))
@@ -157,12 +158,12 @@ def feature_tests(codes: sparse.csr_matrix, target: np.ndarray, kind: str, featu
             shuffled = rng.permuted(np.broadcast_to(scores, (block, len(scores))), axis=1)
             exceeded += (sign * (shuffled @ ranks) >= observed - tolerance).sum(0)
             bar.update(block)
-    spread = np.sqrt((ranks ** 2).sum(0) * (scores ** 2).sum())
     if kind == "binary":
         positives = int((target == 1).sum())
-        effects = 0.5 + (scores @ ranks) / max(positives * (len(target) - positives), 1)
+        effects = 0.5 + statistic / max(positives * (len(target) - positives), 1)
     else:
-        effects = np.divide(scores @ ranks, spread, out=np.zeros(len(features)), where=spread > 0)
+        spread = np.sqrt((ranks ** 2).sum(0) * (scores ** 2).sum())
+        effects = np.divide(statistic, spread, out=np.zeros(len(features)), where=spread > 0)
     return effects, (1 + exceeded) / (1 + resamples)
 
 
